@@ -1,0 +1,26 @@
+"""``python -m fastopt bench [...]``, ``python -m fastopt warmup``."""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"bench": "measure speed on this machine (see 'bench --help')",
+                "warmup": "compile every kernel into numba's on-disk cache"}
+    if not argv or argv[0] not in commands:
+        parser = argparse.ArgumentParser(prog="python -m fastopt")
+        parser.add_argument("command", choices=list(commands),
+                            help="; ".join(f"{k}: {v}" for k, v in commands.items()))
+        parser.parse_args(argv[:1])
+    if argv[0] == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
+    from ._warmup import warmup
+    n = warmup()
+    print(f"compiled {n} kernels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

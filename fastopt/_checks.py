@@ -1,0 +1,122 @@
+"""Every validation of arrays and hyperparameters, in one place.
+
+Each check raises ``TypeError`` (wrong kind of object) or ``ValueError``
+(right kind, bad value) with a message that names the argument. Callers run
+all their checks before the first write, so a rejected call changes nothing.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from ._dispatch import TARGETS
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _type_name(x):
+    return type(x).__name__
+
+
+def check_target(target):
+    if target is not None and target not in TARGETS:
+        raise ValueError(f"target must be None or one of {TARGETS}, got {target!r}")
+    return target
+
+
+def check_flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
+    return bool(value)
+
+
+def check_real(name, value, *, low=None, high=None, high_open=False):
+    """A finite real number with ``low <= value`` and ``value <= high``
+    (``value < high`` when ``high_open``); returned as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_betas(betas):
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    return (check_real("betas[0]", beta1, low=0.0, high=1.0, high_open=True),
+            check_real("betas[1]", beta2, low=0.0, high=1.0, high_open=True))
+
+
+def check_step(step):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an int, got {_type_name(step)}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the count after this step), got {step}")
+    return int(step)
+
+
+def check_param(name, p):
+    """A parameter: a writeable, C-contiguous float32 or float64 ndarray."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(p)}")
+    if p.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update); "
+                         "pass numpy.ascontiguousarray(...) and use that array")
+    if not p.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return p
+
+
+def check_state(name, a, p, pname):
+    """A state array of parameter ``p``: same shape and dtype, writeable, C-contiguous."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
+    _check_matches(name, a, p, pname)
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return a
+
+
+def check_grad(name, g, p, pname):
+    """A gradient of ``p``; returned C-contiguous (copied only if it was not)."""
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(g)}")
+    _check_matches(name, g, p, pname)
+    if not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g)
+    return g
+
+
+def _check_matches(name, a, p, pname):
+    if a.dtype != p.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has dtype {p.dtype}")
+    if a.shape != p.shape:
+        raise ValueError(f"{name} has shape {a.shape}, but {pname} has shape {p.shape}")
+
+
+def check_no_overlap(named_arrays):
+    """Refuse arrays whose memory overlaps: the kernels assume none does.
+
+    ``named_arrays`` is a sequence of ``(name, C-contiguous ndarray)``.
+    """
+    spans = []
+    for name, a in named_arrays:
+        if a.nbytes:
+            start = a.__array_interface__["data"][0]
+            spans.append((start, start + a.nbytes, name))
+    spans.sort()
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"{name} and {other} share memory; every array must be distinct")

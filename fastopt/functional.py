@@ -1,0 +1,217 @@
+"""In-place update of one parameter array: ``sgd``, ``adagrad``, ``adam``, ``adamw``.
+
+This is the API for scientific code: you own the arrays (parameter,
+gradient, optimizer state) and the step count; each call updates the
+parameter and its state in place, in one fused pass over memory, and returns
+None. Arrays may have any shape, must be C-contiguous (the gradient may have
+any layout; a non-contiguous gradient is copied first), and all must share
+one dtype, float32 or float64. The update rules are those of ``torch.optim``
+(see each function).
+
+Every argument is checked before anything is written: a call that raises
+has changed nothing.
+
+``target`` picks the kernel: None (serial below
+``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above), "serial" or
+"parallel".
+"""
+
+from . import _checks as C
+from ._dispatch import kernel
+
+__all__ = ["sgd", "adagrad", "adam", "adamw"]
+
+
+def _flat(a):
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
+def _empty_like_dtype(p):
+    return p.reshape(-1)[:0]
+
+
+# --- unchecked updates: the optimizer classes call these directly ----------
+
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximize,
+               first_step, target):
+    T = p.dtype.type
+    use_momentum = momentum != 0
+    kernel("sgd", target, p.size)(
+        _flat(p), _flat(g), _flat(buf) if use_momentum else _empty_like_dtype(p),
+        T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
+        maximize, weight_decay != 0, use_momentum, first_step, nesterov)
+
+
+def adagrad_update(p, g, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target):
+    T = p.dtype.type
+    clr = lr / (1 + (step - 1) * lr_decay)
+    kernel("adagrad", target, p.size)(
+        _flat(p), _flat(g), _flat(state_sum), T(-clr), T(weight_decay), T(eps),
+        maximize, weight_decay != 0)
+
+
+def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                weight_decay, amsgrad, maximize, decoupled_weight_decay, target):
+    T = p.dtype.type
+    # Host-side scalars in float64, as torch computes them, then cast.
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2 ** 0.5
+    lerp_weight = T(1 - beta1)
+    decay = weight_decay != 0
+    kernel("adam", target, p.size)(
+        _flat(p), _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
+        _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p),
+        lerp_weight, not abs(lerp_weight) < 0.5, T(1) - lerp_weight,
+        T(beta2), T(1 - beta2), T(-step_size), T(bias_correction2_sqrt), T(eps),
+        T(weight_decay), T(1 - lr * weight_decay),
+        maximize, decay and not decoupled_weight_decay, decay and decoupled_weight_decay, amsgrad)
+
+
+# --- the checked public API ----------------------------------------------------
+
+def _check_arrays(param, grad, states):
+    """Check ``param``, ``grad`` and the named state arrays; return the grad to use."""
+    C.check_param("param", param)
+    for name, a in states:
+        C.check_state(name, a, param, "param")
+    grad = C.check_grad("grad", grad, param, "param")
+    C.check_no_overlap([("param", param), ("grad", grad), *states])
+    return grad
+
+
+def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
+        weight_decay=0.0, nesterov=False, maximize=False, first_step=False, target=None):
+    r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
+
+    .. math::
+
+        g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
+        b &\leftarrow g \ \text{(first step)}, \quad b \leftarrow \mu b + (1-\tau) g \ \text{(later)} \\
+        g &\leftarrow g + \mu b \ \text{(nesterov)}, \quad g \leftarrow b \ \text{(otherwise)} \\
+        p &\leftarrow p - \eta g
+
+    The momentum lines apply only when ``momentum`` (:math:`\mu`) is not 0;
+    then ``momentum_buffer`` is required, and ``first_step=True`` fills it
+    with the gradient instead of reading it (so it may start uninitialised).
+
+    Example::
+
+        >>> import numpy as np, fastopt.functional as F
+        >>> p = np.ones(3); buf = np.empty(3)
+        >>> F.sgd(p, np.full(3, 0.5), buf, lr=0.1, momentum=0.9, first_step=True)
+        >>> p
+        array([0.95, 0.95, 0.95])
+    """
+    lr = C.check_real("lr", lr, low=0.0)
+    momentum = C.check_real("momentum", momentum, low=0.0)
+    dampening = C.check_real("dampening", dampening)
+    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
+    nesterov = C.check_flag("nesterov", nesterov)
+    maximize = C.check_flag("maximize", maximize)
+    first_step = C.check_flag("first_step", first_step)
+    C.check_target(target)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+    states = []
+    if momentum != 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum_buffer is required when momentum != 0")
+        states.append(("momentum_buffer", momentum_buffer))
+    grad = _check_arrays(param, grad, states)
+    sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay,
+               nesterov, maximize, first_step, target)
+
+
+def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+            eps=1e-10, maximize=False, target=None):
+    r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
+
+    .. math::
+
+        g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
+        s &\leftarrow s + g^2 \\
+        p &\leftarrow p - \frac{\eta}{1 + (t-1)\,\delta}\,\frac{g}{\sqrt{s} + \epsilon}
+
+    ``step`` is :math:`t`, the 1-based number of this step; :math:`\delta` is
+    ``lr_decay``. ``state_sum`` starts filled with the initial accumulator
+    value (torch's ``initial_accumulator_value``, default 0).
+
+    Example::
+
+        >>> import numpy as np, fastopt.functional as F
+        >>> p = np.ones(2); s = np.zeros(2)
+        >>> F.adagrad(p, np.array([1.0, -2.0]), s, step=1, lr=0.5)
+        >>> p.round(6), s
+        (array([0.5, 1.5]), array([1., 4.]))
+    """
+    step = C.check_step(step)
+    lr = C.check_real("lr", lr, low=0.0)
+    lr_decay = C.check_real("lr_decay", lr_decay, low=0.0)
+    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
+    eps = C.check_real("eps", eps, low=0.0)
+    maximize = C.check_flag("maximize", maximize)
+    C.check_target(target)
+    grad = _check_arrays(param, grad, [("state_sum", state_sum)])
+    adagrad_update(param, grad, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+         decoupled_weight_decay=False, target=None):
+    r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
+
+    .. math::
+
+        g &\leftarrow -g \ \text{if maximize} \\
+        p &\leftarrow p\,(1 - \eta\lambda) \ \text{(decoupled)}, \quad
+            g \leftarrow g + \lambda p \ \text{(otherwise; only if}\ \lambda \ne 0) \\
+        m &\leftarrow m + (1-\beta_1)(g - m), \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2)\, g^2 \\
+        \hat v &\leftarrow \max(\hat v, v) \ \text{(amsgrad; then}\ \hat v \ \text{replaces}\ v) \\
+        p &\leftarrow p - \frac{\eta}{1-\beta_1^t}\,
+            \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    ``step`` is :math:`t`, the 1-based number of this step. ``exp_avg``,
+    ``exp_avg_sq`` (and ``max_exp_avg_sq``, required with ``amsgrad``) start
+    at zero. ``decoupled_weight_decay=True`` is AdamW (see :func:`adamw`).
+
+    Example::
+
+        >>> import numpy as np, fastopt.functional as F
+        >>> p = np.ones(2, np.float32); m = np.zeros(2, np.float32); v = np.zeros(2, np.float32)
+        >>> F.adam(p, np.array([0.5, -2.0], np.float32), m, v, step=1, lr=0.1)
+        >>> p.round(4)
+        array([0.9, 1.1], dtype=float32)
+    """
+    step = C.check_step(step)
+    lr = C.check_real("lr", lr, low=0.0)
+    beta1, beta2 = C.check_betas(betas)
+    eps = C.check_real("eps", eps, low=0.0)
+    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
+    amsgrad = C.check_flag("amsgrad", amsgrad)
+    maximize = C.check_flag("maximize", maximize)
+    decoupled_weight_decay = C.check_flag("decoupled_weight_decay", decoupled_weight_decay)
+    C.check_target(target)
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if amsgrad:
+        if max_exp_avg_sq is None:
+            raise ValueError("max_exp_avg_sq is required when amsgrad=True")
+        states.append(("max_exp_avg_sq", max_exp_avg_sq))
+    grad = _check_arrays(param, grad, states)
+    adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                weight_decay, amsgrad, maximize, decoupled_weight_decay, target)
+
+
+def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+          betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
+          target=None):
+    r"""One AdamW step: :func:`adam` with decoupled weight decay (default 1e-2).
+
+    The parameter is first scaled by :math:`1 - \eta\lambda`, then takes the
+    Adam step without weight decay in the gradient (``torch.optim.AdamW``).
+    """
+    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
+         eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+         decoupled_weight_decay=True, target=target)

@@ -1,0 +1,206 @@
+"""Bad input gets a TypeError or ValueError naming the argument, and nothing changes."""
+
+import numpy as np
+import pytest
+
+import fastopt
+import fastopt.functional as F
+
+
+def snapshot(*arrays):
+    return [a.copy() for a in arrays]
+
+
+def assert_unchanged(arrays, before):
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def adam_args(n=5, dtype=np.float64):
+    p = np.arange(n, dtype=dtype)
+    return p, np.ones(n, dtype), np.full(n, 0.5, dtype), np.full(n, 0.25, dtype), np.full(n, 2.0, dtype)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=-1.0), ValueError, "lr"),
+    (dict(lr=float("nan")), ValueError, "lr"),
+    (dict(lr=float("inf")), ValueError, "lr"),
+    (dict(lr="0.1"), TypeError, "lr"),
+    (dict(eps=-1e-8), ValueError, "eps"),
+    (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\]"),
+    (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
+    (dict(betas=0.9), TypeError, "betas"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(amsgrad=1), TypeError, "amsgrad"),
+    (dict(step=0), ValueError, "step"),
+    (dict(step=1.5), TypeError, "step"),
+    (dict(target="gpu"), ValueError, "target"),
+])
+def test_functional_adam_bad_hyperparameters(kwargs, exc, match):
+    arrays = adam_args()
+    before = snapshot(*arrays)
+    kwargs = {"step": 1, **kwargs}
+    with pytest.raises(exc, match=match):
+        F.adam(*arrays, amsgrad=kwargs.pop("amsgrad", True), **kwargs)
+    assert_unchanged(arrays, before)
+
+
+@pytest.mark.parametrize("which,bad,exc,match", [
+    (0, np.arange(5), TypeError, "param.*float32 or float64"),
+    (0, np.arange(5, dtype=np.float16), TypeError, "param"),
+    (0, [0.0, 1, 2, 3, 4], TypeError, "param"),
+    (1, np.ones(5, np.float32), TypeError, "grad.*dtype"),
+    (1, np.ones(6), ValueError, "grad.*shape"),
+    (1, np.ones((5, 1)), ValueError, "grad.*shape"),
+    (2, np.ones(4), ValueError, "exp_avg.*shape"),
+    (3, np.ones(5, np.float32), TypeError, "exp_avg_sq.*dtype"),
+    (4, None, ValueError, "max_exp_avg_sq"),
+    (0, np.ones(10)[::2], ValueError, "param.*C-contiguous"),
+    (2, np.ones(10)[::2], ValueError, "exp_avg.*C-contiguous"),
+])
+def test_functional_adam_bad_arrays(which, bad, exc, match):
+    arrays = list(adam_args())
+    before = snapshot(*arrays)
+    original = list(arrays)
+    arrays[which] = bad
+    with pytest.raises(exc, match=match):
+        F.adam(*arrays, step=1, amsgrad=True)
+    assert_unchanged(original, before)
+
+
+def test_read_only_param_refused():
+    p, g, m, v, _ = adam_args()
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match="param is read-only"):
+        F.adam(p, g, m, v, step=1)
+
+
+def test_aliased_arrays_refused():
+    buf = np.zeros(10)
+    p, m = buf[:6], buf[4:]  # overlap
+    g, v = np.ones(6), np.zeros(6)
+    with pytest.raises(ValueError, match="share memory"):
+        F.adam(p, g, m[:6], v, step=1)
+    with pytest.raises(ValueError, match="share memory"):
+        F.sgd(p, p, lr=0.1)
+
+
+def test_sgd_rules():
+    p, g = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="nesterov"):
+        F.sgd(p, g, np.zeros(3), momentum=0.9, dampening=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        F.sgd(p, g, momentum=0.9)
+    with pytest.raises(ValueError, match="nesterov"):
+        fastopt.SGD([p], nesterov=True)
+    np.testing.assert_array_equal(p, 0)
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (fastopt.SGD, dict(lr=-1), "lr"),
+    (fastopt.SGD, dict(momentum=-0.5), "momentum"),
+    (fastopt.SGD, dict(weight_decay=-1), "weight_decay"),
+    (fastopt.Adagrad, dict(lr_decay=-1), "lr_decay"),
+    (fastopt.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
+    (fastopt.Adagrad, dict(eps=-1), "eps"),
+    (fastopt.Adam, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+    (fastopt.AdamW, dict(eps=float("nan")), "eps"),
+    (fastopt.Adam, dict(target="cpu"), "target"),
+])
+def test_class_bad_hyperparameters(cls, kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        cls([np.zeros(3)], **kwargs)
+
+
+@pytest.mark.parametrize("params,exc,match", [
+    ([np.arange(3)], TypeError, r"params\[0\].*float32 or float64"),
+    ([np.zeros(3), np.arange(3.0)[::-1]], ValueError, r"params\[1\].*C-contiguous"),
+    ([], ValueError, "empty"),
+    (np.zeros(3), TypeError, "single array"),
+    (5, TypeError, "params"),
+    ([{"params": [np.zeros(2)]}, np.zeros(2)], TypeError, "mixes"),
+    ([{"params": [np.zeros(2)], "momentun": 0.9}], ValueError, "momentun"),
+    ([{"lr": 0.1}], ValueError, "params"),
+])
+def test_bad_params_refused_at_construction(params, exc, match):
+    with pytest.raises(exc, match=match):
+        fastopt.SGD(params)
+
+
+def test_param_listed_twice_refused():
+    w = np.zeros(3)
+    with pytest.raises(ValueError, match=r"params\[1\].*more than once"):
+        fastopt.Adam([w, w])
+    with pytest.raises(ValueError, match="more than once"):
+        fastopt.Adam([{"params": [w]}, {"params": [w]}])
+    base = np.zeros(10)
+    with pytest.raises(ValueError, match="share memory"):
+        fastopt.Adam([base[:6], base[5:]])
+
+
+def make_opt():
+    params = [np.arange(4.0), np.arange(3.0)]
+    opt = fastopt.Adam(params, lr=0.1)
+    opt.step([np.ones(4), np.ones(3)])
+    return params, opt
+
+
+@pytest.mark.parametrize("grads,exc,match", [
+    ([np.ones(4)], ValueError, "grads has 1 entries"),
+    ([np.ones(4), np.ones(4)], ValueError, r"grads\[1\].*shape"),
+    ([np.ones(4), np.ones(3, np.float32)], TypeError, r"grads\[1\].*dtype"),
+    ([np.ones(4), [1.0, 1.0, 1.0]], TypeError, r"grads\[1\]"),
+    (np.ones(4), TypeError, "grads must be a sequence"),
+])
+def test_step_bad_grads_changes_nothing(grads, exc, match):
+    params, opt = make_opt()
+    before = snapshot(*params) + snapshot(*(opt.state[i]["exp_avg"] for i in range(2)))
+    with pytest.raises(exc, match=match):
+        opt.step(grads)
+    assert_unchanged(list(params) + [opt.state[i]["exp_avg"] for i in range(2)], before)
+    assert opt.state[0]["step"] == 1
+
+
+def test_step_bad_hyperparameter_set_between_steps_changes_nothing():
+    params, opt = make_opt()
+    before = snapshot(*params)
+    opt.param_groups[0]["lr"] = -0.5
+    with pytest.raises(ValueError, match="lr"):
+        opt.step([np.ones(4), np.ones(3)])
+    assert_unchanged(params, before)
+    assert opt.state[0]["step"] == 1
+
+
+def test_grad_aliasing_its_param_refused():
+    params, opt = make_opt()
+    with pytest.raises(ValueError, match=r"grads\[0\] shares memory"):
+        opt.step([params[0], np.ones(3)])
+
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda sd: sd.pop("state"), ValueError, "exactly the keys"),
+    (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), ValueError, "groups"),
+    (lambda sd: sd["param_groups"][0]["params"].pop(), ValueError, "parameters"),
+    (lambda sd: sd["state"][0].update(exp_avg=np.zeros(5)), ValueError, "shape"),
+    (lambda sd: sd["state"][0].update(exp_avg="abc"), TypeError, "exp_avg"),
+    (lambda sd: sd["state"][0].pop("exp_avg_sq"), ValueError, "exp_avg_sq"),
+    (lambda sd: sd["state"][0].update(step=-1), ValueError, "step"),
+    (lambda sd: sd["state"][0].update(bogus=1), ValueError, "bogus"),
+    (lambda sd: sd["state"].update({7: {}}), ValueError, "7"),
+    (lambda sd: sd["param_groups"][0].update(lr=-1.0), ValueError, "lr"),
+])
+def test_bad_state_dict_changes_nothing(mutate, exc, match):
+    params, opt = make_opt()
+    sd = opt.state_dict()
+    sd = {"state": {k: dict(v) for k, v in sd["state"].items()},
+          "param_groups": [dict(g, params=list(g["params"])) for g in sd["param_groups"]]}
+    mutate(sd)
+    before_state = {k: {kk: (vv.copy() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
+                    for k, v in opt.state.items()}
+    before_groups = [dict(g) for g in opt.param_groups]
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    assert [dict(g) for g in opt.param_groups] == before_groups
+    for k, v in before_state.items():
+        for kk, vv in v.items():
+            np.testing.assert_array_equal(opt.state[k][kk], vv)
