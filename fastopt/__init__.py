@@ -5,7 +5,8 @@ dicts; each step is one pass over memory, serial or parallel by size.
 """
 
 from . import config, functional
+from .flat import FlatParams, FlatSegment
 from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "config", "functional"]
+__all__ = ["FlatParams", "FlatSegment", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "config", "functional"]
 __version__ = "0.1.0"

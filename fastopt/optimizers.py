@@ -2,9 +2,13 @@
 
 ``params`` is a list of NumPy arrays, or a list of parameter groups
 (``{"params": [...], "lr": ...}``) whose missing hyperparameters take the
-optimizer's defaults. ``opt.step(grads)`` takes one gradient per parameter,
-in order (groups in order); a ``None`` gradient leaves its parameter and
-state untouched, as torch skips a parameter whose ``.grad`` is None.
+optimizer's defaults, or a ``FlatParams``. ``opt.step(grads)`` takes one
+gradient per parameter, in order (groups in order); a ``None`` gradient
+leaves its parameter and state untouched, as torch skips a parameter whose
+``.grad`` is None. Parameters from a ``FlatParams`` (the whole buffer, or a
+``segment`` of it in a group) are one parameter each, whose gradient is the
+FlatParams' gradient buffer: with only such parameters, ``opt.step()`` needs
+no argument.
 Hyperparameters in ``opt.param_groups`` may be changed between steps (that
 is how learning-rate schedules work); they are re-checked at every step.
 """
@@ -14,6 +18,7 @@ import numpy as np
 
 from . import _checks as C
 from . import functional as F
+from .flat import FlatParams, FlatSegment
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 
@@ -34,6 +39,9 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}
+        self._flat_grads = []  # per parameter: its FlatParams gradient view, or None
+        if isinstance(params, (FlatParams, FlatSegment)):
+            params = [params]
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list of arrays or of parameter groups, "
                             "not a single array (wrap it in a list)")
@@ -68,11 +76,15 @@ class Optimizer:
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
         group_params = param_group["params"]
-        if isinstance(group_params, np.ndarray):
+        if isinstance(group_params, (np.ndarray, FlatParams, FlatSegment)):
             group_params = [group_params]
         group_params = list(group_params)
         if not group_params:
             raise ValueError("a parameter group has an empty 'params' list")
+        flat_grads = [p.grad_data if isinstance(p, (FlatParams, FlatSegment)) else None
+                      for p in group_params]
+        group_params = [p.data if isinstance(p, (FlatParams, FlatSegment)) else p
+                        for p in group_params]
         existing = self._all_params()
         first = len(existing)
         for k, p in enumerate(group_params):
@@ -87,6 +99,7 @@ class Optimizer:
         group = {**self.defaults, **param_group, "params": group_params}
         group.update(self._check_group(group))
         self.param_groups.append(group)
+        self._flat_grads.extend(flat_grads)
         self._group_added(group, first)
 
     def _group_added(self, group, first):
@@ -94,9 +107,19 @@ class Optimizer:
 
     # --- stepping ------------------------------------------------------------
 
-    def step(self, grads):
-        """Update every parameter in place from ``grads`` (one per parameter, or None)."""
+    def step(self, grads=None):
+        """Update every parameter in place from ``grads`` (one per parameter, or None).
+
+        Without ``grads``, every parameter must come from a FlatParams, and
+        its gradient is read from the FlatParams' gradient buffer.
+        """
         params = self._all_params()
+        if grads is None:
+            if any(g is None for g in self._flat_grads):
+                raise TypeError("step() without grads needs every parameter to come from a "
+                                "FlatParams; pass one gradient per parameter")
+            self._apply(params, self._flat_grads)
+            return
         if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
             raise TypeError("grads must be a sequence with one gradient array (or None) per parameter")
         if len(grads) != len(params):
@@ -107,12 +130,16 @@ class Optimizer:
         for i, (g, p) in enumerate(zip(checked, params)):
             if g is not None and np.may_share_memory(g, p):
                 raise ValueError(f"grads[{i}] shares memory with params[{i}]")
+        self._apply(params, checked)
+
+    def _apply(self, params, grads):
+        """Check the hyperparameters, then step every parameter with a gradient."""
         hypers = [self._check_group(group) for group in self.param_groups]
         # Everything is checked: from here on, nothing raises.
         i = 0
         for group, hyper in zip(self.param_groups, hypers):
             for p in group["params"]:
-                g = checked[i]
+                g = grads[i]
                 if g is not None:
                     state = self.state.get(i)
                     if state is None:
