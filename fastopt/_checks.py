@@ -26,7 +26,7 @@ def check_target(target):
 
 
 def check_flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
+    if value is not True and value is not False and not isinstance(value, np.bool_):
         raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
     return bool(value)
 
@@ -34,8 +34,9 @@ def check_flag(name, value):
 def check_real(name, value, *, low=None, high=None, high_open=False):
     """A finite real number with ``low <= value`` and ``value <= high``
     (``value < high`` when ``high_open``); returned as a Python float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    if type(value) is not float and type(value) is not int:  # fast path first: step() runs this
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")

@@ -2,21 +2,28 @@
 
 For each optimizer and size it times one step of fastopt (the optimizer
 class on one array), the same-shape roofline kernel (the memory-bandwidth
-limit, see ``fastopt.kernels.roofline``) and a plain NumPy implementation,
-and prints milliseconds per step (median of several), GB/s moved, % of the
-roofline and the speed-up over NumPy.
+limit, see ``fastopt.kernels.roofline``), a plain NumPy implementation and,
+when torch is installed, torch's fused CPU optimizer (in a child process, so
+the two thread pools do not compete). It prints milliseconds per step
+(median of several), GB/s moved, % of the roofline and the speed-ups. Then
+the many-small-tensors case (2,000 tensors of 5,000 floats: FlatParams
+against torch over the 2,000 tensors) and the start-up cost of a fresh
+process.
 """
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
 
 from . import config
+from .flat import FlatParams
 from .kernels.roofline import roofline
 from .optimizers import SGD, Adagrad, Adam, AdamW
 
@@ -32,6 +39,8 @@ VARIANTS = {
 
 FULL_SIZES = (10_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 1_000_000)
+MANY = (2_000, 5_000)  # tensors, elements each
+QUICK_MANY = (400, 5_000)
 
 
 def bytes_per_step(variant, n, dtype):
@@ -42,16 +51,16 @@ def bytes_per_step(variant, n, dtype):
 
 def numpy_step(variant, p, g, state, t):
     """One step as plain NumPy code would write it (whole-array expressions)."""
-    _, hp, _ = VARIANTS[variant]
-    lr = hp["lr"]
+    lr = VARIANTS[variant][1]["lr"]
     if variant == "sgd":
         p -= lr * g
     elif variant == "sgd-momentum":
-        b = state.setdefault("b", g.copy()) if t == 1 else state["b"]
-        if t > 1:
-            b *= 0.9
-            b += g
-        p -= lr * b
+        if t == 1:
+            state["b"] = g.copy()
+        else:
+            state["b"] *= 0.9
+            state["b"] += g
+        p -= lr * state["b"]
     elif variant == "adagrad":
         s = state.setdefault("s", np.zeros_like(p))
         s += g * g
@@ -71,12 +80,16 @@ def numpy_step(variant, p, g, state, t):
         p -= (lr / (1 - 0.9 ** t)) * m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** t) + 1e-8)
 
 
-def median_time(fn, repeats, min_total=0.0):
-    """Median wall time of ``fn()`` in seconds, after one untimed warm-up call."""
+def median_time(fn, repeats, min_seconds=0.0):
+    """Median wall time of ``fn()`` in seconds, after one untimed warm-up call.
+
+    Runs at least ``repeats`` times, and on until ``min_seconds`` have passed
+    (at most 10,000 runs), so fast calls get enough samples.
+    """
     fn()
     times = []
     start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_total and len(times) < 1000):
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 10_000):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -87,19 +100,26 @@ def _target(n):
     return "parallel" if n >= config.PARALLEL_THRESHOLD else "serial"
 
 
+def _data(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n).astype(dtype), (rng.standard_normal(n) * 1e-3).astype(dtype)
+
+
+def roofline_time(updated, n, dtype, repeats, target=None):
+    """Median seconds of the same-traffic in-place kernel on fresh arrays."""
+    g = np.ones(n, dtype)
+    arrays = [np.zeros(n, dtype) for _ in range(updated)]
+    kernel, s = roofline(updated, target or _target(n)), np.dtype(dtype).type(1e-9)
+    return median_time(lambda: kernel(g, s, *arrays), repeats, min_seconds=0.2)
+
+
 def measure(variant, n, dtype, repeats, numpy_repeats):
     """Time one variant at one size; return a result dict (times in ms)."""
     cls, hp, updated = VARIANTS[variant]
-    rng = np.random.default_rng(0)
-    p = rng.standard_normal(n).astype(dtype)
-    g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+    p, g = _data(n, dtype)
     opt = cls([p], **hp)
-    t_fast = median_time(lambda: opt.step([g]), repeats, min_total=0.2)
-
-    arrays = [np.zeros(n, dtype) for _ in range(updated)]
-    kernel, s = roofline(updated, _target(n)), np.dtype(dtype).type(1e-9)
-    t_roof = median_time(lambda: kernel(g, s, *arrays), repeats, min_total=0.2)
-
+    t_fast = median_time(lambda: opt.step([g]), repeats, min_seconds=0.2)
+    t_roof = roofline_time(updated, n, dtype, repeats)
     q, state, count = p.copy(), {}, [0]
 
     def numpy_once():
@@ -107,20 +127,190 @@ def measure(variant, n, dtype, repeats, numpy_repeats):
         numpy_step(variant, q, g, state, count[0])
 
     t_numpy = median_time(numpy_once, numpy_repeats)
-    moved = bytes_per_step(variant, n, dtype)
     return {
         "optimizer": variant, "n": n, "dtype": np.dtype(dtype).name, "target": _target(n),
-        "fastopt_ms": t_fast * 1e3, "gbps": moved / t_fast / 1e9,
+        "fastopt_ms": t_fast * 1e3, "gbps": bytes_per_step(variant, n, dtype) / t_fast / 1e9,
         "roofline_ms": t_roof * 1e3, "roofline_pct": 100 * t_roof / t_fast,
         "numpy_ms": t_numpy * 1e3, "speedup_numpy": t_numpy / t_fast,
     }
 
 
+def measure_many(count, size, dtype, repeats):
+    """Adam over ``count`` tensors of ``size`` elements: FlatParams (one call) and
+    one array per tensor through the class API."""
+    n = count * size
+    p, g = _data(n, dtype)
+    flat = FlatParams({f"t{i}": size for i in range(count)}, dtype)
+    flat.data[:], flat.grad_data[:] = p, g
+    opt = Adam(flat, lr=1e-3)
+    t_flat = median_time(opt.step, repeats, min_seconds=0.2)
+    arrays = [p[i * size:(i + 1) * size].copy() for i in range(count)]
+    grads = [g[i * size:(i + 1) * size].copy() for i in range(count)]
+    sep = Adam(arrays, lr=1e-3)
+    t_sep = median_time(lambda: sep.step(grads), repeats, min_seconds=0.2)
+    t_roof = roofline_time(3, n, dtype, repeats)
+    return {"tensors": count, "size": size, "dtype": np.dtype(dtype).name,
+            "flat_ms": t_flat * 1e3, "separate_ms": t_sep * 1e3, "roofline_ms": t_roof * 1e3,
+            "roofline_pct": 100 * t_roof / t_flat}
+
+
+# --- torch, in a child process ------------------------------------------------
+
+_TORCH_CHILD = r"""
+import json, statistics, sys, time
+try:
+    import torch
+except ImportError:
+    print(json.dumps(None)); sys.exit(0)
+jobs = json.loads(sys.argv[1])
+torch.set_num_threads(jobs["threads"])
+CLASSES = {"SGD": torch.optim.SGD, "Adagrad": torch.optim.Adagrad,
+           "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+out = []
+for job in jobs["jobs"]:
+    dtype = getattr(torch, job["dtype"])
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(job["size"], generator=g, dtype=dtype).requires_grad_()
+              for _ in range(job["count"])]
+    for p in params:
+        p.grad = torch.randn(job["size"], generator=g, dtype=dtype) * 1e-3
+    opt = CLASSES[job["cls"]](params, fused=True, **job["hp"])
+    opt.step()
+    times, start = [], time.perf_counter()
+    while len(times) < job["repeats"] or (time.perf_counter() - start < 0.2 and len(times) < 10000):
+        t0 = time.perf_counter(); opt.step(); times.append(time.perf_counter() - t0)
+    out.append(statistics.median(times) * 1e3)
+print(json.dumps({"version": torch.__version__, "ms": out}))
+"""
+
+
+def torch_times(jobs, threads):
+    """Median ms per fused torch step for each job, or None without torch.
+
+    Each job: dict(cls, hp, dtype, count, size, repeats).
+    """
+    try:
+        proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD,
+                               json.dumps({"jobs": jobs, "threads": threads})],
+                              capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"torch timing failed: {e}", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        print(f"torch timing failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout)
+
+
+def _torch_job(variant, n, dtype, repeats, count=1):
+    cls, hp, _ = VARIANTS[variant]
+    return {"cls": cls.__name__, "hp": hp, "dtype": np.dtype(dtype).name,
+            "count": count, "size": n // count, "repeats": repeats}
+
+
+# --- start-up -----------------------------------------------------------------
+
+_STARTUP_CHILD = r"""
+import time
+t0 = time.perf_counter()
+import numpy as np, fastopt
+t1 = time.perf_counter()
+p = np.zeros(1000, np.float32)
+opt = fastopt.Adam([p])
+opt.step([np.ones(1000, np.float32)])
+t2 = time.perf_counter()
+print(f"{(t1 - t0) * 1e3} {(t2 - t1) * 1e3}")
+"""
+
+
+def measure_startup():
+    """(import ms, first Adam step ms) in a fresh process, kernels already cached."""
+    proc = subprocess.run([sys.executable, "-c", _STARTUP_CHILD], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    imp, first = map(float, proc.stdout.split())
+    return {"import_ms": imp, "first_step_ms": first}
+
+
+# --- serial/parallel threshold --------------------------------------------------
+
+def measure_threshold(dtype, repeats):
+    """Serial and parallel Adam kernel times over sizes; the first size where parallel wins."""
+    rows = []
+    for n in [2 ** k for k in range(10, 21)]:
+        p, g = _data(n, dtype)
+        times = {}
+        for target in ("serial", "parallel"):
+            opt = Adam([p.copy()], target=target)
+            times[target] = median_time(lambda: opt.step([g]), repeats, min_seconds=0.1) * 1e6
+        rows.append({"n": n, "serial_us": times["serial"], "parallel_us": times["parallel"]})
+    crossover = next((r["n"] for r in rows if r["parallel_us"] < r["serial_us"]), None)
+    return rows, crossover
+
+
+# --- output --------------------------------------------------------------------
+
+COLUMNS = [("optimizer", "optimizer", "{}"), ("n", "n", "{:.0e}"), ("dtype", "dtype", "{}"),
+           ("target", "target", "{}"), ("fastopt_ms", "ms/step", "{:.3f}"),
+           ("gbps", "GB/s", "{:.1f}"), ("roofline_pct", "% roofline", "{:.0f}%"),
+           ("numpy_ms", "NumPy ms", "{:.3f}"), ("speedup_numpy", "vs NumPy", "{:.1f}x"),
+           ("torch_ms", "torch ms", "{:.3f}"), ("speedup_torch", "vs torch", "{:.2f}x")]
+
+
+def format_table(rows, columns):
+    """Right-aligned text table; missing values print as '-'."""
+    cells = [[head for _, head, _ in columns]]
+    for r in rows:
+        cells.append([fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in columns])
+    widths = [max(len(row[c]) for row in cells) for c in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    """Throughput against size per optimizer, with each one's roofline dashed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'fastopt[plot]'") from None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for variant in VARIANTS:
+            rs = sorted((r for r in rows if r["optimizer"] == variant and r["dtype"] == dtype),
+                        key=lambda r: r["n"])
+            if not rs:
+                continue
+            n = [r["n"] for r in rs]
+            line, = ax.plot(n, [r["gbps"] for r in rs], "o-", label=f"{variant} {dtype}")
+            roof = [bytes_per_step(variant, r["n"], dtype) / r["roofline_ms"] / 1e6 for r in rs]
+            ax.plot(n, roof, "--", color=line.get_color(), alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("elements")
+    ax.set_ylabel("GB/s moved (solid: fastopt, dashed: same-traffic roofline)")
+    ax.set_title("fastopt step throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def machine():
     import numba
-    return {"machine": platform.machine(), "processor": _cpu_name(), "cores": _cores(),
-            "numba_threads": numba.get_num_threads(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__}
+    return {"processor": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "numba_threads": numba.get_num_threads(), "threading_layer": _threading_layer(),
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "parallel_threshold": config.PARALLEL_THRESHOLD}
+
+
+def _threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
 
 
 def _cpu_name():
@@ -134,68 +324,125 @@ def _cpu_name():
     return platform.processor() or "unknown"
 
 
-def _cores():
-    import os
-    return os.cpu_count()
+def _progress(msg, enabled):
+    if enabled:
+        print(f"\r{msg}".ljust(70), end="", file=sys.stderr, flush=True)
 
 
-COLUMNS = [("optimizer", "optimizer", "{}"), ("n", "n", "{:.0e}"), ("dtype", "dtype", "{}"),
-           ("target", "target", "{}"), ("fastopt_ms", "ms/step", "{:.3f}"),
-           ("gbps", "GB/s", "{:.1f}"), ("roofline_pct", "% roofline", "{:.0f}%"),
-           ("numpy_ms", "NumPy ms", "{:.3f}"), ("speedup_numpy", "vs NumPy", "{:.1f}x")]
+def run(args):
+    """Run the benchmarks that ``args`` ask for; return the results dict."""
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    repeats, numpy_repeats = (5, 3) if args.quick else (15, 5)
+    show = not args.no_progress
+    import numba
+    threads = numba.get_num_threads()
+    results = {"machine": None, "rows": [], "many": None, "startup": None, "threshold": None}
+
+    jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+    for k, (variant, n, dtype) in enumerate(jobs, 1):
+        _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
+        results["rows"].append(measure(variant, n, dtype, repeats, numpy_repeats))
+
+    count, size = QUICK_MANY if args.quick else MANY
+    if not args.skip_many:
+        _progress(f"many tensors: {count} x {size}", show)
+        results["many"] = measure_many(count, size, "float32", repeats)
+
+    if not args.no_torch:
+        _progress("torch (child process)", show)
+        tjobs = [_torch_job(v, n, d, repeats) for v, n, d in jobs]
+        if results["many"]:
+            tjobs.append(_torch_job("adam", count * size, "float32", repeats, count=count))
+        torch = torch_times(tjobs, threads)
+        if torch:
+            results["torch_version"] = torch["version"]
+            for row, ms in zip(results["rows"], torch["ms"]):
+                row["torch_ms"], row["speedup_torch"] = ms, ms / row["fastopt_ms"]
+            if results["many"]:
+                many = results["many"]
+                many["torch_ms"] = torch["ms"][-1]
+                many["speedup_torch"] = many["torch_ms"] / many["flat_ms"]
+
+    if args.threshold:
+        _progress("serial/parallel threshold", show)
+        rows, crossover = measure_threshold(dtypes[0], repeats)
+        results["threshold"] = {"dtype": dtypes[0], "rows": rows, "crossover": crossover}
+
+    _progress("start-up in a fresh process", show)
+    results["startup"] = measure_startup()
+    if show:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+    results["machine"] = machine()
+    return results
 
 
-def format_table(rows):
-    cells = [[head for _, head, _ in COLUMNS]]
-    for r in rows:
-        cells.append([fmt.format(r[key]) for key, _, fmt in COLUMNS])
-    widths = [max(len(row[c]) for row in cells) for c in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+def report(results):
+    m = results["machine"]
+    lines = [f"fastopt bench: {m['processor']}, {m['cores']} cores, {m['numba_threads']} numba threads "
+             f"({m['threading_layer']}), numpy {m['numpy']}, numba {m['numba']}"
+             + (f", torch {results['torch_version']}" if results.get("torch_version") else ""),
+             "Medians. roofline: same-traffic in-place kernel, same target, same run. "
+             "torch: fused=True, child process.", "",
+             format_table(results["rows"], COLUMNS)]
+    many = results["many"]
+    if many:
+        lines += ["", f"Adam over {many['tensors']:,} tensors of {many['size']:,} {many['dtype']} "
+                      f"({many['tensors'] * many['size']:.0e} elements):",
+                  f"  fastopt FlatParams (one call)   {many['flat_ms']:8.3f} ms   "
+                  f"{many['roofline_pct']:.0f}% of roofline ({many['roofline_ms']:.3f} ms)",
+                  f"  fastopt, one array per tensor   {many['separate_ms']:8.3f} ms"]
+        if many.get("torch_ms") is not None:
+            lines.append(f"  torch fused, {many['tensors']:,} tensors        {many['torch_ms']:8.3f} ms"
+                         f"   (FlatParams is {many['speedup_torch']:.1f}x faster)")
+    th = results["threshold"]
+    if th:
+        lines += ["", f"Serial vs parallel Adam step ({th['dtype']}), microseconds:",
+                  format_table(th["rows"], [("n", "n", "{}"), ("serial_us", "serial", "{:.1f}"),
+                                            ("parallel_us", "parallel", "{:.1f}")]),
+                  f"parallel first wins at n = {th['crossover']} "
+                  f"(fastopt.config.PARALLEL_THRESHOLD is {m['parallel_threshold']})"]
+    st = results["startup"]
+    if st:
+        lines += ["", f"Fresh process: import fastopt {st['import_ms']:.0f} ms, "
+                      f"first Adam step (kernels from the disk cache) {st['first_step_ms']:.0f} ms"]
     return "\n".join(lines)
 
 
-def run(sizes, dtypes, optimizers, repeats, numpy_repeats, progress=True):
-    rows = []
-    jobs = [(v, n, d) for d in dtypes for n in sizes for v in optimizers]
-    for k, (variant, n, dtype) in enumerate(jobs, 1):
-        if progress:
-            print(f"\r[{k}/{len(jobs)}] {variant} n={n:.0e} {np.dtype(dtype).name}".ljust(60),
-                  end="", file=sys.stderr, flush=True)
-        rows.append(measure(variant, n, dtype, repeats, numpy_repeats))
-    if progress:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-    return rows
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastopt bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (well under a minute)")
+    parser = argparse.ArgumentParser(prog="python -m fastopt bench",
+                                     description="Measure fastopt's optimizer steps on this machine.")
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (under a minute)")
     parser.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
                         help="comma-separated element counts, e.g. 1e4,1e7")
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     parser.add_argument("--optimizers", type=lambda s: s.split(","), default=list(VARIANTS),
                         help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
+    parser.add_argument("--skip-many", action="store_true", help="skip the many-small-tensors case")
+    parser.add_argument("--threshold", action="store_true",
+                        help="also measure where the parallel kernel starts to win")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout only)")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot throughput against size (needs matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     args = parser.parse_args(argv)
     unknown = set(args.optimizers) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
-    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
-    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
-    repeats, numpy_repeats = (5, 3) if args.quick else (15, 5)
-    info = machine()
-    rows = run(sizes, dtypes, args.optimizers, repeats, numpy_repeats)
+    if args.sizes and min(args.sizes) < 1:
+        parser.error("--sizes must be positive")
+    results = run(args)
     if args.json != "-":
-        print(f"fastopt bench on {info['processor']} ({info['cores']} cores, "
-              f"{info['numba_threads']} numba threads), numpy {info['numpy']}, numba {info['numba']}")
-        print(f"Medians; roofline = same-traffic in-place kernel, same target, same run.\n")
-        print(format_table(rows))
+        print(report(results))
     if args.json:
-        blob = json.dumps({"machine": info, "results": rows}, indent=2)
+        blob = json.dumps(results, indent=2)
         if args.json == "-":
             print(blob)
         else:
             with open(args.json, "w") as f:
                 f.write(blob + "\n")
+    if args.plot:
+        plot(results["rows"], args.plot)
+        if args.json != "-":
+            print(f"\nplot written to {args.plot}")
     return 0

@@ -16,6 +16,8 @@ has changed nothing.
 "parallel".
 """
 
+import numpy as np
+
 from . import _checks as C
 from ._dispatch import kernel
 
@@ -26,8 +28,12 @@ def _flat(a):
     return a if a.ndim == 1 else a.reshape(-1)
 
 
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
 def _empty_like_dtype(p):
-    return p.reshape(-1)[:0]
+    """A stand-in for a state array a flag switches off: never read or written."""
+    return _EMPTY[p.dtype]
 
 
 # --- unchecked updates: the optimizer classes call these directly ----------

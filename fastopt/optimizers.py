@@ -40,6 +40,7 @@ class Optimizer:
         self.param_groups = []
         self.state = {}
         self._flat_grads = []  # per parameter: its FlatParams gradient view, or None
+        self._hyper_cache = {}  # group index -> (hyperparameter values, checked dict)
         if isinstance(params, (FlatParams, FlatSegment)):
             params = [params]
         if isinstance(params, np.ndarray):
@@ -132,9 +133,23 @@ class Optimizer:
                 raise ValueError(f"grads[{i}] shares memory with params[{i}]")
         self._apply(params, checked)
 
+    def _checked_hypers(self):
+        """Every group's checked hyperparameters. A group whose values are the
+        ones checked at the last step is not checked again."""
+        cache = self._hyper_cache
+        hypers = []
+        for k, group in enumerate(self.param_groups):
+            key = tuple(tuple(v) if isinstance(v, list) else v
+                        for name, v in group.items() if name != "params")
+            cached = cache.get(k)
+            if cached is None or cached[0] != key:
+                cached = cache[k] = (key, self._check_group(group))
+            hypers.append(cached[1])
+        return hypers
+
     def _apply(self, params, grads):
         """Check the hyperparameters, then step every parameter with a gradient."""
-        hypers = [self._check_group(group) for group in self.param_groups]
+        hypers = self._checked_hypers()
         # Everything is checked: from here on, nothing raises.
         i = 0
         for group, hyper in zip(self.param_groups, hypers):

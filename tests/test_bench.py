@@ -1,0 +1,84 @@
+"""The bench command runs and reports honestly; a step allocates nothing that grows with n."""
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import bench
+
+
+@pytest.mark.parametrize("variant", list(bench.VARIANTS))
+def test_numpy_baseline_is_a_correct_implementation(variant):
+    """The baseline the bench compares against computes the same update."""
+    cls, hp, _ = bench.VARIANTS[variant]
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(100)
+    ours, base, state = p.copy(), p.copy(), {}
+    opt = cls([ours], **hp)
+    for t in range(1, 4):
+        g = rng.standard_normal(100)
+        opt.step([g])
+        bench.numpy_step(variant, base, g, state, t)
+    np.testing.assert_allclose(base, ours, rtol=1e-12, atol=1e-12)
+
+
+def test_bytes_per_step_matches_perf_table():
+    # shared/PERF.md: f32 bytes per element 12, 20, 20, 28, 28, 36
+    assert [bench.bytes_per_step(v, 1, np.float32) for v in bench.VARIANTS] == [12, 20, 20, 28, 28, 36]
+
+
+def test_bench_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(["--sizes", "1000", "--optimizers", "sgd,adam", "--no-torch",
+                       "--skip-many", "--no-progress", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ms/step" in text and "% roofline" in text
+    results = json.loads(out.read_text())
+    assert [r["optimizer"] for r in results["rows"]] == ["sgd", "adam"]
+    for row in results["rows"]:
+        assert row["fastopt_ms"] > 0 and row["roofline_ms"] > 0 and row["numpy_ms"] > 0
+    assert results["startup"]["first_step_ms"] > 0
+
+
+def test_bench_rejects_unknown_optimizer():
+    with pytest.raises(SystemExit):
+        bench.main(["--optimizers", "rmsprop"])
+
+
+def test_many_tensors_case_runs():
+    r = bench.measure_many(10, 100, "float32", repeats=2)
+    assert r["flat_ms"] > 0 and r["separate_ms"] > 0
+
+
+def test_torch_child_process():
+    pytest.importorskip("torch")
+    out = bench.torch_times([bench._torch_job("adam", 100, "float32", 2, count=2)], threads=1)
+    assert out["ms"][0] > 0
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [bench.measure("adam", n, "float32", 2, 1) for n in (1000, 2000)]
+    bench.plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("cls,kw", [(fastopt.SGD, dict(momentum=0.9)), (fastopt.Adagrad, {}),
+                                    (fastopt.Adam, dict(amsgrad=True))])
+@pytest.mark.parametrize("target", ["serial", "parallel"])
+def test_step_allocates_nothing_that_grows_with_n(cls, kw, target):
+    n = 1_000_000
+    p, g = np.zeros(n, np.float32), np.ones(n, np.float32)
+    opt = cls([p], target=target, **kw)
+    opt.step([g])  # state is created on the first step
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            opt.step([g])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"a step allocated {peak} bytes"
