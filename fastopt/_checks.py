@@ -56,6 +56,16 @@ def check_betas(betas):
             check_real("betas[1]", beta2, low=0.0, high=1.0, high_open=True))
 
 
+def check_grad_scale(grad_scale):
+    """``grad_scale`` (None or a finite number > 0); returns ``1 / grad_scale``."""
+    if grad_scale is None:
+        return 1.0
+    scale = check_real("grad_scale", grad_scale)
+    if scale <= 0:
+        raise ValueError(f"grad_scale must be > 0, got {scale}")
+    return 1.0 / scale
+
+
 def check_step(step):
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"step must be an int, got {_type_name(step)}")

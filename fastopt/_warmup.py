@@ -19,11 +19,12 @@ def warmup():
         a = [np.zeros(2, dtype) for _ in range(5)]
         s = T(0)
         for target in ("serial", "parallel"):
-            KERNELS["sgd"][target](a[0], a[1], a[2], s, s, s, s, False, False, True, False, False)
-            KERNELS["adagrad"][target](a[0], a[1], a[2], s, s, s, False, False)
-            KERNELS["adam"][target](a[0], a[1], a[2], a[3], a[4], s, False, s, s, s, s, s, s,
+            KERNELS["sgd"][target](a[0], a[1], a[2], s, s, s, s, s, False, False, True, False, False)
+            KERNELS["adagrad"][target](a[0], a[1], a[2], s, s, s, s, False, False)
+            KERNELS["adam"][target](a[0], a[1], a[2], a[3], a[4], s, s, False, s, s, s, s, s, s,
                                     s, s, False, False, False, True)
-            count += 3
+            KERNELS["count_nonfinite"][target](a[0], s)
+            count += 4
         for updated, kernels in ROOFLINE.items():
             for k in kernels:
                 k(a[0], s, *a[1:1 + updated])

@@ -11,6 +11,13 @@ one dtype, float32 or float64. The update rules are those of ``torch.optim``
 Every argument is checked before anything is written: a call that raises
 has changed nothing.
 
+Guards, on every function: ``grad_scale`` divides the gradient first, fused
+into the step (mixed-precision loss scaling; done as a multiplication by
+``1 / grad_scale``, exact for powers of two). ``check_finite=True`` first
+scans the unscaled gradient and, if any element is NaN or infinite, changes
+nothing and returns False; otherwise it steps and returns True. Without it
+a function returns None and non-finite values propagate, as in torch.
+
 ``target`` picks the kernel: None (serial below
 ``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above), "serial" or
 "parallel".
@@ -38,25 +45,31 @@ def _empty_like_dtype(p):
 
 # --- unchecked updates: the optimizer classes call these directly ----------
 
-def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maximize,
+def all_finite(g, inv_scale, target):
+    """Whether every element of ``g * inv_scale`` is finite (one fused scan)."""
+    return kernel("count_nonfinite", target, g.size)(_flat(g), g.dtype.type(inv_scale)) == 0
+
+
+def sgd_update(p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
                first_step, target):
     T = p.dtype.type
     use_momentum = momentum != 0
     kernel("sgd", target, p.size)(
         _flat(p), _flat(g), _flat(buf) if use_momentum else _empty_like_dtype(p),
-        T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
+        T(inv_scale), T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
         maximize, weight_decay != 0, use_momentum, first_step, nesterov)
 
 
-def adagrad_update(p, g, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target):
+def adagrad_update(p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize,
+                   target):
     T = p.dtype.type
     clr = lr / (1 + (step - 1) * lr_decay)
     kernel("adagrad", target, p.size)(
-        _flat(p), _flat(g), _flat(state_sum), T(-clr), T(weight_decay), T(eps),
+        _flat(p), _flat(g), _flat(state_sum), T(inv_scale), T(-clr), T(weight_decay), T(eps),
         maximize, weight_decay != 0)
 
 
-def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
                 weight_decay, amsgrad, maximize, decoupled_weight_decay, target):
     T = p.dtype.type
     # Host-side scalars in float64, as torch computes them, then cast.
@@ -68,7 +81,7 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     decay = weight_decay != 0
     kernel("adam", target, p.size)(
         _flat(p), _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
-        _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p),
+        _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p), T(inv_scale),
         lerp_weight, not abs(lerp_weight) < 0.5, T(1) - lerp_weight,
         T(beta2), T(1 - beta2), T(-step_size), T(bias_correction2_sqrt), T(eps),
         T(weight_decay), T(1 - lr * weight_decay),
@@ -87,8 +100,14 @@ def _check_arrays(param, grad, states):
     return grad
 
 
+def _skip(grad, inv_scale, check_finite, target):
+    """Whether a step with ``check_finite`` must be skipped (a non-finite gradient)."""
+    return check_finite and not all_finite(grad, inv_scale, target)
+
+
 def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-        weight_decay=0.0, nesterov=False, maximize=False, first_step=False, target=None):
+        weight_decay=0.0, nesterov=False, maximize=False, first_step=False, grad_scale=None,
+        check_finite=False, target=None):
     r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
 
     .. math::
@@ -117,6 +136,8 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
     nesterov = C.check_flag("nesterov", nesterov)
     maximize = C.check_flag("maximize", maximize)
     first_step = C.check_flag("first_step", first_step)
+    inv_scale = C.check_grad_scale(grad_scale)
+    check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov requires momentum > 0 and dampening == 0")
@@ -126,12 +147,15 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
     grad = _check_arrays(param, grad, states)
-    sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay,
+    if _skip(grad, inv_scale, check_finite, target):
+        return False
+    sgd_update(param, grad, momentum_buffer, inv_scale, lr, momentum, dampening, weight_decay,
                nesterov, maximize, first_step, target)
+    return True if check_finite else None
 
 
 def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-            eps=1e-10, maximize=False, target=None):
+            eps=1e-10, maximize=False, grad_scale=None, check_finite=False, target=None):
     r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
 
     .. math::
@@ -158,14 +182,20 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
     weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
     eps = C.check_real("eps", eps, low=0.0)
     maximize = C.check_flag("maximize", maximize)
+    inv_scale = C.check_grad_scale(grad_scale)
+    check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     grad = _check_arrays(param, grad, [("state_sum", state_sum)])
-    adagrad_update(param, grad, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target)
+    if _skip(grad, inv_scale, check_finite, target):
+        return False
+    adagrad_update(param, grad, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps,
+                   maximize, target)
+    return True if check_finite else None
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-         decoupled_weight_decay=False, target=None):
+         decoupled_weight_decay=False, grad_scale=None, check_finite=False, target=None):
     r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
 
     .. math::
@@ -199,6 +229,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     amsgrad = C.check_flag("amsgrad", amsgrad)
     maximize = C.check_flag("maximize", maximize)
     decoupled_weight_decay = C.check_flag("decoupled_weight_decay", decoupled_weight_decay)
+    inv_scale = C.check_grad_scale(grad_scale)
+    check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if amsgrad:
@@ -206,18 +238,22 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     grad = _check_arrays(param, grad, states)
-    adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-                weight_decay, amsgrad, maximize, decoupled_weight_decay, target)
+    if _skip(grad, inv_scale, check_finite, target):
+        return False
+    adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1,
+                beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, target)
+    return True if check_finite else None
 
 
 def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
           betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-          target=None):
+          grad_scale=None, check_finite=False, target=None):
     r"""One AdamW step: :func:`adam` with decoupled weight decay (default 1e-2).
 
     The parameter is first scaled by :math:`1 - \eta\lambda`, then takes the
     Adam step without weight decay in the gradient (``torch.optim.AdamW``).
     """
-    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
-         eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-         decoupled_weight_decay=True, target=target)
+    return adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
+                eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                decoupled_weight_decay=True, grad_scale=grad_scale, check_finite=check_finite,
+                target=target)

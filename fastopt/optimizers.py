@@ -108,19 +108,27 @@ class Optimizer:
 
     # --- stepping ------------------------------------------------------------
 
-    def step(self, grads=None):
+    def step(self, grads=None, *, check_finite=False, grad_scale=None):
         """Update every parameter in place from ``grads`` (one per parameter, or None).
 
         Without ``grads``, every parameter must come from a FlatParams, and
         its gradient is read from the FlatParams' gradient buffer.
+
+        ``grad_scale``: every gradient is divided by it first, fused into the
+        step (mixed-precision loss scaling). ``check_finite=True`` first scans
+        every (unscaled) gradient; if any element is NaN or infinite, the
+        whole step is skipped — parameters, state and step counts untouched —
+        and ``step`` returns False; otherwise it returns True. Without it,
+        ``step`` returns None and non-finite values propagate, as in torch.
         """
+        check_finite = C.check_flag("check_finite", check_finite)
+        inv_scale = C.check_grad_scale(grad_scale)
         params = self._all_params()
         if grads is None:
             if any(g is None for g in self._flat_grads):
                 raise TypeError("step() without grads needs every parameter to come from a "
                                 "FlatParams; pass one gradient per parameter")
-            self._apply(params, self._flat_grads)
-            return
+            return self._apply(params, self._flat_grads, inv_scale, check_finite)
         if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
             raise TypeError("grads must be a sequence with one gradient array (or None) per parameter")
         if len(grads) != len(params):
@@ -131,7 +139,7 @@ class Optimizer:
         for i, (g, p) in enumerate(zip(checked, params)):
             if g is not None and np.may_share_memory(g, p):
                 raise ValueError(f"grads[{i}] shares memory with params[{i}]")
-        self._apply(params, checked)
+        return self._apply(params, checked, inv_scale, check_finite)
 
     def _checked_hypers(self):
         """Every group's checked hyperparameters. A group whose values are the
@@ -147,9 +155,13 @@ class Optimizer:
             hypers.append(cached[1])
         return hypers
 
-    def _apply(self, params, grads):
-        """Check the hyperparameters, then step every parameter with a gradient."""
+    def _apply(self, params, grads, inv_scale, check_finite):
+        """Check the hyperparameters (and the gradients' values, with
+        ``check_finite``), then step every parameter with a gradient."""
         hypers = self._checked_hypers()
+        if check_finite and not all(F.all_finite(g, inv_scale, self.target)
+                                    for g in grads if g is not None):
+            return False
         # Everything is checked: from here on, nothing raises.
         i = 0
         for group, hyper in zip(self.param_groups, hypers):
@@ -159,8 +171,9 @@ class Optimizer:
                     state = self.state.get(i)
                     if state is None:
                         state = self.state[i] = self._new_state(p, hyper)
-                    self._update(p, g, state, hyper)
+                    self._update(p, g, inv_scale, state, hyper)
                 i += 1
+        return True if check_finite else None
 
     # --- state dicts -----------------------------------------------------------
 
@@ -318,12 +331,12 @@ class SGD(Optimizer):
     def _new_state(self, p, h):
         return {}
 
-    def _update(self, p, g, state, h):
+    def _update(self, p, g, inv_scale, state, h):
         buf = state.get("momentum_buffer")
         first = buf is None
         if h["momentum"] != 0 and first:
             buf = state["momentum_buffer"] = np.empty_like(p)
-        F.sgd_update(p, g, buf, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
+        F.sgd_update(p, g, buf, inv_scale, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
                      h["nesterov"], h["maximize"], first, self.target)
 
     def _required_state(self, state):
@@ -370,9 +383,9 @@ class Adagrad(Optimizer):
     def _new_state(self, p, h):
         return {"step": 0, "sum": np.full_like(p, h["initial_accumulator_value"])}
 
-    def _update(self, p, g, state, h):
+    def _update(self, p, g, inv_scale, state, h):
         state["step"] += 1
-        F.adagrad_update(p, g, state["sum"], state["step"], h["lr"], h["lr_decay"],
+        F.adagrad_update(p, g, state["sum"], inv_scale, state["step"], h["lr"], h["lr_decay"],
                          h["weight_decay"], h["eps"], h["maximize"], self.target)
 
 
@@ -418,14 +431,14 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = np.zeros_like(p)
         return state
 
-    def _update(self, p, g, state, h):
+    def _update(self, p, g, inv_scale, state, h):
         if h["amsgrad"] and "max_exp_avg_sq" not in state:
             # amsgrad switched on after this parameter's first step.
             state["max_exp_avg_sq"] = np.zeros_like(p)
         state["step"] += 1
         beta1, beta2 = h["betas"]
         F.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
-                      state["step"], h["lr"], beta1, beta2, h["eps"], h["weight_decay"],
+                      inv_scale, state["step"], h["lr"], beta1, beta2, h["eps"], h["weight_decay"],
                       h["amsgrad"], h["maximize"], h["decoupled_weight_decay"], self.target)
 
     def _required_state(self, state):

@@ -20,10 +20,10 @@ def args(name, dtype):
     a = [np.ones(64, dtype) for _ in range(5)]
     s = T(0.5)
     if name == "sgd":
-        return (a[0], a[1], a[2], s, s, s, s, False, True, True, False, False)
+        return (a[0], a[1], a[2], s, s, s, s, s, False, True, True, False, False)
     if name == "adagrad":
-        return (a[0], a[1], a[2], s, s, s, False, True)
-    return (a[0], a[1], a[2], a[3], a[4], s, False, s, s, s, s, s, s, s, s,
+        return (a[0], a[1], a[2], s, s, s, s, False, True)
+    return (a[0], a[1], a[2], a[3], a[4], s, s, False, s, s, s, s, s, s, s, s,
             False, True, False, True)
 
 

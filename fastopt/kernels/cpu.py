@@ -16,63 +16,58 @@ jitted twice, so each has its own entry in numba's on-disk cache.
 from numba import njit, prange
 
 from . import rules
+from ._jit import RULE, loop
 
-# error_model="numpy": no division-by-zero check that would block SIMD.
-# fastmath off: contraction or nnan/ninf would change results, and make them
-# depend on whether an element falls in a vector body or in the tail.
-_RULE = dict(error_model="numpy", fastmath=False, boundscheck=False)
-_LOOP = dict(cache=True, nogil=True, **_RULE)
-
-_sgd = njit(**_RULE)(rules.sgd)
-_adagrad = njit(**_RULE)(rules.adagrad)
-_adam = njit(**_RULE)(rules.adam)
+_sgd = njit(**RULE)(rules.sgd)
+_adagrad = njit(**RULE)(rules.adagrad)
+_adam = njit(**RULE)(rules.adam)
 
 
-@njit(**_LOOP)
-def sgd_serial(p, g, buf, neg_lr, weight_decay, momentum, one_minus_dampening,
+@loop()
+def sgd_serial(p, g, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
                maximize, use_weight_decay, use_momentum, first_step, nesterov):
     for i in range(p.shape[0]):
         b = buf[i] if use_momentum else p[i]
-        p[i], b = _sgd(g[i], p[i], b, neg_lr, weight_decay, momentum, one_minus_dampening,
+        p[i], b = _sgd(g[i], p[i], b, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
                        maximize, use_weight_decay, use_momentum, first_step, nesterov)
         if use_momentum:
             buf[i] = b
 
 
-@njit(parallel=True, **_LOOP)
-def sgd_parallel(p, g, buf, neg_lr, weight_decay, momentum, one_minus_dampening,
+@loop(parallel=True)
+def sgd_parallel(p, g, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
                  maximize, use_weight_decay, use_momentum, first_step, nesterov):
     for i in prange(p.shape[0]):
         b = buf[i] if use_momentum else p[i]
-        p[i], b = _sgd(g[i], p[i], b, neg_lr, weight_decay, momentum, one_minus_dampening,
+        p[i], b = _sgd(g[i], p[i], b, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
                        maximize, use_weight_decay, use_momentum, first_step, nesterov)
         if use_momentum:
             buf[i] = b
 
 
-@njit(**_LOOP)
-def adagrad_serial(p, g, state_sum, neg_clr, weight_decay, eps, maximize, use_weight_decay):
+@loop()
+def adagrad_serial(p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     for i in range(p.shape[0]):
-        p[i], state_sum[i] = _adagrad(g[i], p[i], state_sum[i], neg_clr, weight_decay, eps,
+        p[i], state_sum[i] = _adagrad(g[i], p[i], state_sum[i], inv_scale, neg_clr, weight_decay, eps,
                                       maximize, use_weight_decay)
 
 
-@njit(parallel=True, **_LOOP)
-def adagrad_parallel(p, g, state_sum, neg_clr, weight_decay, eps, maximize, use_weight_decay):
+@loop(parallel=True)
+def adagrad_parallel(p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     for i in prange(p.shape[0]):
-        p[i], state_sum[i] = _adagrad(g[i], p[i], state_sum[i], neg_clr, weight_decay, eps,
+        p[i], state_sum[i] = _adagrad(g[i], p[i], state_sum[i], inv_scale, neg_clr, weight_decay, eps,
                                       maximize, use_weight_decay)
 
 
-@njit(**_LOOP)
-def adam_serial(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq,
+@loop()
+def adam_serial(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
                 lerp_weight, lerp_from_end, lerp_weight_complement,
                 beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
                 weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad):
     for i in range(p.shape[0]):
         vmax = max_exp_avg_sq[i] if amsgrad else exp_avg_sq[i]
         p[i], exp_avg[i], exp_avg_sq[i], vmax = _adam(
-            g[i], p[i], exp_avg[i], exp_avg_sq[i], vmax,
+            g[i], p[i], exp_avg[i], exp_avg_sq[i], vmax, inv_scale,
             lerp_weight, lerp_from_end, lerp_weight_complement,
             beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
             weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad)
@@ -80,15 +75,15 @@ def adam_serial(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq,
             max_exp_avg_sq[i] = vmax
 
 
-@njit(parallel=True, **_LOOP)
-def adam_parallel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq,
+@loop(parallel=True)
+def adam_parallel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
                   lerp_weight, lerp_from_end, lerp_weight_complement,
                   beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
                   weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad):
     for i in prange(p.shape[0]):
         vmax = max_exp_avg_sq[i] if amsgrad else exp_avg_sq[i]
         p[i], exp_avg[i], exp_avg_sq[i], vmax = _adam(
-            g[i], p[i], exp_avg[i], exp_avg_sq[i], vmax,
+            g[i], p[i], exp_avg[i], exp_avg_sq[i], vmax, inv_scale,
             lerp_weight, lerp_from_end, lerp_weight_complement,
             beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
             weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad)
@@ -96,8 +91,38 @@ def adam_parallel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq,
             max_exp_avg_sq[i] = vmax
 
 
+# The number of gradient elements that are NaN or infinite once unscaled
+# (x - x is 0 exactly for every finite x, NaN for inf and NaN).
+
+@njit(**RULE)
+def _count_nonfinite(g, start, stop, inv_scale):
+    n = 0
+    for i in range(start, stop):
+        x = g[i] * inv_scale
+        n += 0 if x - x == 0 else 1
+    return n
+
+
+@loop()
+def count_nonfinite_serial(g, inv_scale):
+    return _count_nonfinite(g, 0, g.shape[0], inv_scale)
+
+
+@loop(parallel=True)
+def count_nonfinite_parallel(g, inv_scale):
+    # A prange reduction over elements does not vectorise; chunks of a
+    # vectorised serial count do.
+    chunks = 64
+    size = (g.shape[0] + chunks - 1) // chunks
+    n = 0
+    for c in prange(chunks):
+        n += _count_nonfinite(g, c * size, min((c + 1) * size, g.shape[0]), inv_scale)
+    return n
+
+
 KERNELS = {
     "sgd": {"serial": sgd_serial, "parallel": sgd_parallel},
     "adagrad": {"serial": adagrad_serial, "parallel": adagrad_parallel},
     "adam": {"serial": adam_serial, "parallel": adam_parallel},
+    "count_nonfinite": {"serial": count_nonfinite_serial, "parallel": count_nonfinite_parallel},
 }

@@ -7,24 +7,24 @@ what the memory system allows (see shared/PERF.md). Not a STREAM triad: its
 written array is not read first, which changes the byte count.
 """
 
-from numba import njit, prange
+from numba import prange
 
-_LOOP = dict(cache=True, nogil=True, error_model="numpy", fastmath=False, boundscheck=False)
+from ._jit import loop
 
 
-@njit(**_LOOP)
+@loop()
 def _one_serial(g, s, a):
     for i in range(g.shape[0]):
         a[i] += g[i] * s
 
 
-@njit(parallel=True, **_LOOP)
+@loop(parallel=True)
 def _one_parallel(g, s, a):
     for i in prange(g.shape[0]):
         a[i] += g[i] * s
 
 
-@njit(**_LOOP)
+@loop()
 def _two_serial(g, s, a, b):
     for i in range(g.shape[0]):
         t = g[i] * s
@@ -32,7 +32,7 @@ def _two_serial(g, s, a, b):
         b[i] += t
 
 
-@njit(parallel=True, **_LOOP)
+@loop(parallel=True)
 def _two_parallel(g, s, a, b):
     for i in prange(g.shape[0]):
         t = g[i] * s
@@ -40,7 +40,7 @@ def _two_parallel(g, s, a, b):
         b[i] += t
 
 
-@njit(**_LOOP)
+@loop()
 def _three_serial(g, s, a, b, c):
     for i in range(g.shape[0]):
         t = g[i] * s
@@ -49,7 +49,7 @@ def _three_serial(g, s, a, b, c):
         c[i] += t
 
 
-@njit(parallel=True, **_LOOP)
+@loop(parallel=True)
 def _three_parallel(g, s, a, b, c):
     for i in prange(g.shape[0]):
         t = g[i] * s
@@ -58,7 +58,7 @@ def _three_parallel(g, s, a, b, c):
         c[i] += t
 
 
-@njit(**_LOOP)
+@loop()
 def _four_serial(g, s, a, b, c, d):
     for i in range(g.shape[0]):
         t = g[i] * s
@@ -68,7 +68,7 @@ def _four_serial(g, s, a, b, c, d):
         d[i] += t
 
 
-@njit(parallel=True, **_LOOP)
+@loop(parallel=True)
 def _four_parallel(g, s, a, b, c, d):
     for i in prange(g.shape[0]):
         t = g[i] * s

@@ -13,15 +13,17 @@ single-tensor implementations (``shared/REFERENCE.md``), so float64 results
 agree with torch to rounding.
 
 Flags are booleans that are the same for every element; scalars already have
-the array's dtype.
+the array's dtype. ``inv_scale`` unscales the gradient first (mixed-precision
+loss scaling); it is 1 when no scale is given, and ``g * 1`` is exactly ``g``.
 """
 
 import math
 
 
-def sgd(g, p, buf, neg_lr, weight_decay, momentum, one_minus_dampening,
+def sgd(g, p, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
         maximize, use_weight_decay, use_momentum, first_step, nesterov):
     """Return the new ``(p, buf)``; ``buf`` is unchanged without momentum."""
+    g = g * inv_scale
     g = -g if maximize else g
     g = g + weight_decay * p if use_weight_decay else g
     if use_momentum:
@@ -31,15 +33,16 @@ def sgd(g, p, buf, neg_lr, weight_decay, momentum, one_minus_dampening,
     return p + neg_lr * g, buf
 
 
-def adagrad(g, p, state_sum, neg_clr, weight_decay, eps, maximize, use_weight_decay):
+def adagrad(g, p, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     """Return the new ``(p, state_sum)``."""
+    g = g * inv_scale
     g = -g if maximize else g
     g = g + weight_decay * p if use_weight_decay else g
     state_sum = state_sum + g * g
     return p + (neg_clr * g) / (math.sqrt(state_sum) + eps), state_sum
 
 
-def adam(g, p, exp_avg, exp_avg_sq, max_exp_avg_sq,
+def adam(g, p, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
          lerp_weight, lerp_from_end, lerp_weight_complement,
          beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
          weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad):
@@ -47,6 +50,7 @@ def adam(g, p, exp_avg, exp_avg_sq, max_exp_avg_sq,
 
     ``max_exp_avg_sq`` is only meaningful when ``amsgrad`` is set.
     """
+    g = g * inv_scale
     g = -g if maximize else g
     p = p * decay_factor if decoupled_decay else p
     g = g + weight_decay * p if l2_decay else g

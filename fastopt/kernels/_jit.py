@@ -1,0 +1,42 @@
+"""How fastopt compiles its CPU loops: the options in one place, and a disk
+cache that falls back to no cache when numba cannot write one."""
+
+import warnings
+
+from numba import njit
+
+# error_model="numpy": no division-by-zero check that would block SIMD.
+# fastmath off: contraction or nnan/ninf would change results, and make them
+# depend on whether an element falls in a vector body or in the tail.
+RULE = dict(error_model="numpy", fastmath=False, boundscheck=False)
+
+_warned = False
+
+
+def loop(parallel=False):
+    """Decorator: compile a loop with ``RULE``'s options, ``nogil`` and a disk cache.
+
+    numba refuses ``cache=True`` at decoration time when no cache folder is
+    writable (a read-only install with no writable home). Then the loop is
+    compiled without a cache, once per process, and a warning says how to
+    get the cache back.
+    """
+    def decorate(fn):
+        try:
+            return njit(parallel=parallel, cache=True, nogil=True, **RULE)(fn)
+        except RuntimeError as e:
+            if "cannot cache" not in str(e):
+                raise
+            _warn_no_cache()
+            return njit(parallel=parallel, cache=False, nogil=True, **RULE)(fn)
+    return decorate
+
+
+def _warn_no_cache():
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn("fastopt: numba cannot write its cache beside the package or in the "
+                      "home folder, so kernels will be compiled in every process; set "
+                      "NUMBA_CACHE_DIR to a writable folder to cache them", RuntimeWarning,
+                      stacklevel=3)
