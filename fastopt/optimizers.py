@@ -229,18 +229,21 @@ class Optimizer:
         if len(index_of) != first:
             raise ValueError("state_dict['param_groups'] lists a parameter id more than once")
         params = self._all_params()
+        group_of = [k for k, group in enumerate(self.param_groups) for _ in group["params"]]
         new_state = {}
         for pid, saved in saved_state.items():
             if pid not in index_of:
                 raise ValueError(f"state_dict['state'] has an entry {pid!r} that no group lists")
             i = index_of[pid]
-            new_state[i] = self._load_param_state(f"state_dict['state'][{pid!r}]", saved, params[i])
+            hyper = self._check_group(new_groups[group_of[i]])
+            new_state[i] = self._load_param_state(f"state_dict['state'][{pid!r}]", saved,
+                                                  params[i], hyper)
         # Everything is checked: commit.
         for group, new_group in zip(self.param_groups, new_groups):
             group.update(new_group)
         self.state = new_state
 
-    def _load_param_state(self, name, saved, p):
+    def _load_param_state(self, name, saved, p, hyper):
         if not isinstance(saved, dict):
             raise TypeError(f"{name} must be a dict, got {type(saved).__name__}")
         allowed = set(self._state_keys) | ({"step"} if self._has_step else set())
@@ -256,19 +259,24 @@ class Optimizer:
         for key in self._state_keys:
             if key not in saved or saved[key] is None:
                 continue
-            try:
-                a = np.array(np.asarray(saved[key]), dtype=p.dtype, copy=True, order="C")
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"{name}['{key}'] is not an array of numbers: {e}") from None
+            value = saved[key]
+            if not hasattr(value, "__array__") and not isinstance(value, np.ndarray):
+                raise TypeError(f"{name}['{key}'] must be an array, got {type(value).__name__}")
+            value = np.asarray(value)
+            if value.dtype.kind != "f":
+                raise TypeError(f"{name}['{key}'] must be a floating-point array, got dtype {value.dtype}")
+            # Another float dtype is cast to the parameter's, as torch does.
+            a = np.array(value, dtype=p.dtype, copy=True, order="C")
             if a.shape != p.shape:
                 raise ValueError(f"{name}['{key}'] has shape {a.shape}, its parameter has shape {p.shape}")
             state[key] = a
-        missing = set(self._required_state(state)) - set(state)
+        missing = set(self._required_state(state, hyper)) - set(state)
         if missing:
             raise ValueError(f"{name} lacks {sorted(missing)}")
         return state
 
-    def _required_state(self, state):
+    def _required_state(self, state, hyper):
+        """The state keys a loaded parameter state must have."""
         return self._state_keys
 
     def __repr__(self):
@@ -282,6 +290,8 @@ class Optimizer:
 
 
 def _load_step(name, value):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got bool")
     try:
         step = float(np.asarray(value))
     except (TypeError, ValueError):
@@ -339,7 +349,7 @@ class SGD(Optimizer):
         F.sgd_update(p, g, buf, inv_scale, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
                      h["nesterov"], h["maximize"], first, self.target)
 
-    def _required_state(self, state):
+    def _required_state(self, state, hyper):
         return ()
 
 
@@ -441,7 +451,9 @@ class Adam(Optimizer):
                       inv_scale, state["step"], h["lr"], beta1, beta2, h["eps"], h["weight_decay"],
                       h["amsgrad"], h["maximize"], h["decoupled_weight_decay"], self.target)
 
-    def _required_state(self, state):
+    def _required_state(self, state, hyper):
+        if hyper["amsgrad"] and state["step"] > 0:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         return ("exp_avg", "exp_avg_sq")
 
 

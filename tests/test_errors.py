@@ -183,6 +183,9 @@ def test_grad_aliasing_its_param_refused():
     (lambda sd: sd["param_groups"][0]["params"].pop(), ValueError, "parameters"),
     (lambda sd: sd["state"][0].update(exp_avg=np.zeros(5)), ValueError, "shape"),
     (lambda sd: sd["state"][0].update(exp_avg="abc"), TypeError, "exp_avg"),
+    (lambda sd: sd["state"][0].update(exp_avg=np.zeros(4, complex)), TypeError, "floating"),
+    (lambda sd: sd["state"][0].update(exp_avg=np.zeros(4, np.int64)), TypeError, "floating"),
+    (lambda sd: sd["state"][0].update(step=True), TypeError, "step"),
     (lambda sd: sd["state"][0].pop("exp_avg_sq"), ValueError, "exp_avg_sq"),
     (lambda sd: sd["state"][0].update(step=-1), ValueError, "step"),
     (lambda sd: sd["state"][0].update(bogus=1), ValueError, "bogus"),
@@ -204,3 +207,24 @@ def test_bad_state_dict_changes_nothing(mutate, exc, match):
     for k, v in before_state.items():
         for kk, vv in v.items():
             np.testing.assert_array_equal(opt.state[k][kk], vv)
+
+
+def test_amsgrad_state_without_its_maximum_refused():
+    w = np.zeros(3)
+    opt = fastopt.Adam([w], amsgrad=True)
+    opt.step([np.ones(3)])
+    sd = opt.state_dict()
+    del sd["state"][0]["max_exp_avg_sq"]
+    fresh = fastopt.Adam([np.zeros(3)], amsgrad=True)
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):
+        fresh.load_state_dict(sd)
+    assert fresh.state == {}
+
+
+def test_float32_state_loads_into_float64_params_cast():
+    w = np.zeros(3, np.float32)
+    opt = fastopt.Adam([w])
+    opt.step([np.ones(3, np.float32)])
+    other = fastopt.Adam([np.zeros(3)])
+    other.load_state_dict(opt.state_dict())
+    assert other.state[0]["exp_avg"].dtype == np.float64
