@@ -5,8 +5,10 @@ dicts; each step is one pass over memory, serial or parallel by size.
 """
 
 from . import config, functional
+from .checkpoint import CheckpointError, load, save
 from .flat import FlatParams, FlatSegment
 from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer
 
-__all__ = ["FlatParams", "FlatSegment", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "config", "functional"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "FlatParams", "FlatSegment",
+           "save", "load", "CheckpointError", "config", "functional"]
 __version__ = "0.1.0"
