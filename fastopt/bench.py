@@ -154,6 +154,19 @@ def measure_many(count, size, dtype, repeats):
             "roofline_pct": 100 * t_roof / t_flat}
 
 
+def measure_guards(n, dtype, repeats):
+    """Adam step with and without ``check_finite`` (and ``grad_scale``)."""
+    p, g = _data(n, dtype)
+    opt = Adam([p], lr=1e-3)
+    plain = median_time(lambda: opt.step([g]), repeats, min_seconds=0.2)
+    checked = median_time(lambda: opt.step([g], check_finite=True), repeats, min_seconds=0.2)
+    scaled = median_time(lambda: opt.step([g], check_finite=True, grad_scale=1024.0), repeats,
+                         min_seconds=0.2)
+    return {"n": n, "dtype": np.dtype(dtype).name, "plain_ms": plain * 1e3,
+            "check_finite_ms": checked * 1e3, "check_finite_scaled_ms": scaled * 1e3,
+            "check_finite_cost_pct": 100 * (checked / plain - 1)}
+
+
 # --- torch, in a child process ------------------------------------------------
 
 _TORCH_CHILD = r"""
@@ -337,7 +350,8 @@ def run(args):
     show = not args.no_progress
     import numba
     threads = numba.get_num_threads()
-    results = {"machine": None, "rows": [], "many": None, "startup": None, "threshold": None}
+    results = {"machine": None, "rows": [], "many": None, "guards": None, "startup": None,
+               "threshold": None}
 
     jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
     for k, (variant, n, dtype) in enumerate(jobs, 1):
@@ -348,6 +362,9 @@ def run(args):
     if not args.skip_many:
         _progress(f"many tensors: {count} x {size}", show)
         results["many"] = measure_many(count, size, "float32", repeats)
+
+    _progress("check_finite cost", show)
+    results["guards"] = measure_guards(max(sizes), dtypes[0], repeats)
 
     if not args.no_torch:
         _progress("torch (child process)", show)
@@ -395,6 +412,11 @@ def report(results):
         if many.get("torch_ms") is not None:
             lines.append(f"  torch fused, {many['tensors']:,} tensors        {many['torch_ms']:8.3f} ms"
                          f"   (FlatParams is {many['speedup_torch']:.1f}x faster)")
+    gd = results["guards"]
+    if gd:
+        lines += ["", f"Adam step at n={gd['n']:.0e} {gd['dtype']}: {gd['plain_ms']:.3f} ms; with "
+                      f"check_finite {gd['check_finite_ms']:.3f} ms (+{gd['check_finite_cost_pct']:.0f}%); "
+                      f"with check_finite and grad_scale {gd['check_finite_scaled_ms']:.3f} ms"]
     th = results["threshold"]
     if th:
         lines += ["", f"Serial vs parallel Adam step ({th['dtype']}), microseconds:",
