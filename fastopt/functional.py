@@ -11,9 +11,15 @@ one dtype, float32 or float64. The update rules are those of ``torch.optim``
 Every argument is checked before anything is written: a call that raises
 has changed nothing.
 
-``target`` picks the kernel: None (serial below
-``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above), "serial" or
-"parallel".
+``target`` picks the kernel: None (for NumPy arrays, serial below
+``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above; for GPU
+arrays, CUDA), "serial", "parallel" or "cuda".
+
+GPU arrays (numba device arrays, CuPy arrays, PyTorch CUDA tensors: anything
+with ``__cuda_array_interface__``) take the CUDA kernels, with the same
+rules. All arrays of one call must then be on the GPU and C-contiguous; the
+update is launched on the parameter's stream and the call returns without
+waiting for it (README, "CUDA").
 """
 
 from . import _checks as C
@@ -23,11 +29,12 @@ __all__ = ["sgd", "adagrad", "adam", "adamw"]
 
 
 def _flat(a):
-    return a if a.ndim == 1 else a.reshape(-1)
+    # ravel, not reshape: a numba device array keeps its stream through ravel.
+    return a if a.ndim == 1 else a.ravel()
 
 
 def _empty_like_dtype(p):
-    return p.reshape(-1)[:0]
+    return _flat(p)[:0]
 
 
 # --- unchecked updates: the optimizer classes call these directly ----------
@@ -36,7 +43,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maxim
                first_step, target):
     T = p.dtype.type
     use_momentum = momentum != 0
-    kernel("sgd", target, p.size)(
+    kernel("sgd", target, p)(
         _flat(p), _flat(g), _flat(buf) if use_momentum else _empty_like_dtype(p),
         T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
         maximize, weight_decay != 0, use_momentum, first_step, nesterov)
@@ -45,7 +52,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, maxim
 def adagrad_update(p, g, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target):
     T = p.dtype.type
     clr = lr / (1 + (step - 1) * lr_decay)
-    kernel("adagrad", target, p.size)(
+    kernel("adagrad", target, p)(
         _flat(p), _flat(g), _flat(state_sum), T(-clr), T(weight_decay), T(eps),
         maximize, weight_decay != 0)
 
@@ -60,7 +67,7 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
     bias_correction2_sqrt = bias_correction2 ** 0.5
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
-    kernel("adam", target, p.size)(
+    kernel("adam", target, p)(
         _flat(p), _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
         _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p),
         lerp_weight, not abs(lerp_weight) < 0.5, T(1) - lerp_weight,
@@ -71,14 +78,16 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
 
 # --- the checked public API ----------------------------------------------------
 
-def _check_arrays(param, grad, states):
-    """Check ``param``, ``grad`` and the named state arrays; return the grad to use."""
-    C.check_param("param", param)
-    for name, a in states:
-        C.check_state(name, a, param, "param")
+def _check_arrays(param, grad, states, target):
+    """Check ``param``, ``grad`` and the named state arrays (and ``target`` against
+    them); return ``(param, grad, {name: state})`` as the kernels take them."""
+    param = C.check_param("param", param)
+    if target is not None:
+        C.check_target_matches(target, param, "param")
+    states = {name: C.check_state(name, a, param, "param") for name, a in states}
     grad = C.check_grad("grad", grad, param, "param")
-    C.check_no_overlap([("param", param), ("grad", grad), *states])
-    return grad
+    C.check_no_overlap([("param", param), ("grad", grad), *states.items()])
+    return param, grad, states
 
 
 def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
@@ -119,9 +128,9 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
-    grad = _check_arrays(param, grad, states)
-    sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay,
-               nesterov, maximize, first_step, target)
+    param, grad, states = _check_arrays(param, grad, states, target)
+    sgd_update(param, grad, states.get("momentum_buffer"), lr, momentum, dampening,
+               weight_decay, nesterov, maximize, first_step, target)
 
 
 def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
@@ -153,8 +162,9 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
     eps = C.check_real("eps", eps, low=0.0)
     maximize = C.check_flag("maximize", maximize)
     C.check_target(target)
-    grad = _check_arrays(param, grad, [("state_sum", state_sum)])
-    adagrad_update(param, grad, state_sum, step, lr, lr_decay, weight_decay, eps, maximize, target)
+    param, grad, states = _check_arrays(param, grad, [("state_sum", state_sum)], target)
+    adagrad_update(param, grad, states["state_sum"], step, lr, lr_decay, weight_decay, eps,
+                   maximize, target)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -199,9 +209,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    grad = _check_arrays(param, grad, states)
-    adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
-                weight_decay, amsgrad, maximize, decoupled_weight_decay, target)
+    param, grad, states = _check_arrays(param, grad, states, target)
+    adam_update(param, grad, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq"),
+                step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
+                target)
 
 
 def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
