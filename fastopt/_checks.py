@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 
+from . import _cuda
 from ._dispatch import TARGETS
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -74,10 +75,35 @@ def check_step(step):
     return int(step)
 
 
+def check_target_matches(target, p, pname):
+    """``target`` fits parameter ``p``: "cuda" only for GPU arrays, "serial" and
+    "parallel" only for NumPy arrays. Returns ``target``."""
+    if isinstance(p, np.ndarray):
+        if target == "cuda":
+            raise TypeError(f"target='cuda' needs GPU arrays, but {pname} is a numpy.ndarray "
+                            "(move it with numba.cuda.to_device, cupy.asarray or torch's .cuda())")
+    elif target is not None and target != "cuda":
+        raise ValueError(f"target={target!r} runs on the CPU, but {pname} is a GPU array; "
+                         "use target=None or 'cuda'")
+    return target
+
+
 def check_param(name, p):
-    """A parameter: a writeable, C-contiguous float32 or float64 ndarray."""
+    """A parameter: a writeable, C-contiguous float32 or float64 array.
+
+    A NumPy array is returned as it is; a GPU array as a numba device array
+    viewing it (see ``_cuda.as_array``).
+    """
     if not isinstance(p, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(p)}")
+        if not _cuda.is_cuda_array(p):
+            raise TypeError(f"{name} must be a numpy.ndarray or a GPU array (numba, CuPy, PyTorch), "
+                            f"got {_type_name(p)}")
+        p = _cuda.as_array(name, p)
+        if p.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
+        if not p.is_c_contiguous():
+            raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update)")
+        return p
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
     if not p.flags.c_contiguous:
@@ -89,25 +115,62 @@ def check_param(name, p):
 
 
 def check_state(name, a, p, pname):
-    """A state array of parameter ``p``: same shape and dtype, writeable, C-contiguous."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
+    """A state array of parameter ``p``: same place, shape and dtype, writeable, C-contiguous.
+
+    Returned as ``check_param`` returns arrays.
+    """
+    if isinstance(p, np.ndarray):
+        if not isinstance(a, np.ndarray):
+            _refuse_other_kind(name, a, pname, "a numpy.ndarray")
+        _check_matches(name, a, p, pname)
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        if not a.flags.writeable:
+            raise ValueError(f"{name} is read-only")
+        return a
+    a = _device_array(name, a, pname)
     _check_matches(name, a, p, pname)
-    if not a.flags.c_contiguous:
+    if not a.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} is read-only")
     return a
 
 
 def check_grad(name, g, p, pname):
-    """A gradient of ``p``; returned C-contiguous (copied only if it was not)."""
-    if not isinstance(g, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(g)}")
+    """A gradient of ``p``, in the same place; returned C-contiguous.
+
+    A non-contiguous NumPy gradient is copied; a GPU gradient must be
+    C-contiguous already (fastopt makes no copies on the GPU).
+    """
+    if isinstance(p, np.ndarray):
+        if not isinstance(g, np.ndarray):
+            _refuse_other_kind(name, g, pname, "a numpy.ndarray")
+        _check_matches(name, g, p, pname)
+        if not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g)
+        return g
+    g = _device_array(name, g, pname)
     _check_matches(name, g, p, pname)
-    if not g.flags.c_contiguous:
-        g = np.ascontiguousarray(g)
+    if not g.is_c_contiguous():
+        raise ValueError(f"{name} must be C-contiguous on the GPU (fastopt copies nothing there); "
+                         "pass a contiguous copy (torch: .contiguous(), CuPy: cupy.ascontiguousarray)")
     return g
+
+
+def _device_array(name, a, pname):
+    """GPU array ``a`` belonging with GPU parameter ``pname``, as a numba device array."""
+    if isinstance(a, np.ndarray) or not _cuda.is_cuda_array(a):
+        _refuse_other_kind(name, a, pname, "a GPU array")
+    return _cuda.as_array(name, a)
+
+
+def _refuse_other_kind(name, a, pname, wanted):
+    if isinstance(a, np.ndarray):
+        raise TypeError(f"{name} is a numpy.ndarray (host memory), but {pname} is a GPU array; "
+                        "the arrays of one update must all be on the host or all on the GPU")
+    if _cuda.is_cuda_array(a):
+        raise TypeError(f"{name} is a GPU array, but {pname} is a numpy.ndarray (host memory); "
+                        "the arrays of one update must all be on the host or all on the GPU")
+    raise TypeError(f"{name} must be {wanted} like {pname}, got {_type_name(a)}")
 
 
 def _check_matches(name, a, p, pname):
@@ -120,12 +183,14 @@ def _check_matches(name, a, p, pname):
 def check_no_overlap(named_arrays):
     """Refuse arrays whose memory overlaps: the kernels assume none does.
 
-    ``named_arrays`` is a sequence of ``(name, C-contiguous ndarray)``.
+    ``named_arrays`` is a sequence of ``(name, array)``: C-contiguous, all
+    NumPy arrays or all numba device arrays (as the checks above return them).
     """
     spans = []
     for name, a in named_arrays:
         if a.nbytes:
-            start = a.__array_interface__["data"][0]
+            start = (a.__array_interface__["data"][0] if isinstance(a, np.ndarray)
+                     else _cuda.address(a))
             spans.append((start, start + a.nbytes, name))
     spans.sort()
     for (_, end, name), (start, _, other) in zip(spans, spans[1:]):

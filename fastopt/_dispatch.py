@@ -1,12 +1,15 @@
-"""The one place that chooses which compiled kernel runs."""
+"""The one place that chooses where work runs: which compiled kernel, and
+where new arrays are allocated (host or GPU, like the parameter)."""
 
 import threading
 import warnings
 
+import numpy as np
+
 from . import config
 from .kernels.cpu import KERNELS
 
-TARGETS = ("serial", "parallel")
+TARGETS = ("serial", "parallel", "cuda")
 
 # numba's "workqueue" threading layer aborts the process when two threads run
 # parallel code at once. Until the first parallel kernel has run, the layer
@@ -16,15 +19,22 @@ _layer_is_safe = None
 _parallel_lock = threading.Lock()
 
 
-def kernel(name, target, size):
-    """The ``name`` kernel ("sgd", "adagrad", "adam") for ``target``.
+def kernel(name, target, p):
+    """The ``name`` kernel ("sgd", "adagrad", "adam") to update parameter ``p``.
 
-    ``target`` is None (choose by ``size`` against
-    ``config.PARALLEL_THRESHOLD``), "serial" or "parallel"; callers have
-    validated it with ``_checks.check_target``.
+    ``target`` is None (a GPU array takes the CUDA kernel; a NumPy array the
+    serial or parallel one by its size against ``config.PARALLEL_THRESHOLD``),
+    "serial", "parallel" or "cuda"; callers have validated it against ``p``
+    with ``_checks.check_target_matches``.
     """
     if target is None:
-        target = "parallel" if size >= config.PARALLEL_THRESHOLD else "serial"
+        if not isinstance(p, np.ndarray):
+            target = "cuda"
+        else:
+            target = "parallel" if p.size >= config.PARALLEL_THRESHOLD else "serial"
+    if target == "cuda":
+        from . import _cuda
+        return _cuda.kernels().KERNELS[name]
     if target == "parallel" and _layer_is_safe is not True:
         return lambda *args: _guarded_parallel(name, args)
     return KERNELS[name][target]
@@ -50,3 +60,56 @@ def _guarded_parallel(name, args):
     finally:
         _parallel_lock.release()
     return result
+
+
+def new(shape, dtype, device, value=None):
+    """A new array on ``device`` ("cpu" or "cuda"), filled with ``value``
+    (uninitialised when it is None)."""
+    if device == "cpu":
+        if value is None:
+            return np.empty(shape, dtype)
+        return np.zeros(shape, dtype) if value == 0 else np.full(shape, value, dtype)
+    from . import _cuda
+    return _cuda.new(shape, dtype, value)
+
+
+def fill(a, value):
+    """Set every element of ``a`` (a NumPy array or a numba device array) to ``value``."""
+    if isinstance(a, np.ndarray):
+        a.fill(value)
+    else:
+        from . import _cuda
+        _cuda.fill(a, value)
+
+
+def new_like(p, value=None):
+    """A new array with the shape and dtype of parameter ``p``, where ``p`` lives,
+    filled with ``value`` (uninitialised when it is None).
+
+    ``p`` is a NumPy array or a numba device array (as the checks return it).
+    """
+    if isinstance(p, np.ndarray):
+        if value is None:
+            return np.empty_like(p)
+        return np.zeros_like(p) if value == 0 else np.full_like(p, value)
+    from . import _cuda
+    return _cuda.new(p.shape, p.dtype, value, p.stream)
+
+
+def host_array(a):
+    """``a`` as a NumPy array: GPU arrays are copied to the host, anything else ``np.asarray``."""
+    if isinstance(a, np.ndarray):
+        return a
+    from . import _cuda
+    if _cuda.is_cuda_array(a):
+        return _cuda.to_host(a)
+    return np.asarray(a)
+
+
+def place_like(p, a):
+    """NumPy array ``a`` where parameter ``p`` lives: ``a`` itself, or a copy on
+    the GPU (made on ``p``'s stream, before the kernels that will use it)."""
+    if isinstance(p, np.ndarray):
+        return a
+    from . import _cuda
+    return _cuda.to_device(a, p.stream)

@@ -9,6 +9,14 @@ the two thread pools do not compete). It prints milliseconds per step
 the many-small-tensors case (2,000 tensors of 5,000 floats: FlatParams
 against torch over the 2,000 tensors) and the start-up cost of a fresh
 process.
+
+With ``--cuda`` (or ``--device cuda``) it also times the CUDA target on the
+current GPU: fastopt's optimizer on device arrays, the CUDA roofline kernel of
+the same traffic, and ``torch.optim``'s fused CUDA implementation when torch
+with CUDA is installed. Without a GPU those rows are skipped with a message.
+
+``make_step`` is the hook for other harnesses (asv): one step of fastopt,
+the roofline or torch, on either device, as a zero-argument function.
 """
 
 import argparse
@@ -41,6 +49,12 @@ FULL_SIZES = (10_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 1_000_000)
 MANY = (2_000, 5_000)  # tensors, elements each
 QUICK_MANY = (400, 5_000)
+CUDA_SIZES = (10_000, 1_000_000, 10_000_000, 100_000_000)
+
+# torch.optim classes with a fused CUDA implementation, per variant.
+TORCH_FUSED = {"sgd": ("SGD", dict(lr=1e-3)), "sgd-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
+               "adam": ("Adam", dict(lr=1e-3)), "adamw": ("AdamW", dict(lr=1e-3)),
+               "adam-amsgrad": ("Adam", dict(lr=1e-3, amsgrad=True))}
 
 
 def bytes_per_step(variant, n, dtype):
@@ -105,21 +119,64 @@ def _data(n, dtype, seed=0):
     return rng.standard_normal(n).astype(dtype), (rng.standard_normal(n) * 1e-3).astype(dtype)
 
 
-def roofline_time(updated, n, dtype, repeats, target=None):
-    """Median seconds of the same-traffic in-place kernel on fresh arrays."""
-    g = np.ones(n, dtype)
-    arrays = [np.zeros(n, dtype) for _ in range(updated)]
-    kernel, s = roofline(updated, target or _target(n)), np.dtype(dtype).type(1e-9)
-    return median_time(lambda: kernel(g, s, *arrays), repeats, min_seconds=0.2)
+def make_step(variant, n, dtype, device="cpu", kind="fastopt"):
+    """``(step, wait)``: ``step()`` runs one step, ``wait()`` returns when it has finished.
+
+    ``kind`` is "fastopt" (the optimizer class on one array of ``n``
+    elements), "roofline" (the same-traffic in-place kernel) or "torch"
+    (``torch.optim``'s fused CUDA implementation; ``device="cuda"`` only,
+    and ValueError for a variant torch has none for). On the CPU ``wait``
+    does nothing; on the GPU a step is only launched, and ``wait``
+    synchronises. Arrays are made here, so call it in a benchmark's setup.
+    """
+    cls, hp, updated = VARIANTS[variant]
+    p, g = _data(n, dtype)
+    if device == "cpu":
+        if kind == "fastopt":
+            opt = cls([p], **hp)
+            return (lambda: opt.step([g])), _nothing
+        if kind == "roofline":
+            arrays = [np.zeros(n, dtype) for _ in range(updated)]
+            kernel, s = roofline(updated, _target(n)), np.dtype(dtype).type(1e-9)
+            return (lambda: kernel(g, s, *arrays)), _nothing
+        raise ValueError(f"no {kind!r} step on the CPU")
+    if device != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if kind == "torch":
+        return _torch_step(variant, p, g)
+    from . import _cuda
+    cuda = _cuda.cuda()
+    dp, dg = cuda.to_device(p), cuda.to_device(g)
+    if kind == "fastopt":
+        opt = cls([dp], **hp)
+        return (lambda: opt.step([dg])), cuda.synchronize
+    if kind == "roofline":
+        arrays = [_cuda.new(n, dtype, 0) for _ in range(updated)]
+        kernel, s = _cuda.kernels().ROOFLINE[updated], np.dtype(dtype).type(1e-9)
+        return (lambda: kernel(dg, s, *arrays)), cuda.synchronize
+    raise ValueError(f"kind must be 'fastopt', 'roofline' or 'torch', got {kind!r}")
+
+
+def _nothing():
+    pass
+
+
+def _torch_step(variant, p, g):
+    import torch
+    if variant not in TORCH_FUSED:
+        raise ValueError(f"torch has no fused CUDA {variant}")
+    name, hp = TORCH_FUSED[variant]
+    tp = torch.tensor(p, device="cuda")
+    tp.grad = torch.tensor(g, device="cuda")
+    opt = getattr(torch.optim, name)([tp], fused=True, **hp)
+    return opt.step, torch.cuda.synchronize
 
 
 def measure(variant, n, dtype, repeats, numpy_repeats):
-    """Time one variant at one size; return a result dict (times in ms)."""
-    cls, hp, updated = VARIANTS[variant]
+    """Time one variant at one size on the CPU; return a result dict (times in ms)."""
+    t_fast = median_time(make_step(variant, n, dtype)[0], repeats, min_seconds=0.2)
+    t_roof = median_time(make_step(variant, n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
     p, g = _data(n, dtype)
-    opt = cls([p], **hp)
-    t_fast = median_time(lambda: opt.step([g]), repeats, min_seconds=0.2)
-    t_roof = roofline_time(updated, n, dtype, repeats)
     q, state, count = p.copy(), {}, [0]
 
     def numpy_once():
@@ -148,7 +205,7 @@ def measure_many(count, size, dtype, repeats):
     grads = [g[i * size:(i + 1) * size].copy() for i in range(count)]
     sep = Adam(arrays, lr=1e-3)
     t_sep = median_time(lambda: sep.step(grads), repeats, min_seconds=0.2)
-    t_roof = roofline_time(3, n, dtype, repeats)
+    t_roof = median_time(make_step("adam", n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
     return {"tensors": count, "size": size, "dtype": np.dtype(dtype).name,
             "flat_ms": t_flat * 1e3, "separate_ms": t_sep * 1e3, "roofline_ms": t_roof * 1e3,
             "roofline_pct": 100 * t_roof / t_flat}
@@ -165,6 +222,52 @@ def measure_guards(n, dtype, repeats):
     return {"n": n, "dtype": np.dtype(dtype).name, "plain_ms": plain * 1e3,
             "check_finite_ms": checked * 1e3, "check_finite_scaled_ms": scaled * 1e3,
             "check_finite_cost_pct": 100 * (checked / plain - 1)}
+
+
+def batch_time(step, wait, repeats, batch):
+    """Median over ``repeats`` batches of the wall time per step of ``batch``
+    back-to-back launches (launch costs overlap the GPU's work, as in training)."""
+    step()
+    wait()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            step()
+        wait()
+        times.append((time.perf_counter() - t0) / batch)
+    return statistics.median(times)
+
+
+def measure_cuda(variant, n, dtype, repeats):
+    """Time one variant at one size on the GPU; return a result dict (times in ms)."""
+    moved = bytes_per_step(variant, n, dtype)
+    batch = max(3, min(200, int(2e9 / moved)))  # about 1 GB of traffic per batch, or more
+    t_fast = batch_time(*make_step(variant, n, dtype, "cuda"), repeats, batch)
+    t_roof = batch_time(*make_step(variant, n, dtype, "cuda", "roofline"), repeats, batch)
+    try:
+        t_torch = batch_time(*make_step(variant, n, dtype, "cuda", "torch"), repeats, batch)
+    except (ImportError, ValueError, RuntimeError, AssertionError):
+        t_torch = None  # no torch, no CUDA torch, or no fused implementation of this variant
+    return {
+        "optimizer": variant, "n": n, "dtype": np.dtype(dtype).name, "target": "cuda",
+        "fastopt_ms": t_fast * 1e3, "gbps": moved / t_fast / 1e9,
+        "roofline_ms": t_roof * 1e3, "roofline_pct": 100 * t_roof / t_fast,
+        "torch_ms": None if t_torch is None else t_torch * 1e3,
+        "speedup_torch": None if t_torch is None else t_torch / t_fast,
+    }
+
+
+def cuda_device():
+    """``(description of the current GPU, None)``, or ``(None, why there is none)``."""
+    from . import _cuda
+    try:
+        cuda = _cuda.cuda()
+    except (ImportError, RuntimeError) as e:
+        return None, str(e)
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    return {"gpu": name, "compute_capability": ".".join(map(str, dev.compute_capability))}, None
 
 
 # --- torch, in a child process ------------------------------------------------
@@ -351,7 +454,24 @@ def run(args):
     import numba
     threads = numba.get_num_threads()
     results = {"machine": None, "rows": [], "many": None, "guards": None, "startup": None,
-               "threshold": None}
+               "threshold": None, "gpu": None, "cuda_rows": []}
+
+    if args.device in ("cuda", "both"):
+        gpu, why_not = cuda_device()
+        if gpu is None:
+            print(f"CUDA rows skipped: {why_not}", file=sys.stderr)
+        else:
+            results["gpu"] = gpu
+            cuda_sizes = args.sizes or (QUICK_SIZES if args.quick else CUDA_SIZES)
+            cjobs = [(v, n, d) for d in dtypes for n in cuda_sizes for v in args.optimizers]
+            for k, (variant, n, dtype) in enumerate(cjobs, 1):
+                _progress(f"[{k}/{len(cjobs)}] cuda {variant} n={n:.0e} {dtype}", show)
+                results["cuda_rows"].append(measure_cuda(variant, n, dtype, repeats))
+    if args.device == "cuda":
+        if show:
+            print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+        results["machine"] = machine()
+        return results
 
     jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
     for k, (variant, n, dtype) in enumerate(jobs, 1):
@@ -394,9 +514,22 @@ def run(args):
     return results
 
 
+CUDA_COLUMNS = COLUMNS[:7] + [("torch_ms", "torch fused ms", "{:.3f}"),
+                               ("speedup_torch", "vs torch", "{:.2f}x")]
+
+
 def report(results):
     m = results["machine"]
-    lines = [f"fastopt bench: {m['processor']}, {m['cores']} cores, {m['numba_threads']} numba threads "
+    lines = []
+    if results["gpu"]:
+        gpu = results["gpu"]
+        lines += [f"fastopt bench on {gpu['gpu']} (compute capability {gpu['compute_capability']})",
+                  "Medians of back-to-back steps; roofline = same-traffic in-place CUDA kernel; "
+                  "torch = torch.optim fused=True on CUDA.", "",
+                  format_table(results["cuda_rows"], CUDA_COLUMNS), ""]
+    if not results["rows"]:
+        return "\n".join(lines)
+    lines += [f"fastopt bench: {m['processor']}, {m['cores']} cores, {m['numba_threads']} numba threads "
              f"({m['threading_layer']}), numpy {m['numpy']}, numba {m['numba']}"
              + (f", torch {results['torch_version']}" if results.get("torch_version") else ""),
              "Medians. roofline: same-traffic in-place kernel, same target, same run. "
@@ -440,6 +573,10 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     parser.add_argument("--optimizers", type=lambda s: s.split(","), default=list(VARIANTS),
                         help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--device", choices=["cpu", "cuda", "both"], default="cpu",
+                        help="where to run: the CPU (default), the current GPU, or both")
+    parser.add_argument("--cuda", action="store_const", dest="device", const="both",
+                        help="add the CUDA rows (same as --device both)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
     parser.add_argument("--skip-many", action="store_true", help="skip the many-small-tensors case")
     parser.add_argument("--threshold", action="store_true",
@@ -463,7 +600,7 @@ def main(argv=None):
         else:
             with open(args.json, "w") as f:
                 f.write(blob + "\n")
-    if args.plot:
+    if args.plot and results["rows"]:
         plot(results["rows"], args.plot)
         if args.json != "-":
             print(f"\nplot written to {args.plot}")

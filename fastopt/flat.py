@@ -16,6 +16,11 @@ layout, i.e. in the order the mapping gave them)::
 
     opt = fastopt.AdamW([{"params": flat.segment("w1", "w2")},
                          {"params": flat.segment("b1", "b2"), "weight_decay": 0.0}])
+
+``FlatParams(..., device="cuda")`` puts both buffers on the GPU (numba
+device arrays; wrap a view for a framework without copying, e.g.
+``torch.as_tensor(flat["w1"], device="cuda")``), and the optimizer then
+steps them with the CUDA kernels.
 """
 
 from collections.abc import Mapping
@@ -24,8 +29,11 @@ from math import prod
 import numpy as np
 
 from . import _checks as C
+from . import _dispatch
 
 __all__ = ["FlatParams", "FlatSegment"]
+
+DEVICES = ("cpu", "cuda")
 
 
 class _Views(Mapping):
@@ -71,6 +79,8 @@ class FlatParams(Mapping):
     shapes : mapping of name -> shape (an int or a tuple)
         The entries, laid out in this order.
     dtype : float32 (default) or float64
+    device : "cpu" (default: NumPy arrays) or "cuda" (numba device arrays on
+        the current GPU; needs ``fastopt[cuda]``)
 
     ``flat[name]`` is the parameter's view into ``flat.data``, and
     ``flat.grad[name]`` its gradient's view into ``flat.grad_data`` (both
@@ -92,7 +102,9 @@ class FlatParams(Mapping):
         array([-0.5, -0.5, -0.5], dtype=float32)
     """
 
-    def __init__(self, shapes, dtype=np.float32):
+    def __init__(self, shapes, dtype=np.float32, device="cpu"):
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(shapes, Mapping):
             raise TypeError(f"shapes must be a mapping of name -> shape, got {type(shapes).__name__}")
         dtype = np.dtype(dtype)
@@ -109,28 +121,34 @@ class FlatParams(Mapping):
         if not layout:
             raise ValueError("shapes is empty")
         self._layout = layout
-        self.data = np.zeros(offset, dtype)
-        self.grad_data = np.zeros(offset, dtype)
+        self.device = device
+        self.data = _dispatch.new(offset, dtype, device, value=0)
+        self.grad_data = _dispatch.new(offset, dtype, device, value=0)
         self.grad = _Views(self.grad_data, layout)
         self._views = _Views(self.data, layout)
 
     @classmethod
-    def from_arrays(cls, arrays, dtype=None):
-        """A FlatParams holding copies of ``arrays`` (a mapping of name -> array).
+    def from_arrays(cls, arrays, dtype=None, device="cpu"):
+        """A FlatParams on ``device`` holding copies of ``arrays`` (a mapping of name -> array).
 
-        ``dtype`` defaults to the arrays' common float dtype (float32 when
-        there is none).
+        The arrays may be NumPy or GPU arrays (GPU ones are copied through the
+        host). ``dtype`` defaults to the arrays' common float dtype (float32
+        when there is none).
         """
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays must be a mapping of name -> array, got {type(arrays).__name__}")
-        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        arrays = {name: _dispatch.host_array(a) for name, a in arrays.items()}
         if dtype is None:
             dtype = np.result_type(*arrays.values()) if arrays else np.float32
             if np.dtype(dtype) not in C.FLOAT_DTYPES:
                 dtype = np.float32
-        flat = cls({name: a.shape for name, a in arrays.items()}, dtype)
-        for name, a in arrays.items():
-            flat[name][...] = a
+        flat = cls({name: a.shape for name, a in arrays.items()}, dtype, device)
+        if device == "cpu":
+            for name, a in arrays.items():
+                flat[name][...] = a
+        else:
+            host = np.concatenate([np.asarray(a, flat.dtype).ravel() for a in arrays.values()])
+            flat.data.copy_to_device(host)
         return flat
 
     def __getitem__(self, name):
@@ -167,11 +185,12 @@ class FlatParams(Mapping):
 
     def zero_grad(self):
         """Set every gradient to zero."""
-        self.grad_data.fill(0)
+        _dispatch.fill(self.grad_data, 0)
 
     def __repr__(self):
         entries = ", ".join(f"{n}: {s}" for n, (_, _, s) in self._layout.items())
-        return f"FlatParams({{{entries}}}, dtype={self.dtype})"
+        where = "" if self.device == "cpu" else f", device={self.device!r}"
+        return f"FlatParams({{{entries}}}, dtype={self.dtype}{where})"
 
 
 def _shape(name, shape):

@@ -15,12 +15,19 @@ Guards, on every function: ``grad_scale`` divides the gradient first, fused
 into the step (mixed-precision loss scaling; done as a multiplication by
 ``1 / grad_scale``, exact for powers of two). ``check_finite=True`` first
 scans the unscaled gradient and, if any element is NaN or infinite, changes
-nothing and returns False; otherwise it steps and returns True. Without it
-a function returns None and non-finite values propagate, as in torch.
+nothing and returns False; otherwise it steps and returns True (on the GPU
+this scan waits for its result). Without it a function returns None and
+non-finite values propagate, as in torch.
 
-``target`` picks the kernel: None (serial below
-``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above), "serial" or
-"parallel".
+``target`` picks the kernel: None (for NumPy arrays, serial below
+``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above; for GPU
+arrays, CUDA), "serial", "parallel" or "cuda".
+
+GPU arrays (numba device arrays, CuPy arrays, PyTorch CUDA tensors: anything
+with ``__cuda_array_interface__``) take the CUDA kernels, with the same
+rules. All arrays of one call must then be on the GPU and C-contiguous; the
+update is launched on the parameter's stream and the call returns without
+waiting for it (README, "CUDA").
 """
 
 import numpy as np
@@ -32,7 +39,8 @@ __all__ = ["sgd", "adagrad", "adam", "adamw"]
 
 
 def _flat(a):
-    return a if a.ndim == 1 else a.reshape(-1)
+    # ravel, not reshape: a numba device array keeps its stream through ravel.
+    return a if a.ndim == 1 else a.ravel()
 
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
@@ -40,21 +48,21 @@ _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): n
 
 def _empty_like_dtype(p):
     """A stand-in for a state array a flag switches off: never read or written."""
-    return _EMPTY[p.dtype]
+    return _EMPTY[p.dtype] if isinstance(p, np.ndarray) else _flat(p)[:0]
 
 
 # --- unchecked updates: the optimizer classes call these directly ----------
 
 def all_finite(g, inv_scale, target):
     """Whether every element of ``g * inv_scale`` is finite (one fused scan)."""
-    return kernel("count_nonfinite", target, g.size)(_flat(g), g.dtype.type(inv_scale)) == 0
+    return kernel("count_nonfinite", target, g)(_flat(g), g.dtype.type(inv_scale)) == 0
 
 
 def sgd_update(p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
                first_step, target):
     T = p.dtype.type
     use_momentum = momentum != 0
-    kernel("sgd", target, p.size)(
+    kernel("sgd", target, p)(
         _flat(p), _flat(g), _flat(buf) if use_momentum else _empty_like_dtype(p),
         T(inv_scale), T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
         maximize, weight_decay != 0, use_momentum, first_step, nesterov)
@@ -64,7 +72,7 @@ def adagrad_update(p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay,
                    target):
     T = p.dtype.type
     clr = lr / (1 + (step - 1) * lr_decay)
-    kernel("adagrad", target, p.size)(
+    kernel("adagrad", target, p)(
         _flat(p), _flat(g), _flat(state_sum), T(inv_scale), T(-clr), T(weight_decay), T(eps),
         maximize, weight_decay != 0)
 
@@ -79,7 +87,7 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, 
     bias_correction2_sqrt = bias_correction2 ** 0.5
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
-    kernel("adam", target, p.size)(
+    kernel("adam", target, p)(
         _flat(p), _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
         _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p), T(inv_scale),
         lerp_weight, not abs(lerp_weight) < 0.5, T(1) - lerp_weight,
@@ -90,14 +98,16 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, 
 
 # --- the checked public API ----------------------------------------------------
 
-def _check_arrays(param, grad, states):
-    """Check ``param``, ``grad`` and the named state arrays; return the grad to use."""
-    C.check_param("param", param)
-    for name, a in states:
-        C.check_state(name, a, param, "param")
+def _check_arrays(param, grad, states, target):
+    """Check ``param``, ``grad`` and the named state arrays (and ``target`` against
+    them); return ``(param, grad, {name: state})`` as the kernels take them."""
+    param = C.check_param("param", param)
+    if target is not None:
+        C.check_target_matches(target, param, "param")
+    states = {name: C.check_state(name, a, param, "param") for name, a in states}
     grad = C.check_grad("grad", grad, param, "param")
-    C.check_no_overlap([("param", param), ("grad", grad), *states])
-    return grad
+    C.check_no_overlap([("param", param), ("grad", grad), *states.items()])
+    return param, grad, states
 
 
 def _skip(grad, inv_scale, check_finite, target):
@@ -146,11 +156,11 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
-    grad = _check_arrays(param, grad, states)
+    param, grad, states = _check_arrays(param, grad, states, target)
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    sgd_update(param, grad, momentum_buffer, inv_scale, lr, momentum, dampening, weight_decay,
-               nesterov, maximize, first_step, target)
+    sgd_update(param, grad, states.get("momentum_buffer"), inv_scale, lr, momentum, dampening,
+               weight_decay, nesterov, maximize, first_step, target)
     return True if check_finite else None
 
 
@@ -185,11 +195,11 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
     inv_scale = C.check_grad_scale(grad_scale)
     check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
-    grad = _check_arrays(param, grad, [("state_sum", state_sum)])
+    param, grad, states = _check_arrays(param, grad, [("state_sum", state_sum)], target)
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    adagrad_update(param, grad, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps,
-                   maximize, target)
+    adagrad_update(param, grad, states["state_sum"], inv_scale, step, lr, lr_decay, weight_decay,
+                   eps, maximize, target)
     return True if check_finite else None
 
 
@@ -237,11 +247,12 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    grad = _check_arrays(param, grad, states)
+    param, grad, states = _check_arrays(param, grad, states, target)
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1,
-                beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, target)
+    adam_update(param, grad, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq"),
+                inv_scale, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                decoupled_weight_decay, target)
     return True if check_finite else None
 
 

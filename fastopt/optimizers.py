@@ -1,6 +1,6 @@
 """Optimizer classes with ``torch.optim``'s names, defaults and state-dict layout.
 
-``params`` is a list of NumPy arrays, or a list of parameter groups
+``params`` is a list of arrays, or a list of parameter groups
 (``{"params": [...], "lr": ...}``) whose missing hyperparameters take the
 optimizer's defaults, or a ``FlatParams``. ``opt.step(grads)`` takes one
 gradient per parameter, in order (groups in order); a ``None`` gradient
@@ -11,13 +11,20 @@ FlatParams' gradient buffer: with only such parameters, ``opt.step()`` needs
 no argument.
 Hyperparameters in ``opt.param_groups`` may be changed between steps (that
 is how learning-rate schedules work); they are re-checked at every step.
+
+The arrays are all NumPy arrays, or all GPU arrays (numba device arrays,
+CuPy arrays, PyTorch CUDA tensors, a ``FlatParams(..., device="cuda")``):
+then the CUDA kernels run, the state is allocated on the GPU, and a step
+launches its kernels without copying or waiting (README, "CUDA").
 """
 
 
 import numpy as np
 
 from . import _checks as C
+from . import _cuda
 from . import functional as F
+from ._dispatch import host_array, new_like, place_like
 from .flat import FlatParams, FlatSegment
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
@@ -41,9 +48,10 @@ class Optimizer:
         self.state = {}
         self._flat_grads = []  # per parameter: its FlatParams gradient view, or None
         self._hyper_cache = {}  # group index -> (hyperparameter values, checked dict)
+        self._on_gpu = None    # whether the parameters are GPU arrays (set by the first group)
         if isinstance(params, (FlatParams, FlatSegment)):
             params = [params]
-        if isinstance(params, np.ndarray):
+        if isinstance(params, np.ndarray) or _cuda.is_cuda_array(params):
             raise TypeError("params must be a list of arrays or of parameter groups, "
                             "not a single array (wrap it in a list)")
         try:
@@ -77,7 +85,8 @@ class Optimizer:
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
         group_params = param_group["params"]
-        if isinstance(group_params, (np.ndarray, FlatParams, FlatSegment)):
+        if (isinstance(group_params, (np.ndarray, FlatParams, FlatSegment))
+                or _cuda.is_cuda_array(group_params)):
             group_params = [group_params]
         group_params = list(group_params)
         if not group_params:
@@ -88,23 +97,42 @@ class Optimizer:
                         for p in group_params]
         existing = self._all_params()
         first = len(existing)
-        for k, p in enumerate(group_params):
-            C.check_param(f"params[{first + k}]", p)
+        views = [C.check_param(f"params[{first + k}]", p) for k, p in enumerate(group_params)]
+        on_gpu = self._on_gpu
+        for k, v in enumerate(views):
+            here = not isinstance(v, np.ndarray)
+            if on_gpu is None:
+                on_gpu = here
+            elif here != on_gpu:
+                kinds = ("a GPU array", "a numpy.ndarray") if here else ("a numpy.ndarray", "a GPU array")
+                raise TypeError(f"params[{first + k}] is {kinds[0]}, but params[0] is {kinds[1]}; "
+                                "an optimizer's parameters must all be on the host or all on the GPU")
+            C.check_target_matches(self.target, v, f"params[{first + k}]")
         seen = {id(p) for p in existing}
         for k, p in enumerate(group_params):
             if id(p) in seen:
                 raise ValueError(f"params[{first + k}] is listed more than once "
                                  "(some parameters appear in more than one group, or twice in one)")
             seen.add(id(p))
-        C.check_no_overlap([(f"params[{i}]", p) for i, p in enumerate(existing + group_params)])
+        C.check_no_overlap([(f"params[{i}]", p)
+                            for i, p in enumerate(self._views(existing, on_gpu) + views)])
         group = {**self.defaults, **param_group, "params": group_params}
         group.update(self._check_group(group))
         self.param_groups.append(group)
         self._flat_grads.extend(flat_grads)
-        self._group_added(group, first)
+        self._on_gpu = on_gpu
+        self._group_added(group, first, views)
 
-    def _group_added(self, group, first):
-        """Hook run after a group is added (Adagrad initialises its state here)."""
+    def _views(self, params, on_gpu=None):
+        """``params`` as the kernels take them: GPU arrays as numba device arrays
+        (converted at each use, so a tensor's current memory is what is updated)."""
+        if not (self._on_gpu if on_gpu is None else on_gpu):
+            return params
+        return [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+
+    def _group_added(self, group, first, views):
+        """Hook run after a group is added (Adagrad initialises its state here);
+        ``views`` are the group's parameters as ``_views`` gives them."""
 
     # --- stepping ------------------------------------------------------------
 
@@ -123,13 +151,14 @@ class Optimizer:
         """
         check_finite = C.check_flag("check_finite", check_finite)
         inv_scale = C.check_grad_scale(grad_scale)
-        params = self._all_params()
+        params = self._views(self._all_params())
         if grads is None:
             if any(g is None for g in self._flat_grads):
                 raise TypeError("step() without grads needs every parameter to come from a "
                                 "FlatParams; pass one gradient per parameter")
             return self._apply(params, self._flat_grads, inv_scale, check_finite)
-        if isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
+        if (isinstance(grads, np.ndarray) or not hasattr(grads, "__len__")
+                or (self._on_gpu and _cuda.is_cuda_array(grads))):
             raise TypeError("grads must be a sequence with one gradient array (or None) per parameter")
         if len(grads) != len(params):
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has "
@@ -137,8 +166,13 @@ class Optimizer:
         checked = [None if g is None else C.check_grad(f"grads[{i}]", g, p, f"params[{i}]")
                    for i, (g, p) in enumerate(zip(grads, params))]
         for i, (g, p) in enumerate(zip(checked, params)):
-            if g is not None and np.may_share_memory(g, p):
-                raise ValueError(f"grads[{i}] shares memory with params[{i}]")
+            if g is None:
+                continue
+            if isinstance(g, np.ndarray):
+                if np.may_share_memory(g, p):
+                    raise ValueError(f"grads[{i}] shares memory with params[{i}]")
+            else:
+                C.check_no_overlap([(f"grads[{i}]", g), (f"params[{i}]", p)])
         return self._apply(params, checked, inv_scale, check_finite)
 
     def _checked_hypers(self):
@@ -177,13 +211,17 @@ class Optimizer:
 
     # --- state dicts -----------------------------------------------------------
 
-    def state_dict(self):
+    def state_dict(self, to_host=False):
         """The optimizer's state in ``torch.optim``'s layout.
 
         ``{"state": {index: {...}}, "param_groups": [{...hyperparameters...,
         "params": [indices]}]}``. Like torch's, the arrays in it are the live
         state (not copies): pickle it, or ``copy.deepcopy`` it, to keep a
         snapshot while training goes on.
+
+        ``to_host=True`` gives NumPy copies of the state arrays instead (of
+        GPU state: copied once the GPU has finished its work), to save or
+        inspect; ``load_state_dict`` takes either kind.
         """
         groups, index = [], 0
         for group in self.param_groups:
@@ -191,14 +229,18 @@ class Optimizer:
             groups.append({**{k: v for k, v in group.items() if k != "params"},
                            "params": list(range(index, index + n))})
             index += n
-        return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": groups}
+        if to_host:
+            state = {i: {k: _host_copy(v) for k, v in s.items()} for i, s in self.state.items()}
+        else:
+            state = {i: dict(s) for i, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Load a state dict from :meth:`state_dict` (or torch's, for the same optimizer).
 
-        Arrays are copied in (cast to each parameter's dtype). The dict is
-        checked whole before anything changes: a bad one raises and leaves
-        the optimizer as it was.
+        Arrays (NumPy or GPU) are copied in, cast to each parameter's dtype,
+        to where the parameters live. The dict is checked whole before
+        anything changes: a bad one raises and leaves the optimizer as it was.
         """
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
@@ -228,7 +270,7 @@ class Optimizer:
             new_groups.append(new_group)
         if len(index_of) != first:
             raise ValueError("state_dict['param_groups'] lists a parameter id more than once")
-        params = self._all_params()
+        params = self._views(self._all_params())
         group_of = [k for k, group in enumerate(self.param_groups) for _ in group["params"]]
         new_state = {}
         for pid, saved in saved_state.items():
@@ -260,7 +302,9 @@ class Optimizer:
             if key not in saved or saved[key] is None:
                 continue
             value = saved[key]
-            if not hasattr(value, "__array__") and not isinstance(value, np.ndarray):
+            if _cuda.is_cuda_array(value):
+                value = host_array(value)
+            elif not hasattr(value, "__array__"):
                 raise TypeError(f"{name}['{key}'] must be an array, got {type(value).__name__}")
             value = np.asarray(value)
             if value.dtype.kind != "f":
@@ -269,7 +313,7 @@ class Optimizer:
             a = np.array(value, dtype=p.dtype, copy=True, order="C")
             if a.shape != p.shape:
                 raise ValueError(f"{name}['{key}'] has shape {a.shape}, its parameter has shape {p.shape}")
-            state[key] = a
+            state[key] = place_like(p, a)
         missing = set(self._required_state(state, hyper)) - set(state)
         if missing:
             raise ValueError(f"{name} lacks {sorted(missing)}")
@@ -287,6 +331,13 @@ class Optimizer:
                 if key != "params":
                     lines.append(f"    {key}: {group[key]}")
         return "\n".join(lines + [")"])
+
+
+def _host_copy(value):
+    """A state entry for ``state_dict(to_host=True)``: arrays as NumPy copies."""
+    if isinstance(value, np.ndarray) or _cuda.is_cuda_array(value):
+        return np.array(host_array(value), copy=True)
+    return value
 
 
 def _load_step(name, value):
@@ -345,7 +396,7 @@ class SGD(Optimizer):
         buf = state.get("momentum_buffer")
         first = buf is None
         if h["momentum"] != 0 and first:
-            buf = state["momentum_buffer"] = np.empty_like(p)
+            buf = state["momentum_buffer"] = new_like(p)
         F.sgd_update(p, g, buf, inv_scale, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
                      h["nesterov"], h["maximize"], first, self.target)
 
@@ -386,12 +437,12 @@ class Adagrad(Optimizer):
                     eps=C.check_real("eps", g["eps"], low=0.0),
                     maximize=C.check_flag("maximize", g["maximize"]))
 
-    def _group_added(self, group, first):
-        for k, p in enumerate(group["params"]):
+    def _group_added(self, group, first, views):
+        for k, p in enumerate(views):
             self.state[first + k] = self._new_state(p, group)
 
     def _new_state(self, p, h):
-        return {"step": 0, "sum": np.full_like(p, h["initial_accumulator_value"])}
+        return {"step": 0, "sum": new_like(p, h["initial_accumulator_value"])}
 
     def _update(self, p, g, inv_scale, state, h):
         state["step"] += 1
@@ -436,15 +487,15 @@ class Adam(Optimizer):
                                                         g["decoupled_weight_decay"]))
 
     def _new_state(self, p, h):
-        state = {"step": 0, "exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)}
+        state = {"step": 0, "exp_avg": new_like(p, 0), "exp_avg_sq": new_like(p, 0)}
         if h["amsgrad"]:
-            state["max_exp_avg_sq"] = np.zeros_like(p)
+            state["max_exp_avg_sq"] = new_like(p, 0)
         return state
 
     def _update(self, p, g, inv_scale, state, h):
         if h["amsgrad"] and "max_exp_avg_sq" not in state:
             # amsgrad switched on after this parameter's first step.
-            state["max_exp_avg_sq"] = np.zeros_like(p)
+            state["max_exp_avg_sq"] = new_like(p, 0)
         state["step"] += 1
         beta1, beta2 = h["betas"]
         F.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),

@@ -68,9 +68,9 @@ def test_groups_from_segments_one_kernel_call_per_group(monkeypatch):
     calls = []
     real = _dispatch.kernel
 
-    def counting(name, target, size):
-        calls.append(size)
-        return real(name, target, size)
+    def counting(name, target, p):
+        calls.append(p.size)
+        return real(name, target, p)
 
     monkeypatch.setattr(fastopt.functional, "kernel", counting)
     weights = flat.segment("w1", "b1")

@@ -1,0 +1,192 @@
+"""The CUDA target where there is no GPU: optional imports, PTX, and the simulator.
+
+- fastopt works without numba-cuda, and asking for CUDA then says what to install;
+- every CUDA kernel compiles to PTX for sm_80 and sm_90 (numba-cuda's NVVM
+  from PyPI, no GPU needed), float32 kernels with no float64 arithmetic;
+- ``tests/test_cuda_device.py`` runs under the CUDA simulator in a subprocess
+  (the simulator must be chosen before numba.cuda is first imported).
+
+Tests that need numba-cuda skip without it.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import fastopt
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+needs_numba_cuda = pytest.mark.skipif(not HAVE_NUMBA_CUDA,
+                                      reason="numba-cuda is not installed (pip install 'fastopt[cuda]')")
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120, env={**os.environ, **env})
+
+
+def test_fastopt_works_without_numba_cuda():
+    """No numba-cuda: import and CPU steps work and import no numba.cuda; CUDA says what to install."""
+    result = run_python("""
+        import sys
+        sys.modules["numba_cuda"] = None  # as if numba-cuda were not installed
+        import numpy as np
+        import fastopt, fastopt.functional as F
+        p = np.zeros(3)
+        F.adam(p, np.ones(3), np.zeros(3), np.zeros(3), step=1)
+        fastopt.Adam([p]).step([np.ones(3)])
+        fastopt.Adam(fastopt.FlatParams({"a": 3})).step()
+        assert "numba.cuda" not in sys.modules, "a CPU step imported numba.cuda"
+        try:
+            fastopt.FlatParams({"a": 3}, device="cuda")
+        except ImportError as e:
+            assert 'pip install "fastopt[cuda]"' in str(e), e
+        else:
+            raise AssertionError("no ImportError")
+        print("ok")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_unknown_device_refused():
+    with pytest.raises(ValueError, match="device must be one of"):
+        fastopt.FlatParams({"a": 3}, device="gpu")
+
+
+@needs_numba_cuda
+def test_no_gpu_says_so():
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU (or the simulator) is available")
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        fastopt.FlatParams({"a": 3}, device="cuda")
+
+
+def test_cuda_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("FASTOPT_CUDA_THREADS_PER_BLOCK", "128")
+    monkeypatch.setenv("FASTOPT_CUDA_MAX_BLOCKS", "64")
+    fastopt.config.reset()
+    assert (fastopt.config.CUDA_THREADS_PER_BLOCK, fastopt.config.CUDA_MAX_BLOCKS) == (128, 64)
+    monkeypatch.setenv("FASTOPT_CUDA_THREADS_PER_BLOCK", "2048")
+    with pytest.raises(ValueError, match="FASTOPT_CUDA_THREADS_PER_BLOCK"):
+        fastopt.config.reset()
+
+
+# --- the simulator ---------------------------------------------------------------
+
+@needs_numba_cuda
+def test_device_tests_pass_under_the_simulator():
+    """``tests/test_cuda_device.py`` (every kernel, flag and dtype against the CPU
+    kernels; optimizers, FlatParams, state dicts, errors) under NUMBA_ENABLE_CUDASIM=1."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_device.py"],
+        cwd=ROOT, text=True, capture_output=True, timeout=600,
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    tail = (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 100, tail
+
+
+# --- PTX ---------------------------------------------------------------------------
+
+def _nvvm_available():
+    try:
+        from numba.cuda.cudadrv import nvvm
+        return bool(nvvm.is_available())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if not HAVE_NUMBA_CUDA:
+        pytest.skip("numba-cuda is not installed (pip install 'fastopt[cuda]')")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        pytest.skip("the CUDA simulator compiles no PTX")
+    if not _nvvm_available():
+        pytest.skip("NVVM is not installed (pip install 'numba-cuda[cu12]')")
+    from numba import cuda
+    import numba.cuda.dispatcher as dispatcher
+    from fastopt.kernels import cuda as K
+    original = dispatcher.get_current_device
+    if not cuda.is_available():
+        # numba-cuda compiles a called device function for the current device's
+        # compute capability, so compile_ptx of a kernel that calls one wants a
+        # GPU; without one, name a capability (the PTX's own target is compile_ptx's cc).
+        dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(8, 0))
+    yield K
+    dispatcher.get_current_device = original
+
+
+INSTRUCTION = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)", re.M)
+KERNEL_NAMES = ["sgd", "adagrad", "adam", "flag_nonfinite", "fill", "roofline_1", "roofline_2", "roofline_3", "roofline_4"]
+
+
+def instructions(ptx):
+    body = ptx[ptx.index(".entry"):]
+    return INSTRUCTION.findall(body)
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_kernel_compiles_to_ptx(kernels, name, dtype, cc):
+    ptx = kernels.ptx(name, dtype, cc)
+    assert f".target sm_{cc[0]}{cc[1]}" in ptx
+    assert ".visible .entry" in ptx
+    ops = instructions(ptx)
+    assert any(op.startswith("st.global") for op in ops), "the kernel stores nothing"
+    # IEEE arithmetic: no approximate or flush-to-zero instructions (fastmath is off).
+    assert not [op for op in ops if ".approx" in op or ".ftz" in op]
+    if dtype == "float32":
+        # float32 stays float32: no float64 arithmetic or conversion anywhere.
+        assert not [op for op in ops if ".f64" in op], "float64 instructions in a float32 kernel"
+    if name in ("adagrad", "adam"):
+        suffix = "f32" if dtype == "float32" else "f64"
+        assert f"sqrt.rn.{suffix}" in ops and f"div.rn.{suffix}" in ops
+
+
+def test_every_kernel_has_argument_kinds():
+    """The kinds used to compile PTX name every parameter of every kernel."""
+    if not HAVE_NUMBA_CUDA:
+        pytest.skip("numba-cuda is not installed")
+    import inspect
+    from fastopt.kernels import cuda as K
+    assert sorted(K.ARG_KINDS) == sorted(KERNEL_NAMES)
+    for name, kinds in K.ARG_KINDS.items():
+        params = inspect.signature(K._ALL[name].py_func).parameters
+        assert len(params) == len(kinds), name
+
+
+# --- bench ---------------------------------------------------------------------------
+
+def test_bench_cuda_rows_skipped_without_a_gpu(capsys):
+    from fastopt import _cuda, bench
+    try:
+        _cuda.cuda()
+    except (ImportError, RuntimeError):
+        pass
+    else:
+        pytest.skip("a GPU is available")
+    assert bench.main(["--device", "cuda", "--sizes", "100", "--optimizers", "sgd"]) == 0
+    assert "CUDA rows skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fastopt", "roofline"])
+def test_bench_make_step_on_the_cpu(kind):
+    from fastopt import bench
+    step, wait = bench.make_step("adam", 100, np.float32, kind=kind)
+    step()
+    wait()
+    with pytest.raises(ValueError, match="torch"):
+        bench.make_step("adam", 100, np.float32, kind="torch")
