@@ -161,10 +161,11 @@ def main(argv=None):
         plot(race, sweep, args.plot)
         print(f"plot written to {args.plot}")
     ok = all(checks.values())
-    print("RESULT " + json.dumps({"example": "optimizer_paths", "ok": ok, "rosenbrock_steps": steps,
-                                  "rosenbrock_distance": {k: float(f"{v:.3g}") for k, v in distances.items()},
-                                  "bowl_distance_ratio": {k: float(f"{v:.3g}") for k, v in ratios.items()},
-                                  "checks": checks}))
+    print("RESULT " + json.dumps({
+        "example": "optimizer_paths", "ok": ok, "rosenbrock_steps": steps,
+        "rosenbrock_distance": {k: float(f"{v:.3g}") for k, v in distances.items()},
+        "bowl_distance_ratio": {k: float(f"{v:.3g}") for k, v in ratios.items()},
+        "checks": checks}))
     return 0 if ok else 1
 
 
