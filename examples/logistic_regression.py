@@ -28,6 +28,7 @@ if any optimizer's test accuracy is below 95%, or its objective is more than
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -94,7 +95,7 @@ def train(make_optimizer, X, y, epochs, batch_size, seed):
         # Cosine schedule: the learning rate falls from its start to 0 over the
         # run, so the mini-batch noise dies down and the iterates settle.
         for group, lr in zip(opt.param_groups, base_lr):
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * epoch / epochs))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         order = rng.permutation(len(y))
         for start in range(0, len(y), batch_size):
             batch = order[start:start + batch_size]
