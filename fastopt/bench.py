@@ -172,10 +172,16 @@ def _torch_step(variant, p, g):
     return opt.step, torch.cuda.synchronize
 
 
+def roofline_time(variant, n, dtype, repeats):
+    """Median seconds of the in-place kernel with ``variant``'s traffic on ``n``
+    elements (CPU, the target fastopt picks for ``n``); its arrays are freed after."""
+    return median_time(make_step(variant, n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
+
+
 def measure(variant, n, dtype, repeats, numpy_repeats):
     """Time one variant at one size on the CPU; return a result dict (times in ms)."""
     t_fast = median_time(make_step(variant, n, dtype)[0], repeats, min_seconds=0.2)
-    t_roof = median_time(make_step(variant, n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
+    t_roof = roofline_time(variant, n, dtype, repeats)
     p, g = _data(n, dtype)
     q, state, count = p.copy(), {}, [0]
 
@@ -205,7 +211,7 @@ def measure_many(count, size, dtype, repeats):
     grads = [g[i * size:(i + 1) * size].copy() for i in range(count)]
     sep = Adam(arrays, lr=1e-3)
     t_sep = median_time(lambda: sep.step(grads), repeats, min_seconds=0.2)
-    t_roof = median_time(make_step("adam", n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
+    t_roof = roofline_time("adam", n, dtype, repeats)
     return {"tensors": count, "size": size, "dtype": np.dtype(dtype).name,
             "flat_ms": t_flat * 1e3, "separate_ms": t_sep * 1e3, "roofline_ms": t_roof * 1e3,
             "roofline_pct": 100 * t_roof / t_flat}

@@ -1,0 +1,77 @@
+"""Every script in examples/ runs in quick mode and reaches what it claims.
+
+Each example ends its output with ``RESULT {json}`` and exits non-zero when
+it misses its target; these tests run each one in a fresh process (as a
+user would, with this checkout first on the path) and check both. An
+example whose optional dependencies (the ``examples`` extra) are missing is
+skipped.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+# script -> (modules it needs beyond fastopt, whether it takes --plot, check on its RESULT)
+CASES = {
+    "logistic_regression.py": (
+        ["sklearn", "matplotlib"], True,
+        lambda r: all(o["test_accuracy"] >= 0.95 and o["gap"] <= 0.02
+                      for o in r["optimizers"].values()) and len(r["optimizers"]) == 3),
+    "mlp_digits.py": (
+        ["sklearn"], False,
+        lambda r: r["test_accuracy"] >= 0.95 and r["optimizer_step_median_us"] > 0),
+    "curve_fit.py": (
+        ["scipy", "matplotlib"], True,
+        lambda r: r["max_diff_in_stderr"] < 0.01 and abs(r["cost_relative_diff"]) < 1e-9),
+    "large_vector.py": (
+        ["tqdm"], False,
+        lambda r: r["loss_reduction"] >= 10 and r["n"] == 1_000_000
+        and r["gbps"] > 0 and r["roofline_gbps"] > 0),
+    "optimizer_paths.py": (
+        ["matplotlib"], True,
+        lambda r: all(r["checks"].values()) and len(r["checks"]) == 4),
+}
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_example_has_usage_docstring(script):
+    text = (EXAMPLES / script).read_text()
+    assert text.startswith('"""'), f"{script} has no module docstring"
+    doc = text.split('"""')[1]
+    for heading in ("What it shows", "How to run", "--quick", "RESULT"):
+        assert heading in doc, f"{script}'s docstring lacks {heading!r}"
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_example_quick(script, tmp_path):
+    modules, takes_plot, check = CASES[script]
+    for module in modules:
+        pytest.importorskip(module)
+    args = [sys.executable, str(EXAMPLES / script), "--quick"]
+    image = tmp_path / "plot.png"
+    if takes_plot:
+        args += ["--plot", str(image)]
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    out = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert out and out[-1].startswith("RESULT "), f"{script} printed no RESULT line:\n{proc.stdout}"
+    result = json.loads(out[-1][len("RESULT "):])
+    assert result["ok"] is True
+    assert result["example"] == script[:-3]
+    assert check(result), f"{script} missed its target: {result}"
+    if takes_plot:
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
