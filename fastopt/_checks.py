@@ -139,9 +139,13 @@ def check_grad(name, g, p, pname):
     """A gradient of ``p``, in the same place; returned C-contiguous.
 
     A non-contiguous NumPy gradient is copied; a GPU gradient must be
-    C-contiguous already (fastopt makes no copies on the GPU).
+    C-contiguous already (fastopt makes no copies on the GPU). A NumPy scalar
+    of the parameter's dtype (what ``.sum()`` returns) serves as the gradient
+    of a 0-d parameter.
     """
     if isinstance(p, np.ndarray):
+        if isinstance(g, np.generic) and p.ndim == 0:
+            g = np.asarray(g)
         if not isinstance(g, np.ndarray):
             _refuse_other_kind(name, g, pname, "a numpy.ndarray")
         _check_matches(name, g, p, pname)

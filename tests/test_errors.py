@@ -228,3 +228,13 @@ def test_float32_state_loads_into_float64_params_cast():
     other = fastopt.Adam([np.zeros(3)])
     other.load_state_dict(opt.state_dict())
     assert other.state[0]["exp_avg"].dtype == np.float64
+
+
+def test_numpy_scalar_gradient_for_a_0d_parameter():
+    p = np.array(1.0)
+    fastopt.SGD([p], lr=0.5).step([np.float64(2.0)])
+    assert p == 0.0
+    with pytest.raises(TypeError, match="dtype"):
+        fastopt.SGD([np.array(1.0)]).step([np.float32(2.0)])
+    with pytest.raises(TypeError, match="grads"):
+        fastopt.SGD([np.zeros(2)]).step([np.float64(2.0)])
