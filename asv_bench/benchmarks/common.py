@@ -1,0 +1,271 @@
+"""Shared pieces of the benchmark suite: the grid, the cases, the NumPy baseline.
+
+The suite is taken from the working tree while asv installs fastopt from
+each commit it benchmarks, so it uses only fastopt's public API (classes,
+``fastopt.functional``, ``fastopt.config``) plus the roofline kernels, and
+defines its own variants, byte counts and NumPy baseline: they must mean the
+same thing at every commit of the history.
+
+Environment (read when asv imports the suite):
+
+``FASTOPT_ASV_SIZES``
+    Comma-separated element counts replacing the default sizes, e.g.
+    ``1e3,1e4`` for a smoke run.
+``FASTOPT_ASV_LARGE=1``
+    Adds 1e8 elements (up to ~5 GB per float64 amsgrad case).
+"""
+
+import inspect
+import os
+import sys
+import timeit
+
+import numpy as np
+
+import fastopt
+import fastopt.functional as F
+
+# --- the grid -------------------------------------------------------------------
+
+DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+LARGE_SIZES = (100_000_000,)
+
+
+def _sizes():
+    raw = os.environ.get("FASTOPT_ASV_SIZES", "").strip()
+    sizes = [int(float(s)) for s in raw.split(",") if s.strip()] if raw else list(DEFAULT_SIZES)
+    if os.environ.get("FASTOPT_ASV_LARGE", "") not in ("", "0"):
+        sizes += [n for n in LARGE_SIZES if n not in sizes]
+    return sizes
+
+
+SIZES = _sizes()
+DTYPES = ["float32", "float64"]
+# "cuda" is a hook: it skips until fastopt has a CUDA target (see cuda_case).
+TARGETS = ["serial", "parallel", "cuda"]
+CPU_TARGETS = ["serial", "parallel"]
+
+LR, MOMENTUM, BETAS, EPS, WEIGHT_DECAY = 1e-3, 0.9, (0.9, 0.999), 1e-8, 1e-2
+ADAGRAD_LR, ADAGRAD_EPS = 1e-2, 1e-10
+STEP = 10  # the step number passed to Adagrad/Adam in the functional API
+
+# name -> (optimizer class, class hyperparameters, arrays updated in place per step)
+# The last column is the traffic shape of shared/PERF.md: a step reads the
+# gradient and reads and writes each updated array.
+VARIANTS = {
+    "sgd": (fastopt.SGD, dict(lr=LR), 1),
+    "sgd-momentum": (fastopt.SGD, dict(lr=LR, momentum=MOMENTUM), 2),
+    "sgd-nesterov": (fastopt.SGD, dict(lr=LR, momentum=MOMENTUM, nesterov=True), 2),
+    "adagrad": (fastopt.Adagrad, dict(lr=ADAGRAD_LR), 2),
+    "adam": (fastopt.Adam, dict(lr=LR), 3),
+    "adamw": (fastopt.AdamW, dict(lr=LR, weight_decay=WEIGHT_DECAY), 3),
+    "adam-amsgrad": (fastopt.Adam, dict(lr=LR, amsgrad=True), 4),
+}
+VARIANT_NAMES = list(VARIANTS)
+
+
+def updated_arrays(variant):
+    return VARIANTS[variant][2]
+
+
+def bytes_per_step(variant, n, dtype):
+    """Bytes one fused step moves: the gradient read, each updated array read and written."""
+    return (1 + 2 * updated_arrays(variant)) * n * np.dtype(dtype).itemsize
+
+
+# --- one case: a parameter, its gradient and its state --------------------------
+
+class Case:
+    """The arrays of one (variant, dtype, n): ``p``, ``g`` and the state arrays.
+
+    ``state`` holds the optimizer state the functional API needs (momentum
+    buffer, Adagrad sum, Adam moments); NumPy and the functional API share
+    the layout. Gradients are small normal numbers, so repeated steps stay
+    finite and away from denormals.
+    """
+
+    def __init__(self, variant, dtype, n, seed=0):
+        rng = np.random.default_rng(seed)
+        self.variant, self.dtype, self.n = variant, np.dtype(dtype), n
+        self.p = rng.standard_normal(n, dtype=self.dtype)
+        self.g = rng.standard_normal(n, dtype=self.dtype)
+        self.g *= 1e-3
+        self.state = [np.zeros(n, self.dtype) for _ in range(updated_arrays(variant) - 1)]
+        if variant in ("sgd-momentum", "sgd-nesterov"):
+            self.state[0][:] = self.g  # as after a first step
+
+    def functional_step(self, target):
+        """A no-argument callable: one step through ``fastopt.functional``."""
+        p, g, s, v = self.p, self.g, self.state, self.variant
+        if v == "sgd":
+            return lambda: F.sgd(p, g, lr=LR, target=target)
+        if v in ("sgd-momentum", "sgd-nesterov"):
+            nesterov = v == "sgd-nesterov"
+            return lambda: F.sgd(p, g, s[0], lr=LR, momentum=MOMENTUM, nesterov=nesterov,
+                                 target=target)
+        if v == "adagrad":
+            return lambda: F.adagrad(p, g, s[0], step=STEP, lr=ADAGRAD_LR, target=target)
+        if v == "adam":
+            return lambda: F.adam(p, g, s[0], s[1], step=STEP, lr=LR, target=target)
+        if v == "adamw":
+            return lambda: F.adamw(p, g, s[0], s[1], step=STEP, lr=LR,
+                                   weight_decay=WEIGHT_DECAY, target=target)
+        if v == "adam-amsgrad":
+            return lambda: F.adam(p, g, s[0], s[1], s[2], step=STEP, lr=LR, amsgrad=True,
+                                  target=target)
+        raise ValueError(v)
+
+    def class_step(self, target):
+        """A no-argument callable: ``opt.step([g])`` of the optimizer class."""
+        cls, hp, _ = VARIANTS[self.variant]
+        opt = cls([self.p], **hp, target=target)
+        grads = [self.g]
+        return lambda: opt.step(grads)
+
+    def numpy_step(self):
+        """A no-argument callable: the step as plain NumPy whole-array code."""
+        return lambda: numpy_step(self.variant, self.p, self.g, self.state, STEP)
+
+
+def numpy_step(variant, p, g, state, t):
+    """One step written as NumPy code usually is: whole-array expressions, with temporaries.
+
+    The baseline fastopt is compared with; same rule as the fused kernels up
+    to rounding (checked by tests/test_asv_bench.py).
+    """
+    if variant == "sgd":
+        p -= LR * g
+    elif variant in ("sgd-momentum", "sgd-nesterov"):
+        buf = state[0]
+        buf *= MOMENTUM
+        buf += g
+        p -= LR * (g + MOMENTUM * buf if variant == "sgd-nesterov" else buf)
+    elif variant == "adagrad":
+        s = state[0]
+        s += g * g
+        p -= ADAGRAD_LR * g / (np.sqrt(s) + ADAGRAD_EPS)
+    else:
+        m, v = state[0], state[1]
+        beta1, beta2 = BETAS
+        if variant == "adamw":
+            p *= 1 - LR * WEIGHT_DECAY
+        m += (1 - beta1) * (g - m)
+        v *= beta2
+        v += (1 - beta2) * g * g
+        if variant == "adam-amsgrad":
+            np.maximum(state[2], v, out=state[2])
+            v = state[2]
+        step_size = LR / (1 - beta1 ** t)
+        p -= step_size * m / (np.sqrt(v) / np.sqrt(1 - beta2 ** t) + EPS)
+
+
+def roofline_step(updated, dtype, n, target):
+    """A no-argument callable: the same-traffic roofline kernel of shared/PERF.md."""
+    try:
+        from fastopt.kernels.roofline import roofline
+    except ImportError:
+        raise NotImplementedError("this fastopt has no roofline kernels") from None
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(n, dtype=dtype)
+    arrays = [np.zeros(n, dtype) for _ in range(updated)]
+    kernel, s = roofline(updated, target), dtype.type(1e-9)
+    return lambda: kernel(g, s, *arrays)
+
+
+# --- hooks ------------------------------------------------------------------------
+
+def require_target(target):
+    """Skip (NotImplementedError, asv's 'n/a') a target this fastopt or machine lacks.
+
+    CUDA HOOK: fastopt has no CUDA target yet. When it has one, make this
+    return for "cuda" when ``numba.cuda.is_available()`` and fastopt accepts
+    the target, and give ``Case`` device arrays for it (the functional API
+    dispatches on ``__cuda_array_interface__``); the benchmark classes then
+    need no change. Time a CUDA step with ``numba.cuda.synchronize()`` after
+    it, or asv times only the launch.
+    """
+    if target == "cuda":
+        raise NotImplementedError("fastopt has no CUDA target yet (see common.require_target)")
+
+
+def require_arguments(fn, kwargs):
+    """Skip when ``fn`` (of the fastopt being benchmarked) lacks a keyword in ``kwargs``."""
+    missing = set(kwargs) - set(inspect.signature(fn).parameters)
+    if missing:
+        raise NotImplementedError(f"this fastopt's {fn.__name__} has no {sorted(missing)}")
+
+
+def require_flat_params():
+    if not hasattr(fastopt, "FlatParams"):
+        raise NotImplementedError("this fastopt has no FlatParams")
+
+
+# --- setup helpers ----------------------------------------------------------------
+
+def _start_jit():
+    """Load one serial kernel now, so that LLVM is initialised once, at import.
+
+    asv's forkserver (asv.conf.json) imports the suite once and forks a
+    process per benchmark; each child would otherwise spend ~0.3 s setting
+    up LLVM before loading its kernels from numba's cache. Only a serial
+    kernel: a parallel one would start numba's thread pool, which must not
+    be forked.
+    """
+    p = np.zeros(1)
+    F.sgd(p, np.zeros(1), lr=0.0, target="serial")
+
+
+_start_jit()
+
+_MEMO = {}
+
+
+def memo(key, build):
+    """``build()`` once per process for ``key``, keeping only the latest key.
+
+    asv re-runs ``setup`` between samples (asv_runner 0.3 before every timed
+    call). Rebuilding and re-warming 1e7-element arrays each time would make
+    a run last for ages and time nothing more: state that a step leaves
+    behind does not change what the next step costs. So setups keep their
+    case here, and one process holds one case at a time.
+    """
+    if key not in _MEMO:
+        _MEMO.clear()
+        _MEMO[key] = build()
+    return _MEMO[key]
+
+
+def warm(fn, calls=2):
+    """Call ``fn`` so that JIT compilation (or the cache load) and first-touch page faults are over."""
+    for _ in range(calls):
+        fn()
+
+
+def median_seconds(fn, repeats=5, min_batch=2e-3):
+    """Median seconds of one ``fn()`` over ``repeats`` batches of at least ``min_batch`` seconds."""
+    number = 1
+    while True:
+        elapsed = timeit.timeit(fn, number=number)
+        if elapsed >= min_batch or number >= 1 << 20:
+            break
+        number *= 2 if elapsed <= 0 else max(2, min(10, int(1.5 * min_batch / elapsed) + 1))
+    samples = sorted(timeit.repeat(fn, number=number, repeat=repeats))
+    return samples[len(samples) // 2] / number
+
+
+def reset_peak_rss():
+    """Restart the process's peak-RSS count (Linux), so ``peakmem_`` sees the step, not setup.
+
+    asv's ``peakmem_`` reports the process's peak resident memory, which
+    otherwise includes importing numba, compiling and the warm-up in setup.
+    After this, it is what is resident at the end of setup (arrays, code) plus
+    whatever the step adds. Elsewhere this does nothing and peakmem includes
+    setup.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
