@@ -11,7 +11,7 @@ import numpy as np
 
 import fastopt
 
-from .common import LR, memo, require_flat_params, warm
+from .common import LR, REPEAT, memo, require_flat_params, warm
 
 TENSORS, TENSOR_SIZE = 2_000, 5_000
 
@@ -40,6 +40,7 @@ class ManyTensors:
     params = [["flat", "list"]]
     param_names = ["layout"]
     version = "1"
+    repeat = REPEAT
 
     def setup(self, layout):
         if layout == "flat":

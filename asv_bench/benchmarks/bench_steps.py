@@ -10,7 +10,7 @@ only comments or layout change, so the history stays one line.
 
 import fastopt.functional as F
 
-from .common import (DTYPES, LR, SIZES, STEP, TARGETS, VARIANT_NAMES, Case, memo,
+from .common import (DTYPES, LR, REPEAT, SIZES, STEP, TARGETS, VARIANT_NAMES, Case, memo,
                      require_arguments, require_target, warm)
 
 
@@ -20,6 +20,7 @@ class Functional:
     params = [VARIANT_NAMES, DTYPES, SIZES, TARGETS]
     param_names = ["variant", "dtype", "n", "target"]
     version = "1"
+    repeat = REPEAT
 
     def setup(self, variant, dtype, n, target):
         require_target(target)
@@ -45,6 +46,7 @@ class Optimizers:
     params = [VARIANT_NAMES, DTYPES, SIZES, TARGETS]
     param_names = ["variant", "dtype", "n", "target"]
     version = "1"
+    repeat = REPEAT
 
     def setup(self, variant, dtype, n, target):
         require_target(target)
@@ -66,6 +68,7 @@ class NumpyReference:
     params = [VARIANT_NAMES, DTYPES, SIZES]
     param_names = ["variant", "dtype", "n"]
     version = "1"
+    repeat = REPEAT
 
     def setup(self, variant, dtype, n):
         def build():
@@ -88,6 +91,7 @@ class Guards:
     params = [["none", "grad_scale", "check_finite", "both"], DTYPES[:1], SIZES, TARGETS]
     param_names = ["guard", "dtype", "n", "target"]
     version = "1"
+    repeat = REPEAT
 
     def setup(self, guard, dtype, n, target):
         require_target(target)

@@ -25,6 +25,12 @@ import numpy as np
 import fastopt
 import fastopt.functional as F
 
+# asv's `repeat` for the time benchmarks: per round, at least 10 and at most
+# 100 samples, for at most ~2 s. (asv_runner 0.3 times one call per sample
+# when a benchmark has a setup; its default of at most 10 samples, 5 per
+# round, is too few for compare's statistics to see a 10 % change.)
+REPEAT = (10, 100, 2.0)
+
 # --- the grid -------------------------------------------------------------------
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
@@ -242,16 +248,20 @@ def warm(fn, calls=2):
         fn()
 
 
-def median_seconds(fn, repeats=5, min_batch=2e-3):
-    """Median seconds of one ``fn()`` over ``repeats`` batches of at least ``min_batch`` seconds."""
+def best_seconds(fn, repeats=7, min_batch=5e-3):
+    """Seconds of one ``fn()``: the best of ``repeats`` batches of at least ``min_batch`` seconds.
+
+    For the track benchmarks, which time themselves and have no samples
+    for asv's statistics: other load on the machine only ever adds time, so
+    the best batch is the steadiest estimate of what the code costs.
+    """
     number = 1
     while True:
         elapsed = timeit.timeit(fn, number=number)
         if elapsed >= min_batch or number >= 1 << 20:
             break
         number *= 2 if elapsed <= 0 else max(2, min(10, int(1.5 * min_batch / elapsed) + 1))
-    samples = sorted(timeit.repeat(fn, number=number, repeat=repeats))
-    return samples[len(samples) // 2] / number
+    return min(timeit.repeat(fn, number=number, repeat=repeats)) / number
 
 
 def reset_peak_rss():
