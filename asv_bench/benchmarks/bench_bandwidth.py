@@ -8,7 +8,7 @@ right beside it. Both track values are higher-is-better (``compare.sh``
 knows); both time many steps themselves, as a track benchmark must.
 """
 
-from .common import (CPU_TARGETS, DTYPES, REPEAT, SIZES, TARGETS, VARIANT_NAMES, Case,
+from .common import (DTYPES, REPEAT, SIZES, TARGETS, VARIANT_NAMES, Case,
                      best_seconds, bytes_per_step, memo, require_target, roofline_step,
                      updated_arrays, warm)
 
@@ -16,7 +16,7 @@ from .common import (CPU_TARGETS, DTYPES, REPEAT, SIZES, TARGETS, VARIANT_NAMES,
 class Roofline:
     """The roofline kernel that reads g and updates ``arrays`` arrays in place."""
 
-    params = [[1, 2, 3, 4], DTYPES, SIZES, CPU_TARGETS]
+    params = [[1, 2, 3, 4], DTYPES, SIZES, TARGETS]
     param_names = ["arrays", "dtype", "n", "target"]
     version = "1"
     repeat = REPEAT
@@ -45,7 +45,7 @@ class Bandwidth:
         require_target(target)
 
         def build():
-            step = Case(variant, dtype, n).functional_step(target)
+            step = Case(variant, dtype, n, target=target).functional_step(target)
             roof = roofline_step(updated_arrays(variant), dtype, n, target)
             warm(step)
             warm(roof)

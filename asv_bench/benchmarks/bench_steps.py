@@ -26,7 +26,7 @@ class Functional:
         require_target(target)
 
         def build():
-            fn = Case(variant, dtype, n).functional_step(target)
+            fn = Case(variant, dtype, n, target=target).functional_step(target)
             warm(fn)
             return fn
 
@@ -52,7 +52,7 @@ class Optimizers:
         require_target(target)
 
         def build():
-            fn = Case(variant, dtype, n).class_step(target)
+            fn = Case(variant, dtype, n, target=target).class_step(target)
             warm(fn)
             return fn
 
@@ -101,12 +101,10 @@ class Guards:
         require_arguments(F.adam, kwargs)
 
         def build():
-            case = Case("adam", dtype, n)
+            case = Case("adam", dtype, n, target=target)
             p, g, (m, v) = case.p, case.g, case.state
-
-            def fn():
-                F.adam(p, g, m, v, step=STEP, lr=LR, target=target, **kwargs)
-
+            fn = case.waiting(lambda: F.adam(p, g, m, v, step=STEP, lr=LR, target=target,
+                                              **kwargs))
             warm(fn)
             return fn
 

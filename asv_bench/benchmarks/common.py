@@ -15,6 +15,8 @@ Environment (read when asv imports the suite):
     Adds 1e8 elements (up to ~5 GB per float64 amsgrad case).
 """
 
+import ctypes.util
+import importlib
 import inspect
 import os
 import sys
@@ -47,9 +49,8 @@ def _sizes():
 
 SIZES = _sizes()
 DTYPES = ["float32", "float64"]
-# "cuda" is a hook: it skips until fastopt has a CUDA target (see cuda_case).
+# "cuda" runs where numba-cuda finds a GPU and skips elsewhere (require_target).
 TARGETS = ["serial", "parallel", "cuda"]
-CPU_TARGETS = ["serial", "parallel"]
 
 LR, MOMENTUM, BETAS, EPS, WEIGHT_DECAY = 1e-3, 0.9, (0.9, 0.999), 1e-8, 1e-2
 ADAGRAD_LR, ADAGRAD_EPS = 1e-2, 1e-10
@@ -87,10 +88,11 @@ class Case:
     ``state`` holds the optimizer state the functional API needs (momentum
     buffer, Adagrad sum, Adam moments); NumPy and the functional API share
     the layout. Gradients are small normal numbers, so repeated steps stay
-    finite and away from denormals.
+    finite and away from denormals. With ``target="cuda"`` the arrays are
+    numba device arrays, and each step callable waits for the GPU.
     """
 
-    def __init__(self, variant, dtype, n, seed=0):
+    def __init__(self, variant, dtype, n, seed=0, target=None):
         rng = np.random.default_rng(seed)
         self.variant, self.dtype, self.n = variant, np.dtype(dtype), n
         self.p = rng.standard_normal(n, dtype=self.dtype)
@@ -99,9 +101,30 @@ class Case:
         self.state = [np.zeros(n, self.dtype) for _ in range(updated_arrays(variant) - 1)]
         if variant in ("sgd-momentum", "sgd-nesterov"):
             self.state[0][:] = self.g  # as after a first step
+        self.wait = None
+        if target == "cuda":
+            cuda = require_target("cuda")
+            self.p, self.g = cuda.to_device(self.p), cuda.to_device(self.g)
+            self.state = [cuda.to_device(a) for a in self.state]
+            self.wait = cuda.synchronize
+
+    def waiting(self, fn):
+        """``fn``, followed by waiting for the GPU when the arrays are on one."""
+        wait = self.wait
+        if wait is None:
+            return fn
+
+        def step():
+            fn()
+            wait()
+
+        return step
 
     def functional_step(self, target):
         """A no-argument callable: one step through ``fastopt.functional``."""
+        return self.waiting(self._functional_step(target))
+
+    def _functional_step(self, target):
         p, g, s, v = self.p, self.g, self.state, self.variant
         if v == "sgd":
             return lambda: F.sgd(p, g, lr=LR, target=target)
@@ -126,7 +149,7 @@ class Case:
         cls, hp, _ = VARIANTS[self.variant]
         opt = cls([self.p], **hp, target=target)
         grads = [self.g]
-        return lambda: opt.step(grads)
+        return self.waiting(lambda: opt.step(grads))
 
     def numpy_step(self):
         """A no-argument callable: the step as plain NumPy whole-array code."""
@@ -167,6 +190,8 @@ def numpy_step(variant, p, g, state, t):
 
 def roofline_step(updated, dtype, n, target):
     """A no-argument callable: the same-traffic roofline kernel of shared/PERF.md."""
+    if target == "cuda":
+        return _cuda_roofline_step(updated, dtype, n)
     try:
         from fastopt.kernels.roofline import roofline
     except ImportError:
@@ -184,15 +209,59 @@ def roofline_step(updated, dtype, n, target):
 def require_target(target):
     """Skip (NotImplementedError, asv's 'n/a') a target this fastopt or machine lacks.
 
-    CUDA HOOK: fastopt has no CUDA target yet. When it has one, make this
-    return for "cuda" when ``numba.cuda.is_available()`` and fastopt accepts
-    the target, and give ``Case`` device arrays for it (the functional API
-    dispatches on ``__cuda_array_interface__``); the benchmark classes then
-    need no change. Time a CUDA step with ``numba.cuda.synchronize()`` after
-    it, or asv times only the launch.
+    For "cuda", returns ``numba.cuda`` when fastopt has a CUDA target (it
+    dispatches numba device arrays to it), numba-cuda is installed (the
+    `cuda` extra; asv.conf.json's matrix does not install it) and finds a
+    GPU. Never under the CUDA simulator: it would take hours per benchmark.
     """
-    if target == "cuda":
-        raise NotImplementedError("fastopt has no CUDA target yet (see common.require_target)")
+    if target != "cuda":
+        return None
+    import fastopt._dispatch
+    if "cuda" not in getattr(fastopt._dispatch, "TARGETS", ()):
+        raise NotImplementedError("this fastopt has no CUDA target")
+    if not _DRIVER_FOUND:
+        raise NotImplementedError("no NVIDIA driver library on this machine")
+    try:
+        importlib.import_module("numba_cuda")  # NVIDIA's CUDA target, not numba's old one
+        from numba import config
+        from numba import cuda
+    except ImportError:
+        raise NotImplementedError("numba-cuda is not installed") from None
+    if getattr(config, "ENABLE_CUDASIM", False) or not cuda.is_available():
+        raise NotImplementedError("no GPU (or only the CUDA simulator)")
+    return cuda
+
+
+def _driver_found():
+    """Whether an NVIDIA driver library is there to load: a look that starts no GPU.
+
+    Done once, at import: ``numba.cuda.is_available()`` takes ~0.2 s even
+    where there is no driver, and each benchmark process would pay it. The
+    real probe stays in the benchmark process, since a CUDA driver started
+    before asv's fork is not usable after it.
+    """
+    return bool(os.environ.get("NUMBA_CUDA_DRIVER") or ctypes.util.find_library("cuda"))
+
+
+_DRIVER_FOUND = _driver_found()
+
+
+def _cuda_roofline_step(updated, dtype, n):
+    cuda = require_target("cuda")
+    try:
+        from fastopt.kernels.cuda import ROOFLINE
+    except ImportError:
+        raise NotImplementedError("this fastopt has no CUDA roofline kernels") from None
+    dtype = np.dtype(dtype)
+    g = cuda.to_device(np.random.default_rng(1).standard_normal(n, dtype=dtype))
+    arrays = [cuda.to_device(np.zeros(n, dtype)) for _ in range(updated)]
+    kernel, s = ROOFLINE[updated], dtype.type(1e-9)
+
+    def step():
+        kernel(g, s, *arrays)
+        cuda.synchronize()
+
+    return step
 
 
 def require_arguments(fn, kwargs):
