@@ -14,52 +14,43 @@ from .common import (DTYPES, LR, REPEAT, SIZES, STEP, TARGETS, VARIANT_NAMES, Ca
                      require_arguments, require_target, warm)
 
 
-class Functional:
-    """``fastopt.functional.<optimizer>(p, g, *state, ...)`` on one array, per target."""
+class _OneArrayStep:
+    """One step on one parameter array, per target; ``make`` names the Case method."""
 
     params = [VARIANT_NAMES, DTYPES, SIZES, TARGETS]
     param_names = ["variant", "dtype", "n", "target"]
     version = "1"
     repeat = REPEAT
+    make = None
 
     def setup(self, variant, dtype, n, target):
         require_target(target)
 
         def build():
-            fn = Case(variant, dtype, n, target=target).functional_step(target)
+            fn = getattr(Case(variant, dtype, n, target=target), self.make)(target)
             warm(fn)
             return fn
 
-        self.step = memo(("functional", variant, dtype, n, target), build)
+        self.step = memo((self.make, variant, dtype, n, target), build)
 
     def time_step(self, variant, dtype, n, target):
         self.step()
 
 
-class Optimizers:
+class Functional(_OneArrayStep):
+    """``fastopt.functional.<optimizer>(p, g, *state, ...)`` on one array, per target."""
+
+    make = "functional_step"
+
+
+class Optimizers(_OneArrayStep):
     """``opt.step([g])`` of the optimizer class on one array, per target.
 
     Against ``Functional`` this shows the class layer's per-step cost
     (hyperparameter checks, state lookup), which matters at small sizes.
     """
 
-    params = [VARIANT_NAMES, DTYPES, SIZES, TARGETS]
-    param_names = ["variant", "dtype", "n", "target"]
-    version = "1"
-    repeat = REPEAT
-
-    def setup(self, variant, dtype, n, target):
-        require_target(target)
-
-        def build():
-            fn = Case(variant, dtype, n, target=target).class_step(target)
-            warm(fn)
-            return fn
-
-        self.step = memo(("class", variant, dtype, n, target), build)
-
-    def time_step(self, variant, dtype, n, target):
-        self.step()
+    make = "class_step"
 
 
 class NumpyReference:
