@@ -1,0 +1,1 @@
+"""fastopt's asv benchmark suite: see README.md, "Benchmarks (asv)"."""
