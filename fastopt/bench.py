@@ -178,10 +178,65 @@ def roofline_time(variant, n, dtype, repeats):
     return median_time(make_step(variant, n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
 
 
-def measure(variant, n, dtype, repeats, numpy_repeats):
-    """Time one variant at one size on the CPU; return a result dict (times in ms)."""
-    t_fast = median_time(make_step(variant, n, dtype)[0], repeats, min_seconds=0.2)
-    t_roof = roofline_time(variant, n, dtype, repeats)
+def _calls_per_block(fn, seconds=0.02):
+    """How many calls of ``fn`` (already warm) take about ``seconds``: 3 to 1,000."""
+    t0 = time.perf_counter()
+    fn()
+    return max(3, min(1_000, int(seconds / max(time.perf_counter() - t0, 1e-7))))
+
+
+def _block(fn, calls):
+    """Median seconds of ``calls`` timed calls of ``fn``."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(contenders, rounds, torch=None):
+    """Time ``contenders`` (name -> zero-argument step, already set up) in turn,
+    ``rounds`` times, so that they share the machine's drifts in memory
+    bandwidth (large on a shared machine); with ``torch``, a ``TorchChild``
+    set up for the same job, it takes its turn as "torch".
+
+    Returns name -> list of per-round medians (seconds); blocks are sized from
+    the first contender's speed.
+    """
+    steps = list(contenders.values())
+    for fn in steps:
+        fn()  # warm: compilation, page faults
+    calls = _calls_per_block(steps[0])
+    out = {name: [] for name in contenders}
+    if torch:
+        out["torch"] = []
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            out[name].append(_block(fn, calls))
+        if torch:
+            out["torch"].append(torch.time(calls))
+    return out
+
+
+def _ratio(times, num, den):
+    """Median over rounds of ``times[num] / times[den]``: a ratio measured side by side."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+
+
+def measure(variant, n, dtype, rounds, numpy_repeats, torch=None):
+    """Time one variant at one size on the CPU; return a result dict (times in ms).
+
+    fastopt, the roofline (and torch's fused optimizer, if ``torch`` is a
+    ``TorchChild``) are interleaved; NumPy, an order of magnitude slower at
+    size, is timed after them.
+    """
+    if torch:
+        torch.setup(variant, n, dtype)
+    times = interleaved({"fastopt": make_step(variant, n, dtype)[0],
+                         "roofline": make_step(variant, n, dtype, kind="roofline")[0]},
+                        rounds, torch)
+    t_fast = statistics.median(times["fastopt"])
     p, g = _data(n, dtype)
     q, state, count = p.copy(), {}, [0]
 
@@ -190,44 +245,60 @@ def measure(variant, n, dtype, repeats, numpy_repeats):
         numpy_step(variant, q, g, state, count[0])
 
     t_numpy = median_time(numpy_once, numpy_repeats)
-    return {
+    row = {
         "optimizer": variant, "n": n, "dtype": np.dtype(dtype).name, "target": _target(n),
         "fastopt_ms": t_fast * 1e3, "gbps": bytes_per_step(variant, n, dtype) / t_fast / 1e9,
-        "roofline_ms": t_roof * 1e3, "roofline_pct": 100 * t_roof / t_fast,
+        "roofline_ms": statistics.median(times["roofline"]) * 1e3,
+        "roofline_pct": 100 * _ratio(times, "roofline", "fastopt"),
         "numpy_ms": t_numpy * 1e3, "speedup_numpy": t_numpy / t_fast,
     }
+    if torch:
+        row["torch_ms"] = statistics.median(times["torch"]) * 1e3
+        row["speedup_torch"] = _ratio(times, "torch", "fastopt")
+    return row
 
 
-def measure_many(count, size, dtype, repeats):
-    """Adam over ``count`` tensors of ``size`` elements: FlatParams (one call) and
-    one array per tensor through the class API."""
+def measure_many(count, size, dtype, rounds, torch=None):
+    """Adam over ``count`` tensors of ``size`` elements: FlatParams (one call), one
+    array per tensor through the class API, the roofline over all the elements
+    and, with ``torch``, torch's fused Adam over ``count`` tensors; interleaved."""
     n = count * size
     p, g = _data(n, dtype)
     flat = FlatParams({f"t{i}": size for i in range(count)}, dtype)
     flat.data[:], flat.grad_data[:] = p, g
-    opt = Adam(flat, lr=1e-3)
-    t_flat = median_time(opt.step, repeats, min_seconds=0.2)
     arrays = [p[i * size:(i + 1) * size].copy() for i in range(count)]
     grads = [g[i * size:(i + 1) * size].copy() for i in range(count)]
-    sep = Adam(arrays, lr=1e-3)
-    t_sep = median_time(lambda: sep.step(grads), repeats, min_seconds=0.2)
-    t_roof = roofline_time("adam", n, dtype, repeats)
-    return {"tensors": count, "size": size, "dtype": np.dtype(dtype).name,
-            "flat_ms": t_flat * 1e3, "separate_ms": t_sep * 1e3, "roofline_ms": t_roof * 1e3,
-            "roofline_pct": 100 * t_roof / t_flat}
+    del p, g
+    flat_opt, sep_opt = Adam(flat, lr=1e-3), Adam(arrays, lr=1e-3)
+    if torch:
+        torch.setup("adam", n, dtype, count=count)
+    times = interleaved({"flat": flat_opt.step, "separate": lambda: sep_opt.step(grads),
+                         "roofline": make_step("adam", n, dtype, kind="roofline")[0]},
+                        rounds, torch)
+    out = {"tensors": count, "size": size, "dtype": np.dtype(dtype).name,
+           "flat_ms": statistics.median(times["flat"]) * 1e3,
+           "separate_ms": statistics.median(times["separate"]) * 1e3,
+           "roofline_ms": statistics.median(times["roofline"]) * 1e3,
+           "roofline_pct": 100 * _ratio(times, "roofline", "flat")}
+    if torch:
+        out["torch_ms"] = statistics.median(times["torch"]) * 1e3
+        out["speedup_torch"] = _ratio(times, "torch", "flat")
+    return out
 
 
-def measure_guards(n, dtype, repeats):
-    """Adam step with and without ``check_finite`` (and ``grad_scale``)."""
+def measure_guards(n, dtype, rounds):
+    """Adam step with and without ``check_finite`` (and ``grad_scale``), interleaved."""
     p, g = _data(n, dtype)
     opt = Adam([p], lr=1e-3)
-    plain = median_time(lambda: opt.step([g]), repeats, min_seconds=0.2)
-    checked = median_time(lambda: opt.step([g], check_finite=True), repeats, min_seconds=0.2)
-    scaled = median_time(lambda: opt.step([g], check_finite=True, grad_scale=1024.0), repeats,
-                         min_seconds=0.2)
-    return {"n": n, "dtype": np.dtype(dtype).name, "plain_ms": plain * 1e3,
-            "check_finite_ms": checked * 1e3, "check_finite_scaled_ms": scaled * 1e3,
-            "check_finite_cost_pct": 100 * (checked / plain - 1)}
+    times = interleaved({"plain": lambda: opt.step([g]),
+                         "checked": lambda: opt.step([g], check_finite=True),
+                         "scaled": lambda: opt.step([g], check_finite=True, grad_scale=1024.0)},
+                        rounds)
+    return {"n": n, "dtype": np.dtype(dtype).name,
+            "plain_ms": statistics.median(times["plain"]) * 1e3,
+            "check_finite_ms": statistics.median(times["checked"]) * 1e3,
+            "check_finite_scaled_ms": statistics.median(times["scaled"]) * 1e3,
+            "check_finite_cost_pct": 100 * (_ratio(times, "checked", "plain") - 1)}
 
 
 def batch_time(step, wait, repeats, batch):
@@ -278,56 +349,82 @@ def cuda_device():
 
 # --- torch, in a child process ------------------------------------------------
 
-_TORCH_CHILD = r"""
+_TORCH_SERVER = r"""
 import json, statistics, sys, time
 try:
     import torch
 except ImportError:
-    print(json.dumps(None)); sys.exit(0)
-jobs = json.loads(sys.argv[1])
-torch.set_num_threads(jobs["threads"])
+    print("null", flush=True)
+    sys.exit(0)
+torch.set_num_threads(int(sys.argv[1]))
+print(json.dumps(torch.__version__), flush=True)
 CLASSES = {"SGD": torch.optim.SGD, "Adagrad": torch.optim.Adagrad,
            "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-out = []
-for job in jobs["jobs"]:
-    dtype = getattr(torch, job["dtype"])
-    g = torch.Generator().manual_seed(0)
-    params = [torch.randn(job["size"], generator=g, dtype=dtype).requires_grad_()
-              for _ in range(job["count"])]
-    for p in params:
-        p.grad = torch.randn(job["size"], generator=g, dtype=dtype) * 1e-3
-    opt = CLASSES[job["cls"]](params, fused=True, **job["hp"])
-    opt.step()
-    times, start = [], time.perf_counter()
-    while len(times) < job["repeats"] or (time.perf_counter() - start < 0.2 and len(times) < 10000):
-        t0 = time.perf_counter(); opt.step(); times.append(time.perf_counter() - t0)
-    out.append(statistics.median(times) * 1e3)
-print(json.dumps({"version": torch.__version__, "ms": out}))
+opt = params = None
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "setup":
+        opt = params = None  # free the last job's tensors first
+        dtype = getattr(torch, cmd["dtype"])
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(cmd["size"], generator=g, dtype=dtype).requires_grad_()
+                  for _ in range(cmd["count"])]
+        for p in params:
+            p.grad = torch.randn(cmd["size"], generator=g, dtype=dtype) * 1e-3
+        opt = CLASSES[cmd["cls"]](params, fused=True, **cmd["hp"])
+        opt.step()
+        opt.step()
+        print("0", flush=True)
+    else:
+        times = []
+        for _ in range(cmd["calls"]):
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(statistics.median(times)), flush=True)
 """
 
 
-def torch_times(jobs, threads):
-    """Median ms per fused torch step for each job, or None without torch.
+class TorchChild:
+    """torch's fused CPU optimizers in a child process, stepped on request.
 
-    Each job: dict(cls, hp, dtype, count, size, repeats).
+    torch and numba each run a thread pool; in one process they spin against
+    each other. In a child, torch's steps can still take turns with ours (see
+    ``interleaved``). ``version`` is None when torch is not installed.
     """
-    try:
-        proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD,
-                               json.dumps({"jobs": jobs, "threads": threads})],
-                              capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"torch timing failed: {e}", file=sys.stderr)
-        return None
-    if proc.returncode != 0:
-        print(f"torch timing failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(proc.stdout)
 
+    def __init__(self, threads):
+        self._proc = subprocess.Popen([sys.executable, "-c", _TORCH_SERVER, str(threads)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.version = json.loads(self._proc.stdout.readline() or "null")
+        if self.version is None:
+            self.close()
 
-def _torch_job(variant, n, dtype, repeats, count=1):
-    cls, hp, _ = VARIANTS[variant]
-    return {"cls": cls.__name__, "hp": hp, "dtype": np.dtype(dtype).name,
-            "count": count, "size": n // count, "repeats": repeats}
+    def __bool__(self):
+        return self.version is not None
+
+    def _ask(self, **cmd):
+        self._proc.stdin.write(json.dumps(cmd) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the torch child process ended")
+        return json.loads(line)
+
+    def setup(self, variant, n, dtype, count=1):
+        """Build torch's fused optimizer for ``variant`` over ``count`` tensors of ``n // count``."""
+        cls, hp, _ = VARIANTS[variant]
+        self._ask(cmd="setup", cls=cls.__name__, hp=hp, dtype=np.dtype(dtype).name,
+                  count=count, size=n // count)
+
+    def time(self, calls):
+        """Median seconds of ``calls`` timed steps."""
+        return self._ask(cmd="time", calls=calls)
+
+    def close(self):
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
 
 
 # --- start-up -----------------------------------------------------------------
@@ -356,17 +453,22 @@ def measure_startup():
 
 # --- serial/parallel threshold --------------------------------------------------
 
-def measure_threshold(dtype, repeats):
-    """Serial and parallel Adam kernel times over sizes; the first size where parallel wins."""
+def measure_threshold(dtype, rounds):
+    """Serial and parallel Adam steps over sizes, interleaved; the first size
+    from which parallel wins at every larger size too."""
     rows = []
     for n in [2 ** k for k in range(10, 21)]:
         p, g = _data(n, dtype)
-        times = {}
-        for target in ("serial", "parallel"):
-            opt = Adam([p.copy()], target=target)
-            times[target] = median_time(lambda: opt.step([g]), repeats, min_seconds=0.1) * 1e6
-        rows.append({"n": n, "serial_us": times["serial"], "parallel_us": times["parallel"]})
-    crossover = next((r["n"] for r in rows if r["parallel_us"] < r["serial_us"]), None)
+        serial, parallel = Adam([p.copy()], target="serial"), Adam([p.copy()], target="parallel")
+        times = interleaved({"serial": lambda: serial.step([g]),
+                             "parallel": lambda: parallel.step([g])}, rounds)
+        rows.append({"n": n, "serial_us": statistics.median(times["serial"]) * 1e6,
+                     "parallel_us": statistics.median(times["parallel"]) * 1e6})
+    crossover = None
+    for r in reversed(rows):
+        if r["parallel_us"] >= r["serial_us"]:
+            break
+        crossover = r["n"]
     return rows, crossover
 
 
@@ -456,6 +558,7 @@ def run(args):
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     repeats, numpy_repeats = (5, 3) if args.quick else (15, 5)
+    rounds = 3 if args.quick else 7
     show = not args.no_progress
     import numba
     threads = numba.get_num_threads()
@@ -479,37 +582,28 @@ def run(args):
         results["machine"] = machine()
         return results
 
-    jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
-    for k, (variant, n, dtype) in enumerate(jobs, 1):
-        _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
-        results["rows"].append(measure(variant, n, dtype, repeats, numpy_repeats))
-
-    count, size = QUICK_MANY if args.quick else MANY
-    if not args.skip_many:
-        _progress(f"many tensors: {count} x {size}", show)
-        results["many"] = measure_many(count, size, "float32", repeats)
+    torch = None if args.no_torch else TorchChild(threads)
+    if torch:
+        results["torch_version"] = torch.version
+    try:
+        jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+        for k, (variant, n, dtype) in enumerate(jobs, 1):
+            _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
+            results["rows"].append(measure(variant, n, dtype, rounds, numpy_repeats, torch))
+        if not args.skip_many:
+            count, size = QUICK_MANY if args.quick else MANY
+            _progress(f"many tensors: {count} x {size}", show)
+            results["many"] = measure_many(count, size, "float32", rounds, torch)
+    finally:
+        if torch:
+            torch.close()
 
     _progress("check_finite cost", show)
-    results["guards"] = measure_guards(max(sizes), dtypes[0], repeats)
-
-    if not args.no_torch:
-        _progress("torch (child process)", show)
-        tjobs = [_torch_job(v, n, d, repeats) for v, n, d in jobs]
-        if results["many"]:
-            tjobs.append(_torch_job("adam", count * size, "float32", repeats, count=count))
-        torch = torch_times(tjobs, threads)
-        if torch:
-            results["torch_version"] = torch["version"]
-            for row, ms in zip(results["rows"], torch["ms"]):
-                row["torch_ms"], row["speedup_torch"] = ms, ms / row["fastopt_ms"]
-            if results["many"]:
-                many = results["many"]
-                many["torch_ms"] = torch["ms"][-1]
-                many["speedup_torch"] = many["torch_ms"] / many["flat_ms"]
+    results["guards"] = measure_guards(max(sizes), dtypes[0], rounds)
 
     if args.threshold:
         _progress("serial/parallel threshold", show)
-        rows, crossover = measure_threshold(dtypes[0], repeats)
+        rows, crossover = measure_threshold(dtypes[0], rounds)
         results["threshold"] = {"dtype": dtypes[0], "rows": rows, "crossover": crossover}
 
     _progress("start-up in a fresh process", show)
@@ -561,7 +655,7 @@ def report(results):
         lines += ["", f"Serial vs parallel Adam step ({th['dtype']}), microseconds:",
                   format_table(th["rows"], [("n", "n", "{}"), ("serial_us", "serial", "{:.1f}"),
                                             ("parallel_us", "parallel", "{:.1f}")]),
-                  f"parallel first wins at n = {th['crossover']} "
+                  f"parallel wins from n = {th['crossover']} on "
                   f"(fastopt.config.PARALLEL_THRESHOLD is {m['parallel_threshold']})"]
     st = results["startup"]
     if st:

@@ -49,19 +49,33 @@ def test_bench_rejects_unknown_optimizer():
 
 
 def test_many_tensors_case_runs():
-    r = bench.measure_many(10, 100, "float32", repeats=2)
-    assert r["flat_ms"] > 0 and r["separate_ms"] > 0
+    r = bench.measure_many(10, 100, "float32", rounds=2)
+    assert r["flat_ms"] > 0 and r["separate_ms"] > 0 and "torch_ms" not in r
 
 
-def test_torch_child_process():
+def test_torch_child_process_takes_turns():
     pytest.importorskip("torch")
-    out = bench.torch_times([bench._torch_job("adam", 100, "float32", 2, count=2)], threads=1)
-    assert out["ms"][0] > 0
+    torch = bench.TorchChild(threads=1)
+    try:
+        assert torch.version
+        row = bench.measure("adam", 1000, "float32", 2, 1, torch)
+        assert row["torch_ms"] > 0 and row["speedup_torch"] > 0
+        many = bench.measure_many(4, 100, "float32", 2, torch)
+        assert many["torch_ms"] > 0
+    finally:
+        torch.close()
+
+
+def test_interleaved_ratio():
+    times = bench.interleaved({"a": lambda: None, "b": lambda: sum(range(2000))}, rounds=3)
+    assert len(times["a"]) == len(times["b"]) == 3
+    assert bench._ratio(times, "b", "a") > 1
 
 
 def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [bench.measure("adam", n, "float32", 2, 1) for n in (1000, 2000)]
+    assert all("torch_ms" not in r for r in rows)
     bench.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

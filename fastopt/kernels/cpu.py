@@ -94,29 +94,21 @@ def adam_parallel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
 # The number of gradient elements that are NaN or infinite once unscaled
 # (x - x is 0 exactly for every finite x, NaN for inf and NaN).
 
-@njit(**RULE)
-def _count_nonfinite(g, start, stop, inv_scale):
+@loop()
+def count_nonfinite_serial(g, inv_scale):
     n = 0
-    for i in range(start, stop):
+    for i in range(g.shape[0]):
         x = g[i] * inv_scale
         n += 0 if x - x == 0 else 1
     return n
 
 
-@loop()
-def count_nonfinite_serial(g, inv_scale):
-    return _count_nonfinite(g, 0, g.shape[0], inv_scale)
-
-
 @loop(parallel=True)
 def count_nonfinite_parallel(g, inv_scale):
-    # A prange reduction over elements does not vectorise; chunks of a
-    # vectorised serial count do.
-    chunks = 64
-    size = (g.shape[0] + chunks - 1) // chunks
     n = 0
-    for c in prange(chunks):
-        n += _count_nonfinite(g, c * size, min((c + 1) * size, g.shape[0]), inv_scale)
+    for i in prange(g.shape[0]):
+        x = g[i] * inv_scale
+        n += 0 if x - x == 0 else 1
     return n
 
 
