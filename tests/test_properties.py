@@ -5,7 +5,6 @@ with TypeError/ValueError and change nothing."""
 import copy
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
