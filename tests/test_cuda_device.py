@@ -396,3 +396,30 @@ def test_cupy_arrays():
     m, v = cupy.zeros_like(p), cupy.zeros_like(p)
     F.adam(p, cupy.ones_like(p), m, v, step=1, lr=0.1)
     assert_close(cupy.asnumpy(p), np.full(50, 0.9), rtol(np.float64))
+
+
+# --- guards on the GPU ------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_check_finite_skips_the_step_on_the_gpu(bad):
+    p0 = np.linspace(-1, 1, 35)
+    p = cuda.to_device(p0.copy())
+    opt = fastopt.Adam([p], lr=0.1)
+    g = np.ones(35)
+    assert opt.step([cuda.to_device(g)], check_finite=True) is True
+    after_one = host(p)
+    g[20] = bad
+    assert opt.step([cuda.to_device(g)], check_finite=True) is False
+    np.testing.assert_array_equal(host(p), after_one)
+    assert opt.state[0]["step"] == 1
+    assert F.sgd(p, cuda.to_device(g), check_finite=True) is False
+    np.testing.assert_array_equal(host(p), after_one)
+
+
+def test_grad_scale_on_the_gpu_matches_the_cpu():
+    p0, (g,) = data(SHAPE, np.float32, 1)
+    gpu, cpu = cuda.to_device(p0.copy()), p0.copy()
+    for p, to in ((gpu, cuda.to_device), (cpu, np.asarray)):
+        m, v = to(np.zeros_like(p0)), to(np.zeros_like(p0))
+        F.adam(p, to(g * np.float32(512)), m, v, step=1, lr=0.1, grad_scale=512.0)
+    assert_close(host(gpu), cpu, rtol(np.float32))
