@@ -272,14 +272,14 @@ class Optimizer:
             raise ValueError("state_dict['param_groups'] lists a parameter id more than once")
         params = self._views(self._all_params())
         group_of = [k for k, group in enumerate(self.param_groups) for _ in group["params"]]
+        hypers = [self._check_group(group) for group in new_groups]
         new_state = {}
         for pid, saved in saved_state.items():
             if pid not in index_of:
                 raise ValueError(f"state_dict['state'] has an entry {pid!r} that no group lists")
             i = index_of[pid]
-            hyper = self._check_group(new_groups[group_of[i]])
             new_state[i] = self._load_param_state(f"state_dict['state'][{pid!r}]", saved,
-                                                  params[i], hyper)
+                                                  params[i], hypers[group_of[i]])
         # Everything is checked: commit.
         for group, new_group in zip(self.param_groups, new_groups):
             group.update(new_group)
