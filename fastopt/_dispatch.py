@@ -89,9 +89,7 @@ def new_like(p, value=None):
     ``p`` is a NumPy array or a numba device array (as the checks return it).
     """
     if isinstance(p, np.ndarray):
-        if value is None:
-            return np.empty_like(p)
-        return np.zeros_like(p) if value == 0 else np.full_like(p, value)
+        return new(p.shape, p.dtype, "cpu", value)
     from . import _cuda
     return _cuda.new(p.shape, p.dtype, value, p.stream)
 
