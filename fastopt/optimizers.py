@@ -196,12 +196,14 @@ class Optimizer:
         if check_finite and not all(F.all_finite(g, inv_scale, self.target)
                                     for g in grads if g is not None):
             return False
-        # Everything is checked: from here on, nothing raises.
+        # Everything is checked: from here on, nothing raises. ``params`` are
+        # the arrays as the kernels take them (GPU arrays as numba views).
         i = 0
         for group, hyper in zip(self.param_groups, hypers):
-            for p in group["params"]:
+            for _ in group["params"]:
                 g = grads[i]
                 if g is not None:
+                    p = params[i]
                     state = self.state.get(i)
                     if state is None:
                         state = self.state[i] = self._new_state(p, hyper)

@@ -359,6 +359,17 @@ def test_foreign_arrays_through_the_interface():
 
 
 @needs_gpu
+def test_optimizer_steps_foreign_arrays_through_their_views():
+    """The classes step the numba views of interface-only arrays (their dtype,
+    stream, ravel), not the foreign objects themselves."""
+    p = cuda.to_device(np.ones(1000, np.float32))
+    opt = fastopt.Adam([Foreign(p)], lr=0.1)
+    opt.step([Foreign(cuda.to_device(np.ones(1000, np.float32)))])
+    assert_close(host(p), np.full(1000, 0.9, np.float32), rtol(np.float32))
+    assert opt.state[0]["step"] == 1
+
+
+@needs_gpu
 def test_kernels_launch_on_the_exported_stream():
     stream = cuda.stream()
     p = cuda.to_device(np.ones(10))
