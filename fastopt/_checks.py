@@ -38,7 +38,10 @@ def check_real(name, value, *, low=None, high=None, high_open=False):
     if type(value) is not float and type(value) is not int:  # fast path first: step() runs this
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int or Fraction beyond the float range
+        raise ValueError(f"{name} must be finite, got a number too large for a float") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and value < low:
@@ -57,14 +60,26 @@ def check_betas(betas):
             check_real("betas[1]", beta2, low=0.0, high=1.0, high_open=True))
 
 
-def check_grad_scale(grad_scale):
-    """``grad_scale`` (None or a finite number > 0); returns ``1 / grad_scale``."""
+def check_grad_scale(grad_scale, dtypes=()):
+    """``grad_scale`` (None or a finite number > 0); returns ``1 / grad_scale``.
+
+    The gradient is multiplied by the reciprocal, cast to the arrays' dtype:
+    it must be a normal number in each of ``dtypes`` (not infinite, not zero
+    or subnormal), or unscaling would turn gradients into NaN or zero.
+    """
     if grad_scale is None:
         return 1.0
     scale = check_real("grad_scale", grad_scale)
     if scale <= 0:
         raise ValueError(f"grad_scale must be > 0, got {scale}")
-    return 1.0 / scale
+    inv = 1.0 / scale
+    for dtype in dtypes:
+        info = np.finfo(dtype)
+        if not info.tiny <= inv <= info.max:
+            raise ValueError(f"grad_scale={scale:g} is out of range for {np.dtype(dtype)} arrays: "
+                             f"its reciprocal must be a normal {np.dtype(dtype)} number, so "
+                             f"grad_scale must lie between {1 / info.max:.3g} and {1 / info.tiny:.3g}")
+    return inv
 
 
 def check_step(step):
@@ -88,11 +103,19 @@ def check_target_matches(target, p, pname):
     return target
 
 
+def _base_ndarray(a):
+    """``a`` as a plain ``numpy.ndarray`` viewing the same memory: subclasses
+    (``np.matrix``, masked arrays, memmaps) change what ``ravel`` and
+    indexing return, and the kernels take plain arrays only."""
+    return a if type(a) is np.ndarray else a.view(np.ndarray)
+
+
 def check_param(name, p):
     """A parameter: a writeable, C-contiguous float32 or float64 array.
 
-    A NumPy array is returned as it is; a GPU array as a numba device array
-    viewing it (see ``_cuda.as_array``).
+    A NumPy array is returned as a plain ``numpy.ndarray`` over the same
+    memory (subclasses such as ``np.matrix`` viewed as one); a GPU array as a
+    numba device array viewing it (see ``_cuda.as_array``).
     """
     if not isinstance(p, np.ndarray):
         if not _cuda.is_cuda_array(p):
@@ -111,7 +134,7 @@ def check_param(name, p):
                          "pass numpy.ascontiguousarray(...) and use that array")
     if not p.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    return p
+    return _base_ndarray(p)
 
 
 def check_state(name, a, p, pname):
@@ -127,7 +150,7 @@ def check_state(name, a, p, pname):
             raise ValueError(f"{name} must be C-contiguous")
         if not a.flags.writeable:
             raise ValueError(f"{name} is read-only")
-        return a
+        return _base_ndarray(a)
     a = _device_array(name, a, pname)
     _check_matches(name, a, p, pname)
     if not a.is_c_contiguous():
@@ -151,7 +174,7 @@ def check_grad(name, g, p, pname):
         _check_matches(name, g, p, pname)
         if not g.flags.c_contiguous:
             g = np.ascontiguousarray(g)
-        return g
+        return _base_ndarray(g)
     g = _device_array(name, g, pname)
     _check_matches(name, g, p, pname)
     if not g.is_c_contiguous():

@@ -19,6 +19,12 @@ launches its kernels without copying or waiting (README, "CUDA").
 """
 
 
+import math
+import sys
+import threading
+import warnings
+import weakref
+
 import numpy as np
 
 from . import _checks as C
@@ -33,21 +39,37 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 class Optimizer:
     """Base class: parameter groups, per-parameter state, state dicts.
 
-    Subclasses set ``_state_keys`` (the arrays of a parameter's state) and
+    Subclasses set ``_state_keys`` (the arrays of a parameter's state),
+    ``_has_step`` (whether the state counts steps) and ``_pinned``
+    (hyperparameters the class fixes, e.g. AdamW's decoupled decay), and
     implement ``_check_group`` (validate and normalise a group's
-    hyperparameters), ``_new_state`` and ``_update``.
+    hyperparameters), ``_new_state`` and ``_update``; optionally
+    ``_group_added`` and ``_required_state``.
+
+    State follows the parameter object, not its position: ``param_groups``
+    and each group's ``"params"`` may be edited between steps (reordered,
+    shortened, extended, entries replaced), as with ``torch.optim``. Every
+    step checks the parameter list again when it has changed, and checks that
+    each parameter still fits its state, before anything is written.
+    ``opt.state`` is keyed by the parameters' current positions.
     """
 
     _state_keys = ()
     _has_step = True
+    _pinned = {}
 
     def __init__(self, params, defaults, *, target=None):
         self.target = C.check_target(target)
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}
-        self._flat_grads = []  # per parameter: its FlatParams gradient view, or None
-        self._hyper_cache = {}  # group index -> (hyperparameter values, checked dict)
+        self._lock = threading.RLock()  # one step, state dict or group change at a time
+        self._flat_grad = {}   # id(parameter) -> its FlatParams gradient buffer
+        self._params = []      # the parameter objects at the last check, in order
+        self._ids = ()         # their ids (the objects are held, so ids stay unique)
+        self._views = []       # the same, as the kernels take them
+        self._detached = {}    # id -> (parameter, state) of parameters taken out of the groups
+        self._hyper_cache = {}  # group index -> (typed hyperparameter values, checked dict)
         self._on_gpu = None    # whether the parameters are GPU arrays (set by the first group)
         if isinstance(params, (FlatParams, FlatSegment)):
             params = [params]
@@ -69,70 +91,134 @@ class Optimizer:
             raise TypeError("params mixes arrays and parameter-group dicts")
         for group in groups:
             self.add_param_group(group)
+        _LIVE.add(self)
 
     # --- groups --------------------------------------------------------------
 
-    def _all_params(self):
-        return [p for group in self.param_groups for p in group["params"]]
-
     def add_param_group(self, param_group):
         """Add a group (a dict with "params" and optional hyperparameters)."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
-        if "params" not in param_group:
-            raise ValueError("a parameter group needs a 'params' entry")
-        unknown = set(param_group) - set(self.defaults) - {"params"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
-        group_params = param_group["params"]
-        if (isinstance(group_params, (np.ndarray, FlatParams, FlatSegment))
-                or _cuda.is_cuda_array(group_params)):
-            group_params = [group_params]
-        group_params = list(group_params)
-        if not group_params:
-            raise ValueError("a parameter group has an empty 'params' list")
-        flat_grads = [p.grad_data if isinstance(p, (FlatParams, FlatSegment)) else None
-                      for p in group_params]
-        group_params = [p.data if isinstance(p, (FlatParams, FlatSegment)) else p
-                        for p in group_params]
-        existing = self._all_params()
-        first = len(existing)
-        views = [C.check_param(f"params[{first + k}]", p) for k, p in enumerate(group_params)]
-        on_gpu = self._on_gpu
-        for k, v in enumerate(views):
+        with self._lock:
+            self._sync()
+            if not isinstance(param_group, dict):
+                raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+            n = len(self.param_groups)
+            group = {**self.defaults, **param_group}
+            self._sync(self.param_groups + [group], new_group=n)
+            self.param_groups.append(group)
+            self._group_added(group, len(self._params) - len(group["params"]),
+                              self._views[len(self._params) - len(group["params"]):])
+
+    def _group_added(self, group, first, views):
+        """Hook run after a group is added (Adagrad initialises its state here);
+        ``views`` are the group's parameters as the kernels take them."""
+
+    def _sync(self, groups=None, new_group=None):
+        """Bring the checked parameter list up to date with ``param_groups``.
+
+        Cheap when nothing changed (the parameters are the same objects in
+        the same order). Otherwise every group and parameter is checked again
+        (as ``add_param_group`` does) and the state is re-keyed by parameter
+        identity; on error nothing changes. ``groups`` and ``new_group``:
+        check these groups instead, ``groups[new_group]`` being added.
+        """
+        if groups is None:
+            groups = self.param_groups
+            if type(groups) is list and all(type(g) is dict and type(g.get("params")) is list
+                                            for g in groups):
+                if tuple(id(p) for g in groups for p in g["params"]) == self._ids:
+                    return
+        if not isinstance(groups, list):
+            raise TypeError(f"param_groups must be a list, got {type(groups).__name__}")
+        lists, flat = [], {}
+        for k, group in enumerate(groups):
+            where = "the new parameter group" if k == new_group else f"param_groups[{k}]"
+            lists.append(self._group_params(where, group, flat))
+        params = [p for ps in lists for p in ps]
+        views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+        on_gpu = None
+        for i, v in enumerate(views):
             here = not isinstance(v, np.ndarray)
             if on_gpu is None:
                 on_gpu = here
             elif here != on_gpu:
                 kinds = ("a GPU array", "a numpy.ndarray") if here else ("a numpy.ndarray", "a GPU array")
-                raise TypeError(f"params[{first + k}] is {kinds[0]}, but params[0] is {kinds[1]}; "
+                raise TypeError(f"params[{i}] is {kinds[0]}, but params[0] is {kinds[1]}; "
                                 "an optimizer's parameters must all be on the host or all on the GPU")
-            C.check_target_matches(self.target, v, f"params[{first + k}]")
-        seen = {id(p) for p in existing}
-        for k, p in enumerate(group_params):
+            C.check_target_matches(self.target, v, f"params[{i}]")
+        seen = set()
+        for i, p in enumerate(params):
             if id(p) in seen:
-                raise ValueError(f"params[{first + k}] is listed more than once "
+                raise ValueError(f"params[{i}] is listed more than once "
                                  "(some parameters appear in more than one group, or twice in one)")
             seen.add(id(p))
-        C.check_no_overlap([(f"params[{i}]", p)
-                            for i, p in enumerate(self._views(existing, on_gpu) + views)])
-        group = {**self.defaults, **param_group, "params": group_params}
-        group.update(self._check_group(group))
-        self.param_groups.append(group)
-        self._flat_grads.extend(flat_grads)
+        C.check_no_overlap([(f"params[{i}]", v) for i, v in enumerate(views)])
+        if new_group is not None:
+            group = groups[new_group]
+            group.update(self._check_group(group))
+        # Everything is checked: commit.
+        for group, ps in zip(groups, lists):
+            if group.get("params") is not ps:
+                group["params"] = ps
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        old = {id(p): i for i, p in enumerate(self._params)}
+        state = {}
+        for j, p in enumerate(params):
+            i = old.pop(id(p), None)
+            if i is None:
+                if id(p) in self._detached:
+                    state[j] = self._detached.pop(id(p))[1]
+            elif i in self.state:
+                state[j] = self.state[i]
+        for pid, i in old.items():  # taken out: kept, as torch keeps it, should it come back
+            if i in self.state:
+                self._detached[pid] = (self._params[i], self.state[i])
+        self.state.clear()
+        self.state.update(state)
+        self._flat_grad.update(flat)
+        known = set(self._ids)
+        shared = _shared_with_other_optimizers(self, [v for p, v in zip(params, views)
+                                                      if id(p) not in known])
+        self._params, self._ids, self._views = params, tuple(id(p) for p in params), views
         self._on_gpu = on_gpu
-        self._group_added(group, first, views)
+        self._hyper_cache.clear()
+        if shared:
+            warnings.warn(f"a parameter of this {type(self).__name__} is also a parameter of "
+                          f"another live {shared}: fastopt does not lock parameters across "
+                          "optimizers, so never step both from two threads at once (updates "
+                          "would be lost)", RuntimeWarning, stacklevel=_caller_level())
 
-    def _views(self, params, on_gpu=None):
-        """``params`` as the kernels take them: GPU arrays as numba device arrays
-        (converted at each use, so a tensor's current memory is what is updated)."""
-        if not (self._on_gpu if on_gpu is None else on_gpu):
-            return params
-        return [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
-
-    def _group_added(self, group, first, views):
-        """Hook run after a group is added (Adagrad initialises its state here);
-        ``views`` are the group's parameters as ``_views`` gives them."""
+    def _group_params(self, where, group, flat):
+        """A group's parameters as a new list, FlatParams and segments replaced by
+        their buffers (their gradient buffers recorded in ``flat``); the group's
+        keys checked."""
+        if not isinstance(group, dict):
+            raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"{where} needs a 'params' entry")
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
+        ps = group["params"]
+        if isinstance(ps, (np.ndarray, FlatParams, FlatSegment)) or _cuda.is_cuda_array(ps):
+            ps = [ps]
+        elif isinstance(ps, (list, tuple)):
+            ps = list(ps)
+        else:
+            raise TypeError(f"{where}['params'] must be a list of arrays, got {type(ps).__name__}")
+        if not ps:
+            raise ValueError(f"{where} has an empty 'params' list")
+        for k, p in enumerate(ps):
+            if isinstance(p, (FlatParams, FlatSegment)):
+                grad = p.grad_data
+                ps[k] = p = p.data
+                view = C.check_param(f"{where}['params'][{k}]", p)
+                C.check_state(f"{where}['params'][{k}]'s grad_data", grad, view, "its data")
+                C.check_no_overlap([("its data", view),
+                                    (f"{where}['params'][{k}]'s grad_data",
+                                     C.check_grad("grad_data", grad, view, "data"))])
+                flat[id(p)] = grad
+        return ps
 
     # --- stepping ------------------------------------------------------------
 
@@ -149,50 +235,85 @@ class Optimizer:
         and ``step`` returns False; otherwise it returns True. Without it,
         ``step`` returns None and non-finite values propagate, as in torch.
         """
-        check_finite = C.check_flag("check_finite", check_finite)
-        inv_scale = C.check_grad_scale(grad_scale)
-        params = self._views(self._all_params())
-        if grads is None:
-            if any(g is None for g in self._flat_grads):
-                raise TypeError("step() without grads needs every parameter to come from a "
-                                "FlatParams; pass one gradient per parameter")
-            return self._apply(params, self._flat_grads, inv_scale, check_finite)
-        if (isinstance(grads, np.ndarray) or not hasattr(grads, "__len__")
-                or (self._on_gpu and _cuda.is_cuda_array(grads))):
-            raise TypeError("grads must be a sequence with one gradient array (or None) per parameter")
-        if len(grads) != len(params):
-            raise ValueError(f"grads has {len(grads)} entries, but the optimizer has "
-                             f"{len(params)} parameters")
-        checked = [None if g is None else C.check_grad(f"grads[{i}]", g, p, f"params[{i}]")
-                   for i, (g, p) in enumerate(zip(grads, params))]
-        for i, (g, p) in enumerate(zip(checked, params)):
-            if g is None:
-                continue
-            if isinstance(g, np.ndarray):
-                if np.may_share_memory(g, p):
-                    raise ValueError(f"grads[{i}] shares memory with params[{i}]")
+        with self._lock:
+            self._sync()
+            check_finite = C.check_flag("check_finite", check_finite)
+            params = self._current_views()
+            inv_scale = C.check_grad_scale(grad_scale, {p.dtype for p in params})
+            if grads is None:
+                grads = [self._flat_grad.get(id(p)) for p in self._params]
+                if any(g is None for g in grads):
+                    raise TypeError("step() without grads needs every parameter to come from a "
+                                    "FlatParams; pass one gradient per parameter")
+                names = "FlatParams gradient of params[{}]"
             else:
-                C.check_no_overlap([(f"grads[{i}]", g), (f"params[{i}]", p)])
-        return self._apply(params, checked, inv_scale, check_finite)
+                if (isinstance(grads, np.ndarray) or not hasattr(grads, "__len__")
+                        or (self._on_gpu and _cuda.is_cuda_array(grads))):
+                    raise TypeError("grads must be a sequence with one gradient array (or None) "
+                                    "per parameter")
+                if len(grads) != len(params):
+                    raise ValueError(f"grads has {len(grads)} entries, but the optimizer has "
+                                     f"{len(params)} parameters")
+                names = "grads[{}]"
+            checked = [None if g is None else C.check_grad(names.format(i), g, p, f"params[{i}]")
+                       for i, (g, p) in enumerate(zip(grads, params))]
+            for i, (g, p) in enumerate(zip(checked, params)):
+                if g is None:
+                    continue
+                if isinstance(g, np.ndarray):
+                    if np.may_share_memory(g, p):
+                        raise ValueError(f"{names.format(i)} shares memory with params[{i}]")
+                else:
+                    C.check_no_overlap([(names.format(i), g), (f"params[{i}]", p)])
+            return self._apply(params, checked, inv_scale, check_finite)
+
+    def _current_views(self):
+        """The parameters as the kernels take them, checked again: an array may
+        have been made read-only or (GPU tensors) given new memory since."""
+        if self._on_gpu:
+            return [C.check_param(f"params[{i}]", p) for i, p in enumerate(self._params)]
+        views = self._views
+        for i, (p, v) in enumerate(zip(self._params, views)):
+            if not (p.flags.writeable and p.flags.c_contiguous and p.shape == v.shape
+                    and p.dtype == v.dtype):
+                views[i] = C.check_param(f"params[{i}]", p)
+        return views
 
     def _checked_hypers(self):
-        """Every group's checked hyperparameters. A group whose values are the
-        ones checked at the last step is not checked again."""
+        """Every group's checked hyperparameters. A group whose values (and their
+        types) are the ones checked at the last step is not checked again."""
         cache = self._hyper_cache
         hypers = []
         for k, group in enumerate(self.param_groups):
-            key = tuple(tuple(v) if isinstance(v, list) else v
-                        for name, v in group.items() if name != "params")
+            key = _hyper_key(group)
             cached = cache.get(k)
-            if cached is None or cached[0] != key:
-                cached = cache[k] = (key, self._check_group(group))
+            if key is None or cached is None or cached[0] != key:
+                missing = [name for name in self.defaults if name not in group]
+                if missing:
+                    raise ValueError(f"param_groups[{k}] lacks hyperparameter(s) {missing}")
+                try:
+                    checked = self._check_group(group)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"param_groups[{k}]: {e}") from None
+                cached = cache[k] = (key, checked)
             hypers.append(cached[1])
         return hypers
 
     def _apply(self, params, grads, inv_scale, check_finite):
-        """Check the hyperparameters (and the gradients' values, with
-        ``check_finite``), then step every parameter with a gradient."""
+        """Check the hyperparameters, that each parameter fits its state (and the
+        gradients' values, with ``check_finite``), then step every parameter
+        with a gradient."""
         hypers = self._checked_hypers()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            state = self.state.get(i)
+            if g is not None and state is not None:
+                for key in self._state_keys:
+                    a = state.get(key)
+                    if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+                        raise ValueError(
+                            f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
+                            f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed after "
+                            "its first step; give the optimizer a new array instead")
         if check_finite and not all(F.all_finite(g, inv_scale, self.target)
                                     for g in grads if g is not None):
             return False
@@ -213,7 +334,7 @@ class Optimizer:
 
     # --- state dicts -----------------------------------------------------------
 
-    def state_dict(self, to_host=False):
+    def state_dict(self, to_host=False, to_torch=False):
         """The optimizer's state in ``torch.optim``'s layout.
 
         ``{"state": {index: {...}}, "param_groups": [{...hyperparameters...,
@@ -223,27 +344,40 @@ class Optimizer:
 
         ``to_host=True`` gives NumPy copies of the state arrays instead (of
         GPU state: copied once the GPU has finished its work), to save or
-        inspect; ``load_state_dict`` takes either kind.
+        inspect; ``to_torch=True`` gives ``torch.Tensor`` copies (on the
+        parameters' device), which ``torch.optim``'s ``load_state_dict``
+        takes (it needs PyTorch). ``load_state_dict`` takes any of them.
         """
-        groups, index = [], 0
-        for group in self.param_groups:
-            n = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"},
-                           "params": list(range(index, index + n))})
-            index += n
-        if to_host:
-            state = {i: {k: _host_copy(v) for k, v in s.items()} for i, s in self.state.items()}
-        else:
-            state = {i: dict(s) for i, s in self.state.items()}
-        return {"state": state, "param_groups": groups}
+        with self._lock:
+            self._sync()
+            groups, index = [], 0
+            for group in self.param_groups:
+                n = len(group["params"])
+                groups.append({**{k: v for k, v in group.items() if k != "params"},
+                               "params": list(range(index, index + n))})
+                index += n
+            if to_torch:
+                convert = _torch_copy()
+            elif to_host:
+                convert = _host_copy
+            else:
+                return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": groups}
+            state = {i: {k: convert(v) for k, v in s.items()} for i, s in self.state.items()}
+            return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Load a state dict from :meth:`state_dict` (or torch's, for the same optimizer).
 
-        Arrays (NumPy or GPU) are copied in, cast to each parameter's dtype,
-        to where the parameters live. The dict is checked whole before
-        anything changes: a bad one raises and leaves the optimizer as it was.
+        Arrays (NumPy, GPU, or torch tensors of any float dtype) are copied in,
+        cast to each parameter's dtype, to where the parameters live. The dict
+        is checked whole before anything changes: a bad one raises and leaves
+        the optimizer as it was.
         """
+        with self._lock:
+            self._sync()
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict):
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
         saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
@@ -257,14 +391,24 @@ class Optimizer:
         for k, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError(f"state_dict['param_groups'][{k}] must be a dict with 'params'")
-            ids = list(saved["params"])
+            try:
+                ids = list(saved["params"])
+            except TypeError:
+                raise TypeError(f"state_dict['param_groups'][{k}]['params'] must be a list") from None
             if len(ids) != len(group["params"]):
                 raise ValueError(f"state_dict['param_groups'][{k}] has {len(ids)} parameters, "
                                  f"the optimizer's group {k} has {len(group['params'])}")
             for j, pid in enumerate(ids):
-                index_of[pid] = first + j
+                try:
+                    index_of[pid] = first + j
+                except TypeError:
+                    raise TypeError(f"state_dict['param_groups'][{k}]['params'][{j}] must be a "
+                                    f"parameter id, got {type(pid).__name__}") from None
             first += len(ids)
-            new_group = {**group, **{key: saved[key] for key in self.defaults if key in saved}}
+            # Pinned hyperparameters stay the class's: torch's AdamW, too, keeps
+            # decoupled decay whatever the loaded dict says.
+            new_group = {**group, **{key: saved[key] for key in self.defaults
+                                     if key in saved and key not in self._pinned}}
             try:
                 new_group.update(self._check_group(new_group))
             except (TypeError, ValueError) as e:
@@ -272,7 +416,7 @@ class Optimizer:
             new_groups.append(new_group)
         if len(index_of) != first:
             raise ValueError("state_dict['param_groups'] lists a parameter id more than once")
-        params = self._views(self._all_params())
+        params = self._current_views()
         group_of = [k for k, group in enumerate(self.param_groups) for _ in group["params"]]
         hypers = [self._check_group(group) for group in new_groups]
         new_state = {}
@@ -285,7 +429,10 @@ class Optimizer:
         # Everything is checked: commit.
         for group, new_group in zip(self.param_groups, new_groups):
             group.update(new_group)
-        self.state = new_state
+        self.state.clear()
+        self.state.update(new_state)
+        self._detached.clear()
+        self._hyper_cache.clear()
 
     def _load_param_state(self, name, saved, p, hyper):
         if not isinstance(saved, dict):
@@ -303,14 +450,7 @@ class Optimizer:
         for key in self._state_keys:
             if key not in saved or saved[key] is None:
                 continue
-            value = saved[key]
-            if _cuda.is_cuda_array(value):
-                value = host_array(value)
-            elif not hasattr(value, "__array__"):
-                raise TypeError(f"{name}['{key}'] must be an array, got {type(value).__name__}")
-            value = np.asarray(value)
-            if value.dtype.kind != "f":
-                raise TypeError(f"{name}['{key}'] must be a floating-point array, got dtype {value.dtype}")
+            value = _host_value(f"{name}['{key}']", saved[key])
             # Another float dtype is cast to the parameter's, as torch does.
             a = np.array(value, dtype=p.dtype, copy=True, order="C")
             if a.shape != p.shape:
@@ -335,6 +475,80 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
+def _caller_level():
+    """The ``stacklevel`` that points a warning at the first frame outside fastopt."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastopt"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+# Every optimizer alive, to warn when two share a parameter.
+_LIVE = weakref.WeakSet()
+
+
+def _shared_with_other_optimizers(me, views):
+    """The class name of another live optimizer one of whose parameters shares
+    memory with one of ``views`` (host arrays only), or None."""
+    spans = [(v.__array_interface__["data"][0], v.nbytes) for v in views
+             if isinstance(v, np.ndarray) and v.nbytes]
+    if not spans:
+        return None
+    for other in list(_LIVE):
+        if other is me:
+            continue
+        for w in other._views:
+            if isinstance(w, np.ndarray) and w.nbytes:
+                start = w.__array_interface__["data"][0]
+                if any(s < start + w.nbytes and start < s + n for s, n in spans):
+                    return type(other).__name__
+    return None
+
+
+_CACHEABLE = (float, int, bool, str, type(None))
+
+
+def _hyper_key(group):
+    """A group's hyperparameters with their types, to compare with the last
+    checked ones (``0 == False`` and ``1 == True`` must not count as equal),
+    or None when a value is of a kind that is checked at every step."""
+    key = []
+    for name, value in group.items():
+        if name == "params":
+            continue
+        kind = type(value)
+        if kind in _CACHEABLE:
+            key.append((name, kind, value))
+        elif kind in (tuple, list) and all(type(x) in _CACHEABLE for x in value):
+            key.append((name, kind, tuple((type(x), x) for x in value)))
+        else:
+            return None
+    return tuple(key)
+
+
+def _host_value(name, value):
+    """A loaded state entry as a floating-point NumPy array (GPU arrays and
+    torch tensors of any float dtype, bfloat16 included, are copied)."""
+    try:
+        if _cuda.is_cuda_array(value):
+            value = host_array(value)
+        elif type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+            value = value.detach().cpu()
+            if not value.dtype.is_floating_point:
+                raise TypeError(f"dtype {value.dtype}")
+            if str(value.dtype) not in ("torch.float32", "torch.float64"):
+                value = value.double()  # bfloat16 and float16: widen exactly
+            value = value.numpy()
+        elif not hasattr(value, "__array__"):
+            raise TypeError(f"{type(value).__name__}")
+        value = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a floating-point array, got {e}") from None
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {value.dtype}")
+    return value
+
+
 def _host_copy(value):
     """A state entry for ``state_dict(to_host=True)``: arrays as NumPy copies."""
     if isinstance(value, np.ndarray) or _cuda.is_cuda_array(value):
@@ -342,14 +556,35 @@ def _host_copy(value):
     return value
 
 
+def _torch_copy():
+    """The converter for ``state_dict(to_torch=True)``: arrays as torch tensor
+    copies where the arrays live (GPU state stays on its GPU)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("state_dict(to_torch=True) needs PyTorch (pip install torch)") from None
+
+    def convert(value):
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.array(value, copy=True))
+        if _cuda.is_cuda_array(value):
+            return torch.as_tensor(value, device="cuda").clone()
+        return value
+    return convert
+
+
 def _load_step(name, value):
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a number, got bool")
     try:
-        step = float(np.asarray(value))
-    except (TypeError, ValueError):
+        if hasattr(value, "item") and not isinstance(value, (int, float)):
+            value = value.item()  # a NumPy scalar or array, or a torch tensor (torch saves floats)
+        step = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large: it must be a whole number >= 0 that fits a float") from None
+    except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not step >= 0 or step != int(step):
+    if not (math.isfinite(step) and step >= 0 and step == int(step)):
         raise ValueError(f"{name} must be a whole number >= 0, got {step}")
     return int(step)
 
@@ -514,10 +749,22 @@ class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay, default 1e-2.
 
     Each step first scales the parameter by ``1 - lr * weight_decay``.
+    ``decoupled_weight_decay`` is always True: a group that sets it False is
+    refused, and a loaded state dict keeps it True (as torch's AdamW does),
+    whatever the dict says.
     """
+
+    _pinned = {"decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, target=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
                          target=target)
+
+    def _check_group(self, g):
+        h = super()._check_group(g)
+        if not h["decoupled_weight_decay"]:
+            raise ValueError("AdamW's decoupled_weight_decay must be True (it is what makes it "
+                             "AdamW); use Adam for weight decay added to the gradient")
+        return h
