@@ -146,7 +146,6 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
     nesterov = C.check_flag("nesterov", nesterov)
     maximize = C.check_flag("maximize", maximize)
     first_step = C.check_flag("first_step", first_step)
-    inv_scale = C.check_grad_scale(grad_scale)
     check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     if nesterov and (momentum <= 0 or dampening != 0):
@@ -157,6 +156,7 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
     param, grad, states = _check_arrays(param, grad, states, target)
+    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
     sgd_update(param, grad, states.get("momentum_buffer"), inv_scale, lr, momentum, dampening,
@@ -192,10 +192,10 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
     weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
     eps = C.check_real("eps", eps, low=0.0)
     maximize = C.check_flag("maximize", maximize)
-    inv_scale = C.check_grad_scale(grad_scale)
     check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     param, grad, states = _check_arrays(param, grad, [("state_sum", state_sum)], target)
+    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
     adagrad_update(param, grad, states["state_sum"], inv_scale, step, lr, lr_decay, weight_decay,
@@ -239,7 +239,6 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     amsgrad = C.check_flag("amsgrad", amsgrad)
     maximize = C.check_flag("maximize", maximize)
     decoupled_weight_decay = C.check_flag("decoupled_weight_decay", decoupled_weight_decay)
-    inv_scale = C.check_grad_scale(grad_scale)
     check_finite = C.check_flag("check_finite", check_finite)
     C.check_target(target)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
@@ -248,6 +247,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     param, grad, states = _check_arrays(param, grad, states, target)
+    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
     adam_update(param, grad, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq"),

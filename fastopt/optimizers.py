@@ -574,8 +574,8 @@ def _torch_copy():
 
 
 def _load_step(name, value):
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a number, got bool")
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     try:
         if hasattr(value, "item") and not isinstance(value, (int, float)):
             value = value.item()  # a NumPy scalar or array, or a torch tensor (torch saves floats)

@@ -1,0 +1,562 @@
+"""Hardening: whatever the caller does to an optimizer between steps, no crash,
+no silently wrong result, and a refusal changes nothing.
+
+Editing ``param_groups`` is checked against the oracle with state keyed by
+parameter identity (what torch does); inputs that once crashed the
+interpreter run in a subprocess.
+"""
+
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastopt
+import reference as R
+
+# --- editing the parameter list: state follows the parameter ---------------------
+
+
+class Oracle:
+    """Adam by the reference, its state keyed by parameter identity."""
+
+    def __init__(self, **hp):
+        self.hp, self.state = hp, {}
+
+    def step(self, params, grads):
+        for p, g in zip(params, grads):
+            state = self.state.get(id(p)) or R.adam_init(p, **self.hp)
+            new, self.state[id(p)] = R.adam_step(p, g, state, **self.hp)
+            p[...] = new
+
+
+EDITS = ["reverse", "delete", "append", "insert", "replace", "move", "new_group", "drop_group"]
+
+
+def _edit(opt, kind, rng, fresh):
+    groups = opt.param_groups
+    k = int(rng.integers(len(groups)))
+    g = groups[k]
+    ps = g["params"]
+    if kind == "reverse":
+        ps.reverse()
+    elif kind == "delete" and len(ps) > 1:
+        del ps[rng.integers(len(ps))]
+    elif kind == "append":
+        ps.append(fresh())
+    elif kind == "insert":
+        ps.insert(int(rng.integers(len(ps) + 1)), fresh())
+    elif kind == "replace":
+        ps[rng.integers(len(ps))] = fresh()
+    elif kind == "move" and len(groups) > 1 and len(ps) > 1:
+        other = groups[(k + 1) % len(groups)]
+        other["params"].append(ps.pop())
+    elif kind == "new_group":
+        groups.append({"params": [fresh()], "lr": 0.01})
+    elif kind == "drop_group" and len(groups) > 1:
+        del groups[k]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), edits=st.lists(st.sampled_from(EDITS), min_size=1, max_size=6),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_random_edits_of_param_groups_follow_the_parameter(seed, edits, dtype):
+    rng = np.random.default_rng(seed)
+    keep = []  # every array made stays alive, so ids are never reused
+
+    def fresh():
+        keep.append(rng.standard_normal(int(rng.integers(1, 40))).astype(dtype))
+        return keep[-1]
+
+    params = [fresh() for _ in range(4)]
+    opt = fastopt.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.01}], lr=0.01)
+    oracle = {0: Oracle(lr=0.01)}
+    mirror = {id(p): p.copy() for p in params}
+    keep.extend(mirror.values())
+
+    def step():
+        current = [p for g in opt.param_groups for p in g["params"]]
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in current]
+        opt.step(grads)
+        for p, g in zip(current, grads):
+            m = mirror[id(p)]
+            oracle[0].step([m], [g])  # every group here has lr=0.01
+        for p in current:
+            np.testing.assert_allclose(p, mirror[id(p)], rtol=2e-6 if dtype == np.float32 else 1e-12)
+
+    step()
+    for kind in edits:
+        before = {id(p): p for g in opt.param_groups for p in g["params"]}
+        _edit(opt, kind, rng, fresh)
+        for p in [p for g in opt.param_groups for p in g["params"]]:
+            if id(p) not in before and id(p) not in mirror:
+                mirror[id(p)] = p.copy()
+                keep.append(mirror[id(p)])
+        step()
+
+
+def test_reordered_params_keep_their_state():
+    a, b = np.ones(4), np.ones(1000)
+    opt = fastopt.Adam([a, b], lr=0.1)
+    opt.step([np.ones(4), np.full(1000, 2.0)])
+    exp_avg_b = opt.state[1]["exp_avg"]
+    opt.param_groups[0]["params"].reverse()
+    opt.step([np.full(1000, 2.0), np.ones(4)])
+    assert opt.state[0]["exp_avg"] is exp_avg_b
+    assert opt.state[0]["step"] == opt.state[1]["step"] == 2
+    np.testing.assert_array_equal(opt.state_dict()["param_groups"][0]["params"], [0, 1])
+
+
+def test_reordered_params_in_subprocess_do_not_crash():
+    """The issue's reproducer (a segfault before): run where a crash can't kill pytest."""
+    code = textwrap.dedent("""
+        import numpy as np, fastopt
+        a, b = np.ones(4), np.ones(10**6)
+        opt = fastopt.Adam([a, b]); opt.step([np.ones(4), np.ones(10**6)])
+        opt.param_groups[0]["params"].reverse()
+        opt.step([np.ones(10**6), np.ones(4)])
+        opt.param_groups[0]["params"][0] = np.ones(3)
+        try:
+            opt.step([np.ones(10**6), np.ones(4)])
+        except ValueError as e:
+            print("refused:", e)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "refused: grads[0] has shape (1000000,), but params[0] has shape (3,)" in out.stdout
+
+
+def test_removed_parameter_keeps_its_state_if_it_comes_back():
+    a, b = np.ones(3), np.ones(3)
+    opt = fastopt.Adam([a, b], lr=0.1)
+    opt.step([np.ones(3), np.ones(3)])
+    removed = opt.param_groups[0]["params"].pop()
+    opt.step([np.ones(3)])
+    opt.param_groups[0]["params"].append(removed)
+    opt.step([np.ones(3), np.ones(3)])
+    assert [opt.state[i]["step"] for i in range(2)] == [3, 2]
+
+
+def test_bad_edits_are_refused_before_any_write():
+    a, b = np.ones(3), np.ones(3)
+    opt = fastopt.SGD([a, b], lr=0.1)
+    group = opt.param_groups[0]
+    cases = [
+        (lambda: group["params"].append(a), ValueError, "listed more than once"),
+        (lambda: group["params"].append("x"), TypeError, "params[2] must be a numpy.ndarray"),
+        (lambda: group["params"].append(np.ones(3, np.int64)), TypeError, "float32 or float64"),
+        (lambda: group["params"].append(np.ones(3)[::2]), ValueError, "C-contiguous"),
+        (lambda: group["params"].append(a[:2]), ValueError, "share memory"),
+        (lambda: group.__setitem__("params", 5), TypeError, "must be a list of arrays"),
+        (lambda: group.__setitem__("params", []), ValueError, "empty 'params'"),
+        (lambda: opt.param_groups.append({"params": [np.ones(2)], "lrr": 1}), ValueError, "lrr"),
+        (lambda: opt.param_groups.append([np.ones(2)]), TypeError, "param_groups[1] must be a dict"),
+        (lambda: opt.param_groups.append({"lr": 1}), ValueError, "'params'"),
+    ]
+    for edit, error, message in cases:
+        saved = [list(g["params"]) for g in opt.param_groups]
+        groups_before = list(opt.param_groups)
+        edit()
+        with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+            opt.step([np.ones(3), np.ones(3)])
+        np.testing.assert_array_equal(a, 1.0)
+        np.testing.assert_array_equal(b, 1.0)
+        # undo the edit: the optimizer works again
+        opt.param_groups[:] = groups_before
+        for g, ps in zip(opt.param_groups, saved):
+            g["params"] = ps
+        opt.step([np.zeros(3), np.zeros(3)])
+
+
+def test_group_appended_directly_takes_the_defaults():
+    opt = fastopt.Adam([np.ones(2)], lr=0.5)
+    c = np.ones(3)
+    opt.param_groups.append({"params": [c]})
+    opt.step([None, np.ones(3)])
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[1]["betas"] == (0.9, 0.999)
+    np.testing.assert_allclose(c, 0.5)
+
+
+def test_flat_params_segment_added_by_edit_is_unwrapped():
+    flat = fastopt.FlatParams({"w": 3, "b": 2}, dtype=np.float64)
+    opt = fastopt.SGD([{"params": flat.segment("w")}], lr=1.0)
+    opt.param_groups.append({"params": [flat.segment("b")], "lr": 0.5})
+    flat.grad_data[:] = 1.0
+    opt.step()
+    np.testing.assert_array_equal(flat.data, [-1, -1, -1, -0.5, -0.5])
+
+
+@pytest.mark.parametrize("how", ["resize", "readonly"])
+def test_parameter_changed_in_place_after_its_first_step(how):
+    p = np.ones(1000)
+    opt = fastopt.Adam([p], lr=0.1)
+    opt.step([np.ones(1000)])
+    before = {k: np.copy(v) for k, v in opt.state[0].items() if isinstance(v, np.ndarray)}
+    if how == "resize":
+        p.resize(2000, refcheck=False)
+        grad, error, message = np.ones(2000), ValueError, "changed after its first step"
+    else:
+        p.flags.writeable = False
+        grad, error, message = np.ones(1000), ValueError, "read-only"
+    with pytest.raises(error, match=message):
+        opt.step([grad])
+    for k, v in before.items():
+        np.testing.assert_array_equal(opt.state[0][k], v)
+    assert opt.state[0]["step"] == 1
+
+
+# --- FlatSegment built by hand --------------------------------------------------
+
+
+@pytest.mark.parametrize("grad, error, message", [
+    (np.ones(3), ValueError, "shape"),
+    (np.ones(1000, np.float32), TypeError, "dtype"),
+    (np.ones(2000)[::2], ValueError, "C-contiguous"),
+    ("g", TypeError, "numpy.ndarray"),
+    (None, TypeError, "numpy.ndarray"),
+])
+def test_hand_built_flat_segment_gradient_is_checked(grad, error, message):
+    p = np.zeros(1000)
+    with pytest.raises(error, match=message):
+        fastopt.SGD([fastopt.FlatSegment(p, grad, ["w"])], lr=0.1)
+    assert not p.any()
+
+
+def test_flat_segment_gradient_overlapping_its_data_is_refused():
+    buf = np.zeros(20)
+    with pytest.raises(ValueError, match="share memory"):
+        fastopt.SGD([fastopt.FlatSegment(buf[:10], buf[5:15], ["w"])], lr=0.1)
+
+
+def test_flat_segment_gradient_resized_later_is_refused():
+    p, g = np.zeros(1000), np.ones(1000)
+    opt = fastopt.SGD([fastopt.FlatSegment(p, g, ["w"])], lr=0.1)
+    g.resize(3, refcheck=False)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()
+    assert not p.any()
+
+
+def test_hand_built_flat_segment_in_subprocess():
+    code = textwrap.dedent("""
+        import numpy as np, fastopt
+        p = np.zeros(10**7)
+        try:
+            fastopt.SGD([fastopt.FlatSegment(p, np.ones(3), ["w"])], lr=0.1).step()
+        except ValueError as e:
+            print("refused")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "refused" in out.stdout, out.stderr
+
+
+# --- AdamW stays AdamW -------------------------------------------------------------
+
+
+def test_adamw_loading_an_adam_state_dict_keeps_decoupled_decay():
+    p = np.ones(1)
+    adam = fastopt.Adam([np.ones(1)], lr=0.1, weight_decay=0.1)
+    adamw = fastopt.AdamW([p], lr=0.1, weight_decay=0.1)
+    adamw.load_state_dict(adam.state_dict())
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is True
+    adamw.step([np.ones(1)])
+    np.testing.assert_allclose(p, 0.99 - 0.1, rtol=1e-8)  # Adam with L2 decay: 0.9
+
+
+def test_adamw_refuses_coupled_decay_in_a_group():
+    p = np.ones(1)
+    opt = fastopt.AdamW([p], lr=0.1)
+    opt.param_groups[0]["decoupled_weight_decay"] = False
+    with pytest.raises(ValueError, match="AdamW's decoupled_weight_decay must be True"):
+        opt.step([np.ones(1)])
+    assert p[0] == 1.0
+
+
+def test_adamw_against_torch_after_loading_adam_state():
+    torch = pytest.importorskip("torch")
+    tp = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    t = torch.optim.AdamW([tp], lr=0.1, weight_decay=0.1)
+    t.load_state_dict(torch.optim.Adam([torch.ones(1, requires_grad=True)], lr=0.1,
+                                       weight_decay=0.1).state_dict())
+    tp.grad = torch.ones(1, dtype=torch.float64)
+    t.step()
+    p = np.ones(1)
+    opt = fastopt.AdamW([p], lr=0.1, weight_decay=0.1)
+    opt.load_state_dict(fastopt.Adam([np.ones(1)], lr=0.1, weight_decay=0.1).state_dict())
+    opt.step([np.ones(1)])
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-14)
+
+
+# --- grad_scale whose reciprocal is not a normal number -------------------------------
+
+
+@pytest.mark.parametrize("dtype, scale", [
+    (np.float32, 1e-39), (np.float32, 1e-45), (np.float32, 1e39), (np.float32, 1e300),
+    (np.float64, 1e-320), (np.float64, 5e-324), (np.float64, 1e308),
+])
+@pytest.mark.parametrize("api", ["class", "functional"])
+def test_grad_scale_out_of_range_for_the_dtype_is_refused(dtype, scale, api):
+    p = np.ones(5, dtype)
+    if api == "class":
+        opt = fastopt.SGD([p], lr=0.1)
+        call = lambda: opt.step([np.zeros(5, dtype)], grad_scale=scale, check_finite=True)
+    else:
+        call = lambda: fastopt.functional.sgd(p, np.zeros(5, dtype), lr=0.1, grad_scale=scale)
+    with pytest.raises(ValueError, match="grad_scale=.* is out of range for"):
+        call()
+    np.testing.assert_array_equal(p, 1)
+
+
+def test_grad_scale_at_the_edges_of_the_range_works():
+    for dtype in (np.float32, np.float64):
+        info = np.finfo(dtype)
+        for scale in (1 / float(info.max) * 1.01, 1 / float(info.tiny) * 0.99, 65536.0):
+            p = np.ones(3, dtype)
+            opt = fastopt.SGD([p], lr=1.0)
+            assert opt.step([np.zeros(3, dtype)], grad_scale=scale, check_finite=True) is True
+            np.testing.assert_array_equal(p, 1)
+
+
+# --- ndarray subclasses -------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_matrix_parameters_and_gradients_are_stepped():
+    m = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    opt = fastopt.Adam([np.ones(3), m], lr=0.1)
+    opt.step([np.ones(3), np.matrix(np.ones((2, 2)))])
+    assert type(m) is np.matrix
+    np.testing.assert_allclose(np.asarray(m), [[0.9, 1.9], [2.9, 3.9]])
+    assert opt.state[1]["step"] == 1 and opt.state[0]["step"] == 1
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_matrix_in_the_functional_api():
+    m = np.matrix(np.ones((2, 2)))
+    buf = np.matrix(np.zeros((2, 2)))
+    fastopt.functional.sgd(m, np.matrix(np.ones((2, 2))), buf, lr=0.5, momentum=0.9,
+                           first_step=True)
+    np.testing.assert_allclose(np.asarray(m), 0.5)
+    np.testing.assert_allclose(np.asarray(buf), 1.0)
+
+
+# --- hyperparameters that change type between steps ------------------------------------
+
+
+@pytest.mark.parametrize("key, value, error", [
+    ("betas", np.array([0.8, 0.99]), None),  # a pair in another container is a pair
+    ("amsgrad", 0, TypeError),
+    ("maximize", 1, TypeError),
+    ("lr", True, TypeError),
+    ("lr", "0.1", TypeError),
+    ("lr", None, TypeError),
+    ("lr", float("nan"), ValueError),
+    ("lr", 10**400, ValueError),
+    ("eps", -1, ValueError),
+    ("betas", (0.9,), TypeError),
+    ("betas", (0.9, 1.0), ValueError),
+])
+def test_hyperparameters_changed_after_a_step_are_checked_again(key, value, error):
+    p = np.ones(3)
+    opt = fastopt.Adam([p], lr=0.1)
+    opt.step([np.ones(3)])
+    after_one = p.copy()
+    opt.param_groups[0][key] = value
+    if error is None:
+        opt.step([np.ones(3)])
+        opt.step([np.ones(3)])
+        assert opt.state[0]["step"] == 3
+        return
+    for _ in range(2):  # refused every time, not only the first
+        with pytest.raises(error, match=key):
+            opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p, after_one)
+    assert opt.state[0]["step"] == 1
+
+
+def test_removed_hyperparameter_is_named():
+    opt = fastopt.SGD([np.ones(2)], lr=0.1)
+    del opt.param_groups[0]["momentum"]
+    with pytest.raises(ValueError, match="lacks hyperparameter.*momentum"):
+        opt.step([np.ones(2)])
+
+
+# --- numbers too large for a float ------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: fastopt.Adam([p], lr=10**400),
+    lambda p: fastopt.SGD([p], lr=0.1, momentum=10**400),
+    lambda p: fastopt.Adam([p], betas=(0.9, 10**400)),
+    lambda p: fastopt.Adagrad([p], eps=-10**400),
+    lambda p: fastopt.functional.adam(p, np.ones(2), np.zeros(2), np.zeros(2), step=1, lr=10**400),
+    lambda p: fastopt.functional.sgd(p, np.ones(2), grad_scale=10**400),
+])
+def test_numbers_too_large_for_a_float_raise_value_error_naming_the_argument(make):
+    p = np.ones(2)
+    with pytest.raises(ValueError, match=r"(lr|momentum|betas\[1\]|eps|grad_scale) must be finite"):
+        make(p)
+    np.testing.assert_array_equal(p, 1)
+
+
+@pytest.mark.parametrize("step", [float("inf"), float("nan"), 10**400, -1, 1.5, "3", None])
+def test_bad_step_in_a_state_dict_is_named(step):
+    opt = fastopt.Adam([np.ones(2)])
+    opt.step([np.ones(2)])
+    sd = opt.state_dict(to_host=True)
+    sd["state"][0]["step"] = step
+    with pytest.raises((TypeError, ValueError), match=r"state_dict\['state'\]\[0\]\['step'\]"):
+        opt.load_state_dict(sd)
+    assert opt.state[0]["step"] == 1
+
+
+# --- torch tensors in a state dict --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16", "float32", "float64"])
+def test_torch_state_of_any_float_dtype_loads(dtype_name):
+    torch = pytest.importorskip("torch")
+    opt = fastopt.Adam([np.ones(3, np.float32)])
+    opt.step([np.ones(3, np.float32)])
+    sd = opt.state_dict(to_torch=True)
+    for key in ("exp_avg", "exp_avg_sq"):
+        sd["state"][0][key] = sd["state"][0][key].to(getattr(torch, dtype_name))
+    expected = sd["state"][0]["exp_avg"].double().numpy()
+    opt.load_state_dict(sd)
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], expected.astype(np.float32))
+
+
+def test_torch_state_of_an_integer_dtype_is_named():
+    torch = pytest.importorskip("torch")
+    opt = fastopt.Adam([np.ones(3)])
+    opt.step([np.ones(3)])
+    sd = opt.state_dict(to_torch=True)
+    sd["state"][0]["exp_avg"] = torch.ones(3, dtype=torch.int32)
+    with pytest.raises(TypeError, match=r"state_dict\['state'\]\[0\]\['exp_avg'\] must be a floating"):
+        opt.load_state_dict(sd)
+
+
+# --- state dicts load into torch.optim, and back --------------------------------------------
+
+TORCH_PAIRS = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
+    ("Adam", dict(lr=0.1, amsgrad=True, weight_decay=0.01)),
+    ("AdamW", dict(lr=0.1, betas=(0.8, 0.9), maximize=True)),
+]
+
+
+@pytest.mark.parametrize("name, kw", TORCH_PAIRS, ids=[n for n, _ in TORCH_PAIRS])
+def test_state_dicts_move_between_fastopt_and_torch_both_ways(name, kw):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    grads = [[rng.standard_normal(5) for _ in range(2)] for _ in range(6)]
+    start = [rng.standard_normal(5) for _ in range(2)]
+
+    def torch_steps(opt, params, gs):
+        for g2 in gs:
+            for p, g in zip(params, g2):
+                p.grad = torch.tensor(g)
+            opt.step()
+
+    # reference: torch all the way
+    tref = [torch.tensor(s, requires_grad=True) for s in start]
+    topt = getattr(torch.optim, name)(tref, **kw)
+    torch_steps(topt, tref, grads)
+
+    # fastopt 3 steps -> torch 3 steps
+    ours = [s.copy() for s in start]
+    fopt = getattr(fastopt, name)(ours, **kw)
+    for g2 in grads[:3]:
+        fopt.step(g2)
+    tp = [torch.tensor(s, requires_grad=True) for s in ours]
+    t2 = getattr(torch.optim, name)(tp, **kw)
+    t2.load_state_dict(fopt.state_dict(to_torch=True))
+    torch_steps(t2, tp, grads[3:])
+    for a, b in zip(tp, tref):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-12)
+
+    # torch 3 steps -> fastopt 3 steps
+    tp = [torch.tensor(s, requires_grad=True) for s in start]
+    t3 = getattr(torch.optim, name)(tp, **kw)
+    torch_steps(t3, tp, grads[:3])
+    ours = [p.detach().numpy().copy() for p in tp]
+    f2 = getattr(fastopt, name)(ours, **kw)
+    f2.load_state_dict(t3.state_dict())
+    for g2 in grads[3:]:
+        f2.step(g2)
+    for a, b in zip(ours, tref):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12)
+
+
+def test_to_torch_without_torch_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    opt = fastopt.SGD([np.ones(2)], lr=0.1, momentum=0.9)
+    opt.step([np.ones(2)])
+    with pytest.raises(ImportError, match="needs PyTorch"):
+        opt.state_dict(to_torch=True)
+
+
+# --- threads -------------------------------------------------------------------------------
+
+
+def test_state_dict_while_another_thread_steps():
+    """One optimizer used from two threads: steps and snapshots take turns."""
+    params = [np.zeros(50) for _ in range(200)]
+    opt = fastopt.Adam(params, lr=0.1)
+    grads = [np.ones(50) for _ in params]
+    errors, snapshots = [], []
+
+    def stepper():
+        try:
+            for _ in range(20):
+                opt.step(grads)
+        except Exception as e:  # pragma: no cover - the failure being tested
+            errors.append(e)
+
+    t = threading.Thread(target=stepper)
+    t.start()
+    while t.is_alive():
+        snapshots.append(opt.state_dict(to_host=True))
+    t.join()
+    assert not errors
+    for sd in snapshots:
+        steps = {s["step"] for s in sd["state"].values()}
+        assert len(steps) <= 1, "a snapshot mixed two steps"
+        if sd["state"]:
+            assert len(sd["state"]) == len(params)
+
+
+def test_one_optimizer_stepped_from_two_threads_loses_nothing():
+    p = np.zeros(1000)
+    opt = fastopt.SGD([p], lr=1.0)
+    g = [np.ones(1000)]
+
+    def work():
+        for _ in range(200):
+            opt.step(g)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(p, -400.0)
+
+
+def test_a_parameter_shared_with_another_live_optimizer_warns():
+    p = np.ones(10)
+    first = fastopt.Adam([p])
+    with pytest.warns(RuntimeWarning, match="also a parameter of another live Adam"):
+        fastopt.SGD([p[2:5]], lr=0.1)
+    del first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastopt.SGD([p], lr=0.1)  # the first optimizer is gone: no warning
