@@ -1,67 +1,127 @@
 """Run-time settings, with environment-variable overrides.
 
-``PARALLEL_THRESHOLD``
-    Arrays with at least this many elements take the parallel (``prange``)
-    kernel; smaller ones the serial kernel, which avoids the cost of waking
-    the thread pool. See README, "Serial or parallel". Environment: ``FASTOPT_PARALLEL_THRESHOLD``.
-
-``CUDA_THREADS_PER_BLOCK``
-    Threads per block of the CUDA kernels (1 to 1024). Environment:
-    ``FASTOPT_CUDA_THREADS_PER_BLOCK``.
-
-``CUDA_MAX_BLOCKS``
-    The most blocks a CUDA kernel launches; each thread loops over the
-    elements a grid's width apart (a grid-stride loop), so any size is
-    covered. 0 (the default) means 32 blocks per multiprocessor of the
-    device. Environment: ``FASTOPT_CUDA_MAX_BLOCKS``.
-
 Change a setting by assigning to it (``fastopt.config.PARALLEL_THRESHOLD = 0``);
+the value is checked at once: an integer (Python or NumPy, not a bool) in the
+setting's range, else TypeError or ValueError naming the setting, and the old
+value stays. Assigning a name that is not a setting raises AttributeError.
 ``reset()`` restores the defaults and re-reads the environment.
 """
 
+import operator
 import os
+import sys
+import textwrap
+import types
+from typing import NamedTuple, Optional
 
-_DEFAULTS = {
+
+class _Setting(NamedTuple):
+    name: str
+    default: int
+    low: int
+    high: Optional[int]
+    doc: str
+
+    @property
+    def env(self):
+        return "FASTOPT_" + self.name
+
+    def bounds(self):
+        return f">= {self.low}" if self.high is None else f"between {self.low} and {self.high}"
+
+
+# The one list of settings: the module docstring, reset() and the checks on
+# assignment are all derived from it.
+_SETTINGS = (
     # Measured with Adam.step() on float32 (AMD EPYC, 2 cores, 2026-11-28):
     # at 16,384 elements serial is faster (16 vs 19 us median), at 65,536
     # parallel is (29 vs 37 us). On a machine whose other cores are busy a
     # parallel step can wait milliseconds for a descheduled thread, so the
     # threshold sits at the size where parallel clearly wins, not below it.
-    "PARALLEL_THRESHOLD": 65_536,
+    _Setting("PARALLEL_THRESHOLD", 65_536, 0, None,
+             "Arrays with at least this many elements take the parallel (``prange``) "
+             "kernel; smaller ones the serial kernel, which avoids the cost of waking "
+             "the thread pool. See README, \"Serial or parallel\"."),
     # Not measured: no GPU was available when the CUDA target was written.
     # 256 threads and 32 blocks per multiprocessor are the usual starting
     # point for a grid-stride, bandwidth-bound loop (8 resident blocks per
     # SM, four waves, ~100 elements per thread for 1e8 elements on an H100).
-    "CUDA_THREADS_PER_BLOCK": 256,
-    "CUDA_MAX_BLOCKS": 0,
-}
+    _Setting("CUDA_THREADS_PER_BLOCK", 256, 1, 1024,
+             "Threads per block of the CUDA kernels."),
+    # 2**31 - 1 is CUDA's limit on a grid's x dimension.
+    _Setting("CUDA_MAX_BLOCKS", 0, 0, 2**31 - 1,
+             "The most blocks a CUDA kernel launches; each thread loops over the "
+             "elements a grid's width apart (a grid-stride loop), so any size is "
+             "covered. 0 means 32 blocks per multiprocessor of the device."),
+)
+_BY_NAME = {s.name: s for s in _SETTINGS}
+
+__doc__ += "".join(
+    f"\n``{s.name}``\n" + textwrap.fill(
+        f"{s.doc} Range: {s.bounds()}; default {s.default}. Environment: ``{s.env}``.",
+        width=76, initial_indent="    ", subsequent_indent="    ") + "\n"
+    for s in _SETTINGS)
 
 PARALLEL_THRESHOLD: int
 CUDA_THREADS_PER_BLOCK: int
 CUDA_MAX_BLOCKS: int
 
 
-def _env_int(name, default, low=0, high=None):
-    raw = os.environ.get(name)
+def _checked(setting, value, label):
+    """``value`` as a Python int if it is an integer in ``setting``'s range."""
+    if isinstance(value, bool):
+        raise TypeError(f"{label} must be an integer, got a bool ({value!r})")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{label} must be an integer, got {type(value).__name__} "
+                        f"({value!r})") from None
+    if number < setting.low or (setting.high is not None and number > setting.high):
+        raise ValueError(f"{label} must be {setting.bounds()}, got {number}")
+    return int(number)
+
+
+def _from_environment(setting):
+    raw = os.environ.get(setting.env)
     if raw is None or raw.strip() == "":
-        return default
+        return setting.default
+    label = f"environment variable {setting.env}"
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"environment variable {name} must be {bounds}, got {value}")
-    return value
+        raise ValueError(f"{label} must be an integer, got {raw!r}") from None
+    return _checked(setting, value, label)
+
+
+class _ConfigModule(types.ModuleType):
+    """This module's class: assignments to settings are checked, reads are
+    plain module-attribute reads (a setting is read on every step)."""
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_"):
+            setting = _BY_NAME.get(name)
+            if setting is None:
+                raise AttributeError(f"fastopt.config has no setting {name!r}; "
+                                     f"the settings are {', '.join(_BY_NAME)}")
+            value = _checked(setting, value, f"fastopt.config.{name}")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name in _BY_NAME:
+            raise AttributeError(f"fastopt.config.{name} cannot be deleted; "
+                                 f"use fastopt.config.reset() to restore the default")
+        super().__delattr__(name)
 
 
 def reset():
-    """Restore every setting to its default, then apply environment overrides."""
-    global PARALLEL_THRESHOLD, CUDA_THREADS_PER_BLOCK, CUDA_MAX_BLOCKS
-    PARALLEL_THRESHOLD = _env_int("FASTOPT_PARALLEL_THRESHOLD", _DEFAULTS["PARALLEL_THRESHOLD"])
-    CUDA_THREADS_PER_BLOCK = _env_int("FASTOPT_CUDA_THREADS_PER_BLOCK",
-                                      _DEFAULTS["CUDA_THREADS_PER_BLOCK"], low=1, high=1024)
-    CUDA_MAX_BLOCKS = _env_int("FASTOPT_CUDA_MAX_BLOCKS", _DEFAULTS["CUDA_MAX_BLOCKS"])
+    """Restore every setting to its default, then apply environment overrides.
+
+    Every environment variable is checked before any setting changes: if one
+    is invalid, ValueError names it and the settings stay as they were.
+    """
+    values = {s.name: _from_environment(s) for s in _SETTINGS}
+    globals().update(values)
 
 
+sys.modules[__name__].__class__ = _ConfigModule
 reset()
