@@ -11,6 +11,11 @@ FlatParams' gradient buffer: with only such parameters, ``opt.step()`` needs
 no argument.
 Hyperparameters in ``opt.param_groups`` may be changed between steps (that
 is how learning-rate schedules work); they are re-checked at every step.
+So may the parameter lists (reordered, shortened, extended, entries
+replaced): a parameter's state follows the parameter object, as in torch.
+One optimizer may be used from several threads (its steps and state dicts
+take turns); two optimizers that share a parameter must not be stepped at
+the same time.
 
 The arrays are all NumPy arrays, or all GPU arrays (numba device arrays,
 CuPy arrays, PyTorch CUDA tensors, a ``FlatParams(..., device="cuda")``):
@@ -68,6 +73,7 @@ class Optimizer:
         self._params = []      # the parameter objects at the last check, in order
         self._ids = ()         # their ids (the objects are held, so ids stay unique)
         self._views = []       # the same, as the kernels take them
+        self._shapes = []      # their shapes when checked
         self._detached = {}    # id -> (parameter, state) of parameters taken out of the groups
         self._hyper_cache = {}  # group index -> (typed hyperparameter values, checked dict)
         self._on_gpu = None    # whether the parameters are GPU arrays (set by the first group)
@@ -152,6 +158,16 @@ class Optimizer:
                                  "(some parameters appear in more than one group, or twice in one)")
             seen.add(id(p))
         C.check_no_overlap([(f"params[{i}]", v) for i, v in enumerate(views)])
+        old = {id(p): i for i, p in enumerate(self._params)}
+        state = {}
+        for j, p in enumerate(params):
+            i = old.pop(id(p), None)
+            if i is None:
+                if id(p) in self._detached:
+                    state[j] = self._detached[id(p)][1]
+            elif i in self.state:
+                state[j] = self.state[i]
+            self._check_fits(j, views[j], state.get(j))
         if new_group is not None:
             group = groups[new_group]
             group.update(self._check_group(group))
@@ -161,15 +177,8 @@ class Optimizer:
                 group["params"] = ps
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        old = {id(p): i for i, p in enumerate(self._params)}
-        state = {}
-        for j, p in enumerate(params):
-            i = old.pop(id(p), None)
-            if i is None:
-                if id(p) in self._detached:
-                    state[j] = self._detached.pop(id(p))[1]
-            elif i in self.state:
-                state[j] = self.state[i]
+        for p in params:
+            self._detached.pop(id(p), None)
         for pid, i in old.items():  # taken out: kept, as torch keeps it, should it come back
             if i in self.state:
                 self._detached[pid] = (self._params[i], self.state[i])
@@ -180,6 +189,7 @@ class Optimizer:
         shared = _shared_with_other_optimizers(self, [v for p, v in zip(params, views)
                                                       if id(p) not in known])
         self._params, self._ids, self._views = params, tuple(id(p) for p in params), views
+        self._shapes = [v.shape for v in views]
         self._on_gpu = on_gpu
         self._hyper_cache.clear()
         if shared:
@@ -268,16 +278,32 @@ class Optimizer:
             return self._apply(params, checked, inv_scale, check_finite)
 
     def _current_views(self):
-        """The parameters as the kernels take them, checked again: an array may
-        have been made read-only or (GPU tensors) given new memory since."""
+        """The parameters as the kernels take them, checked again where they may
+        have changed since (made read-only, resized in place; GPU tensors given
+        new memory): a parameter whose shape changed must still fit its state."""
+        params, shapes = self._params, self._shapes
         if self._on_gpu:
-            return [C.check_param(f"params[{i}]", p) for i, p in enumerate(self._params)]
-        views = self._views
-        for i, (p, v) in enumerate(zip(self._params, views)):
-            if not (p.flags.writeable and p.flags.c_contiguous and p.shape == v.shape
-                    and p.dtype == v.dtype):
-                views[i] = C.check_param(f"params[{i}]", p)
+            views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+        else:
+            views = self._views
+            for i, p in enumerate(params):
+                flags = p.flags
+                if p.shape != shapes[i] or not (flags.writeable and flags.c_contiguous):
+                    views[i] = C.check_param(f"params[{i}]", p)
+        for i, v in enumerate(views):
+            if v.shape != shapes[i]:
+                self._check_fits(i, v, self.state.get(i))
+                shapes[i] = v.shape
         return views
+
+    def _check_fits(self, i, p, state):
+        """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
+        for key in self._state_keys:
+            a = state.get(key) if state else None
+            if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+                raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
+                                 f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
+                                 "after its first step; give the optimizer a new array instead")
 
     def _checked_hypers(self):
         """Every group's checked hyperparameters. A group whose values (and their
@@ -300,20 +326,9 @@ class Optimizer:
         return hypers
 
     def _apply(self, params, grads, inv_scale, check_finite):
-        """Check the hyperparameters, that each parameter fits its state (and the
-        gradients' values, with ``check_finite``), then step every parameter
-        with a gradient."""
+        """Check the hyperparameters (and the gradients' values, with
+        ``check_finite``), then step every parameter with a gradient."""
         hypers = self._checked_hypers()
-        for i, (p, g) in enumerate(zip(params, grads)):
-            state = self.state.get(i)
-            if g is not None and state is not None:
-                for key in self._state_keys:
-                    a = state.get(key)
-                    if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
-                        raise ValueError(
-                            f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
-                            f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed after "
-                            "its first step; give the optimizer a new array instead")
         if check_finite and not all(F.all_finite(g, inv_scale, self.target)
                                     for g in grads if g is not None):
             return False
