@@ -1,0 +1,207 @@
+"""An optimizer's parameter list: checked once, re-checked when edited.
+
+``ParamList`` keeps the parameters of an optimizer's ``param_groups`` as they
+were last checked, and each parameter's state keyed by the parameter's
+identity (held, so identities stay unique). ``sync`` is cheap when the
+groups hold the same objects in the same order; otherwise it checks every
+group and parameter again and re-keys the state, changing nothing on error.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import _checks as C
+from . import _cuda
+from .flat import FlatParams, FlatSegment
+
+# Every parameter list alive, to warn when two optimizers share memory.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+class ParamList:
+    """The checked parameters of one optimizer.
+
+    ``params``: the parameter objects in order (FlatParams and segments
+    replaced by their buffers); ``views``: the same as the kernels take them;
+    ``shapes``: their shapes when checked; ``flat_grad``: id -> FlatParams
+    gradient buffer; ``on_gpu``: whether they are GPU arrays.
+    """
+
+    def __init__(self, owner_name: str, target: str | None):
+        self.owner_name, self.target = owner_name, target
+        self.params: list = []
+        self.ids: tuple = ()
+        self.views: list = []
+        self.shapes: list = []
+        self.flat_grad: dict = {}
+        self.detached: dict = {}  # id -> (parameter, state) taken out of the groups
+        self.on_gpu: bool | None = None
+        _LIVE.add(self)
+
+    def unchanged(self, groups: Any) -> bool:
+        """Whether ``groups`` hold the checked parameters, in order (the fast path)."""
+        return (type(groups) is list
+                and all(type(g) is dict and type(g.get("params")) is list for g in groups)
+                and tuple(id(p) for g in groups for p in g["params"]) == self.ids)
+
+    def sync(self, groups: Any, state: dict, defaults: dict, check_fits,
+             new_group: int | None = None, before_commit=None) -> None:
+        """Check ``groups`` whole and make them the checked list, re-keying
+        ``state`` (index -> state dict) by parameter identity.
+
+        ``check_fits(i, view, state)`` raises when a parameter no longer fits
+        its state. ``groups[new_group]`` is a group being added (named so in
+        errors); ``before_commit()`` runs last among the checks. On any error
+        nothing changes.
+        """
+        if not isinstance(groups, list):
+            raise TypeError(f"param_groups must be a list, got {type(groups).__name__}")
+        lists, flat = [], {}
+        for k, group in enumerate(groups):
+            where = "the new parameter group" if k == new_group else f"param_groups[{k}]"
+            lists.append(_group_params(where, group, defaults, flat))
+        params = [p for ps in lists for p in ps]
+        views = self._check(params)
+        old = {id(p): i for i, p in enumerate(self.params)}
+        new_state = {}
+        for j, p in enumerate(params):
+            i = old.pop(id(p), None)
+            if i is None:
+                if id(p) in self.detached:
+                    new_state[j] = self.detached[id(p)][1]
+            elif i in state:
+                new_state[j] = state[i]
+            check_fits(j, views[j], new_state.get(j))
+        if before_commit is not None:
+            before_commit()
+        self._commit(groups, lists, params, views, state, new_state, old, defaults, flat)
+
+    def _check(self, params: list) -> list:
+        views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+        on_gpu = None
+        for i, v in enumerate(views):
+            here = not isinstance(v, np.ndarray)
+            if on_gpu is None:
+                on_gpu = here
+            elif here != on_gpu:
+                kinds = ("a GPU array", "a numpy.ndarray") if here else ("a numpy.ndarray", "a GPU array")
+                raise TypeError(f"params[{i}] is {kinds[0]}, but params[0] is {kinds[1]}; "
+                                "an optimizer's parameters must all be on the host or all on the GPU")
+            C.check_target_matches(self.target, v, f"params[{i}]")
+        seen: set = set()
+        for i, p in enumerate(params):
+            if id(p) in seen:
+                raise ValueError(f"params[{i}] is listed more than once "
+                                 "(some parameters appear in more than one group, or twice in one)")
+            seen.add(id(p))
+        C.check_no_overlap([(f"params[{i}]", v) for i, v in enumerate(views)])
+        return views
+
+    def _commit(self, groups, lists, params, views, state, new_state, old, defaults, flat):
+        for group, ps in zip(groups, lists):
+            if group.get("params") is not ps:
+                group["params"] = ps
+            for key, value in defaults.items():
+                group.setdefault(key, value)
+        for p in params:
+            self.detached.pop(id(p), None)
+        for pid, i in old.items():  # taken out: kept, as torch keeps it, should it come back
+            if i in state:
+                self.detached[pid] = (self.params[i], state[i])
+        state.clear()
+        state.update(new_state)
+        self.flat_grad.update(flat)
+        known = set(self.ids)
+        shared = _shared_with(self, [v for p, v in zip(params, views) if id(p) not in known])
+        self.params, self.ids, self.views = params, tuple(id(p) for p in params), views
+        self.shapes = [v.shape for v in views]
+        self.on_gpu = bool(views) and not isinstance(views[0], np.ndarray)
+        if shared:
+            warnings.warn(f"a parameter of this {self.owner_name} is also a parameter "
+                          f"of another live {shared}: fastopt does not lock parameters across "
+                          "optimizers, so never step both from two threads at once (updates "
+                          "would be lost)", RuntimeWarning, stacklevel=_caller_level())
+
+    def current_views(self, state: dict, check_fits) -> list:
+        """The parameters as the kernels take them, checked again where they may
+        have changed since (made read-only, resized in place; GPU tensors given
+        new memory): a parameter whose shape changed must still fit its state."""
+        params, shapes = self.params, self.shapes
+        if self.on_gpu:
+            views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+        else:
+            views = self.views
+            for i, p in enumerate(params):
+                flags = p.flags
+                if p.shape != shapes[i] or not (flags.writeable and flags.c_contiguous):
+                    views[i] = C.check_param(f"params[{i}]", p)
+        for i, v in enumerate(views):
+            if v.shape != shapes[i]:
+                check_fits(i, v, state.get(i))
+                shapes[i] = v.shape
+        return views
+
+
+def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
+    """A group's parameters as a new list, FlatParams and segments replaced by
+    their buffers (their gradient buffers checked and recorded in ``flat``);
+    the group's keys checked."""
+    if not isinstance(group, dict):
+        raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
+    if "params" not in group:
+        raise ValueError(f"{where} needs a 'params' entry")
+    unknown = set(group) - set(defaults) - {"params"}
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in {where}")
+    ps = group["params"]
+    if isinstance(ps, (np.ndarray, FlatParams, FlatSegment)) or _cuda.is_cuda_array(ps):
+        ps = [ps]
+    elif isinstance(ps, (list, tuple)):
+        ps = list(ps)
+    else:
+        raise TypeError(f"{where}['params'] must be a list of arrays, got {type(ps).__name__}")
+    if not ps:
+        raise ValueError(f"{where} has an empty 'params' list")
+    for k, p in enumerate(ps):
+        if isinstance(p, (FlatParams, FlatSegment)):
+            grad = p.grad_data
+            ps[k] = p = p.data
+            name = f"{where}['params'][{k}]"
+            view = C.check_param(name, p)
+            C.check_state(f"{name}'s grad_data", grad, view, "its data")
+            C.check_no_overlap([("its data", view),
+                                (f"{name}'s grad_data", C.check_grad("grad_data", grad, view, "data"))])
+            flat[id(p)] = grad
+    return ps
+
+
+def _shared_with(me: ParamList, views: list) -> str | None:
+    """The class name of another live optimizer one of whose parameters shares
+    memory with one of ``views`` (host arrays), or None."""
+    spans = [(v.__array_interface__["data"][0], v.nbytes) for v in views
+             if isinstance(v, np.ndarray) and v.nbytes]
+    if not spans:
+        return None
+    for other in list(_LIVE):
+        if other is me:
+            continue
+        for w in other.views:
+            if isinstance(w, np.ndarray) and w.nbytes:
+                start = w.__array_interface__["data"][0]
+                if any(s < start + w.nbytes and start < s + n for s, n in spans):
+                    return other.owner_name
+    return None
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside fastopt."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastopt"):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -1,0 +1,130 @@
+"""Each optimizer's specification, written once: its hyperparameters (names,
+defaults, ranges, which are keyword-only), the rules between them, and its
+state. The classes, the functional API and the tests' oracle derive their
+signatures, defaults and checks from these; new front-ends should too.
+
+The defaults and ranges are ``torch.optim``'s.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from . import _checks as C
+
+__all__ = ["Hyper", "Spec", "SGD", "ADAGRAD", "ADAM", "ADAMW", "SPECS"]
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter: a real number ``>= low`` (``"real"``), a bool
+    (``"flag"``) or a pair of reals in [0, 1) (``"betas"``)."""
+
+    name: str
+    default: Any
+    kind: str = "real"
+    low: float | None = 0.0
+    keyword_only: bool = False
+
+    def check(self, value: Any) -> Any:
+        """``value`` checked and normalised (a float, a bool or a pair of floats)."""
+        if self.kind == "flag":
+            return C.check_flag(self.name, value)
+        if self.kind == "betas":
+            return C.check_betas(value)
+        return C.check_real(self.name, value, low=self.low)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An optimizer: its hyperparameters, cross-rules and state.
+
+    ``rules`` checks a group of already-normalised values together (raises
+    ``ValueError``); ``pinned`` are values a variant fixes (AdamW's decoupled
+    decay), refused when a group sets them otherwise and kept when a state
+    dict is loaded; ``state_keys`` are the arrays of a parameter's state and
+    ``has_step`` whether it counts steps.
+    """
+
+    name: str
+    hypers: tuple[Hyper, ...]
+    state_keys: tuple[str, ...]
+    has_step: bool = True
+    rules: Callable[[dict], None] | None = None
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}``, in signature order."""
+        return {h.name: h.default for h in self.hypers}
+
+    def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Every hyperparameter of ``values`` checked and normalised, then the
+        pinned values and the cross-rules; ``values`` must hold them all."""
+        missing = [h.name for h in self.hypers if h.name not in values]
+        if missing:
+            raise ValueError(f"lacks hyperparameter(s) {missing}")
+        checked = {h.name: h.check(values[h.name]) for h in self.hypers}
+        for name, value in self.pinned.items():
+            if checked[name] != value:
+                raise ValueError(f"{self.name}'s {name} must be {value}; "
+                                 f"it is what makes it {self.name}")
+        if self.rules is not None:
+            self.rules(checked)
+        return checked
+
+    def variant(self, name: str, pinned: Mapping[str, Any] | None = None,
+                **defaults: Any) -> Spec:
+        """This spec under another name, with other defaults and pinned values."""
+        hypers = tuple(replace(h, default=defaults.pop(h.name, h.default)) for h in self.hypers)
+        if defaults:
+            raise ValueError(f"{self.name} has no hyperparameter(s) {sorted(defaults)}")
+        return replace(self, name=name, hypers=hypers, pinned=dict(pinned or {}))
+
+    def parameters(self) -> list[inspect.Parameter]:
+        """The hyperparameters a caller may set, as signature parameters
+        (positional-or-keyword, then keyword-only), with their defaults."""
+        return [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY if h.keyword_only
+                                  else inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default)
+                for h in self.hypers if h.name not in self.pinned]
+
+
+def _sgd_rules(h: dict) -> None:
+    if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+
+
+SGD = Spec("SGD", (
+    Hyper("lr", 1e-3),
+    Hyper("momentum", 0),
+    Hyper("dampening", 0, low=None),
+    Hyper("weight_decay", 0),
+    Hyper("nesterov", False, "flag"),
+    Hyper("maximize", False, "flag", keyword_only=True),
+), state_keys=("momentum_buffer",), has_step=False, rules=_sgd_rules)
+
+ADAGRAD = Spec("Adagrad", (
+    Hyper("lr", 1e-2),
+    Hyper("lr_decay", 0),
+    Hyper("weight_decay", 0),
+    Hyper("initial_accumulator_value", 0),
+    Hyper("eps", 1e-10),
+    Hyper("maximize", False, "flag", keyword_only=True),
+), state_keys=("sum",))
+
+ADAM = Spec("Adam", (
+    Hyper("lr", 1e-3),
+    Hyper("betas", (0.9, 0.999), "betas"),
+    Hyper("eps", 1e-8),
+    Hyper("weight_decay", 0),
+    Hyper("amsgrad", False, "flag"),
+    Hyper("maximize", False, "flag", keyword_only=True),
+    Hyper("decoupled_weight_decay", False, "flag", keyword_only=True),
+), state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+
+ADAMW = ADAM.variant("AdamW", pinned={"decoupled_weight_decay": True},
+                     weight_decay=1e-2, decoupled_weight_decay=True)
+
+SPECS = {spec.name: spec for spec in (SGD, ADAGRAD, ADAM, ADAMW)}

@@ -1,0 +1,182 @@
+"""State dicts: an optimizer's state in ``torch.optim``'s layout, out and in.
+
+``build`` makes ``{"state": {index: {...}}, "param_groups": [...]}`` (live
+arrays, NumPy copies or torch tensors); ``parse`` checks a state dict whole
+against an optimizer and returns what ``load_state_dict`` commits, so a bad
+dict changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _cuda
+from ._dispatch import host_array, place_like
+
+
+def build(optimizer: Any, to_host: bool = False, to_torch: bool = False) -> dict:
+    """The state dict of ``optimizer`` (see ``Optimizer.state_dict``)."""
+    groups, index = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": list(range(index, index + n))})
+        index += n
+    convert: Callable[[Any], Any] | None = (_torch_copy() if to_torch
+                                            else _host_copy if to_host else None)
+    if convert is None:
+        state = {i: dict(s) for i, s in optimizer.state.items()}
+    else:
+        state = {i: {k: convert(v) for k, v in s.items()} for i, s in optimizer.state.items()}
+    return {"state": state, "param_groups": groups}
+
+
+def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
+    """Check ``state_dict`` against ``optimizer`` (whose parameters, as the
+    kernels take them, are ``params``); return ``(new_groups, new_state)``."""
+    if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+        raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+        raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+    groups = optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, "
+                         f"the optimizer has {len(groups)}")
+    spec = optimizer.spec
+    index_of: dict = {}  # saved parameter id -> our parameter index
+    new_groups, hypers, first = [], [], 0
+    for k, (saved, group) in enumerate(zip(saved_groups, groups)):
+        where = f"state_dict['param_groups'][{k}]"
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise ValueError(f"{where} must be a dict with 'params'")
+        try:
+            ids = list(saved["params"])
+        except TypeError:
+            raise TypeError(f"{where}['params'] must be a list") from None
+        if len(ids) != len(group["params"]):
+            raise ValueError(f"{where} has {len(ids)} parameters, "
+                             f"the optimizer's group {k} has {len(group['params'])}")
+        for j, pid in enumerate(ids):
+            try:
+                index_of[pid] = first + j
+            except TypeError:
+                raise TypeError(f"{where}['params'][{j}] must be a parameter id, "
+                                f"got {type(pid).__name__}") from None
+        first += len(ids)
+        # Pinned hyperparameters stay the class's: torch's AdamW, too, keeps
+        # decoupled decay whatever the loaded dict says.
+        new_group = {**group, **{key: saved[key] for key in spec.defaults
+                                 if key in saved and key not in spec.pinned}}
+        try:
+            hyper = spec.check(new_group)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        new_groups.append({**new_group, **hyper})
+        hypers.append(hyper)
+    if len(index_of) != first:
+        raise ValueError("state_dict['param_groups'] lists a parameter id more than once")
+    group_of = [k for k, group in enumerate(groups) for _ in group["params"]]
+    new_state = {}
+    for pid, saved in saved_state.items():
+        if pid not in index_of:
+            raise ValueError(f"state_dict['state'] has an entry {pid!r} that no group lists")
+        i = index_of[pid]
+        new_state[i] = _param_state(optimizer, f"state_dict['state'][{pid!r}]", saved,
+                                    params[i], hypers[group_of[i]])
+    return new_groups, new_state
+
+
+def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> dict:
+    spec = optimizer.spec
+    if not isinstance(saved, dict):
+        raise TypeError(f"{name} must be a dict, got {type(saved).__name__}")
+    allowed = set(spec.state_keys) | ({"step"} if spec.has_step else set())
+    unknown = set(saved) - allowed
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {sorted(map(str, unknown))}; "
+                         f"expected {sorted(allowed)}")
+    state: dict = {}
+    if spec.has_step:
+        if "step" not in saved:
+            raise ValueError(f"{name} has no 'step'")
+        state["step"] = _step(f"{name}['step']", saved["step"])
+    for key in spec.state_keys:
+        if key not in saved or saved[key] is None:
+            continue
+        value = _host_value(f"{name}['{key}']", saved[key])
+        # Another float dtype is cast to the parameter's, as torch does.
+        a = np.array(value, dtype=p.dtype, copy=True, order="C")
+        if a.shape != p.shape:
+            raise ValueError(f"{name}['{key}'] has shape {a.shape}, its parameter has shape {p.shape}")
+        state[key] = place_like(p, a)
+    missing = set(optimizer._required_state(state, hyper)) - set(state)
+    if missing:
+        raise ValueError(f"{name} lacks {sorted(missing)}")
+    return state
+
+
+def _step(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        if hasattr(value, "item") and not isinstance(value, (int, float)):
+            value = value.item()  # a NumPy scalar or array, or a torch tensor (torch saves floats)
+        step = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large: it must be a whole number >= 0 that fits a float") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    if not (math.isfinite(step) and step >= 0 and step == int(step)):
+        raise ValueError(f"{name} must be a whole number >= 0, got {step}")
+    return int(step)
+
+
+def _host_value(name: str, value: Any) -> np.ndarray:
+    """A loaded state entry as a floating-point NumPy array (GPU arrays and
+    torch tensors of any float dtype, bfloat16 included, are copied)."""
+    try:
+        if _cuda.is_cuda_array(value):
+            value = host_array(value)
+        elif type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+            value = value.detach().cpu()
+            if not value.dtype.is_floating_point:
+                raise TypeError(f"dtype {value.dtype}")
+            if str(value.dtype) not in ("torch.float32", "torch.float64"):
+                value = value.double()  # bfloat16 and float16: widen exactly
+            value = value.numpy()
+        elif not hasattr(value, "__array__"):
+            raise TypeError(f"{type(value).__name__}")
+        value = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a floating-point array, got {e}") from None
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {value.dtype}")
+    return value
+
+
+def _host_copy(value: Any) -> Any:
+    """A state entry for ``state_dict(to_host=True)``: arrays as NumPy copies."""
+    if isinstance(value, np.ndarray) or _cuda.is_cuda_array(value):
+        return np.array(host_array(value), copy=True)
+    return value
+
+
+def _torch_copy() -> Callable[[Any], Any]:
+    """The converter for ``state_dict(to_torch=True)``: arrays as torch tensor
+    copies where the arrays live (GPU state stays on its GPU)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("state_dict(to_torch=True) needs PyTorch (pip install torch)") from None
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.array(value, copy=True))
+        if _cuda.is_cuda_array(value):
+            return torch.as_tensor(value, device="cuda").clone()
+        return value
+    return convert
