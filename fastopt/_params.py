@@ -148,6 +148,27 @@ class ParamList:
         return views
 
 
+def as_groups(params: Any) -> list[dict[str, Any]]:
+    """The constructor's ``params`` as a list of group dicts."""
+    if isinstance(params, (FlatParams, FlatSegment)):
+        params = [params]
+    if isinstance(params, np.ndarray) or _cuda.is_cuda_array(params):
+        raise TypeError("params must be a list of arrays or of parameter groups, "
+                        "not a single array (wrap it in a list)")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params must be a list of arrays or of parameter groups, "
+                        f"got {type(params).__name__}") from None
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(g, dict) for g in params):
+        return params
+    if not any(isinstance(g, dict) for g in params):
+        return [{"params": params}]
+    raise TypeError("params mixes arrays and parameter-group dicts")
+
+
 def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
     """A group's parameters as a new list, FlatParams and segments replaced by
     their buffers (their gradient buffers checked and recorded in ``flat``);

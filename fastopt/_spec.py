@@ -91,6 +91,27 @@ class Spec:
                 for h in self.hypers if h.name not in self.pinned]
 
 
+_CACHEABLE = (float, int, bool, str, type(None))
+
+
+def cache_key(group: Mapping[str, Any]) -> tuple | None:
+    """A group's hyperparameters with their types, to compare with the last
+    checked ones (``0 == False`` and ``1 == True`` must not count as equal),
+    or None when a value is of a kind that is checked at every step."""
+    key = []
+    for name, value in group.items():
+        if name == "params":
+            continue
+        kind = type(value)
+        if kind in _CACHEABLE:
+            key.append((name, kind, value))
+        elif kind in (tuple, list) and all(type(x) in _CACHEABLE for x in value):
+            key.append((name, kind, tuple((type(x), x) for x in value)))
+        else:
+            return None
+    return tuple(key)
+
+
 def _sgd_rules(h: dict) -> None:
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         raise ValueError("nesterov requires momentum > 0 and dampening == 0")

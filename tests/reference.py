@@ -1,4 +1,4 @@
-"""The oracle: plain-NumPy update rules written straight from shared/REFERENCE.md.
+"""The oracle: plain-NumPy update rules written straight from the update rules (docs/update-rules.md).
 
 Deliberately simple and independent of fastopt's code: whole-array
 expressions, one line per line of the reference, new arrays instead of
@@ -12,12 +12,13 @@ and returns ``(new_param, new_state)``; the state dict holds NumPy arrays and
 
 import numpy as np
 
-SGD_DEFAULTS = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                    nesterov=False, maximize=False)
-ADAGRAD_DEFAULTS = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                        initial_accumulator_value=0.0, eps=1e-10, maximize=False)
-ADAM_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                     amsgrad=False, maximize=False, decoupled_weight_decay=False)
+from fastopt import _spec
+
+# The defaults are the one statement of them, in fastopt's specs (torch's
+# defaults); the rules below are written independently.
+SGD_DEFAULTS = _spec.SGD.defaults
+ADAGRAD_DEFAULTS = _spec.ADAGRAD.defaults
+ADAM_DEFAULTS = _spec.ADAM.defaults
 
 
 def sgd_step(p, g, state, **hp):

@@ -1,0 +1,259 @@
+"""The optimizer base class: parameter groups, the step, state dicts.
+
+The subclasses in ``optimizers.py`` name their specification and implement
+two hooks; the parameter-list bookkeeping lives in ``_params.py`` and the
+state-dict conversion in ``_state_io.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import _checks as C
+from . import _cuda
+from . import _spec
+from . import _state_io
+from . import functional as F
+from ._params import ParamList, as_groups
+
+__all__ = ["Optimizer"]
+
+
+class Optimizer:
+    """Base class: parameter groups, the step, state dicts.
+
+    A subclass names its specification (``spec``: hyperparameters, defaults,
+    ranges, rules and state keys, see ``fastopt._spec``), from which its
+    constructor's signature is made, and implements two hooks:
+    ``_new_state(p, hyper)`` (a parameter's state before its first step) and
+    ``_update(p, g, inv_scale, state, hyper)`` (one step of one parameter,
+    nothing checked). Optional hooks: ``_group_added`` (Adagrad creates its
+    state with the group) and ``_required_state`` (which state keys a
+    loaded state must have).
+
+    State follows the parameter object, not its position: ``param_groups``
+    and each group's ``"params"`` may be edited between steps (reordered,
+    shortened, extended, entries replaced), as with ``torch.optim``. Every
+    step checks the parameter list again when it has changed, and checks that
+    each parameter still fits its state, before anything is written.
+    ``opt.state`` is keyed by the parameters' current positions.
+    """
+
+    spec: _spec.Spec
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            target = inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, default=None)
+            cls.__signature__ = inspect.Signature([params, *cls.spec.parameters(), target])
+
+    def __init__(self, params: Any, *args: Any, target: str | None = None, **hyperparameters: Any):
+        """See the class's docstring; the hyperparameters are the spec's."""
+        spec = self.spec
+        try:
+            bound = inspect.Signature(spec.parameters()).bind(*args, **hyperparameters)
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}(): {e}") from None
+        bound.apply_defaults()
+        self.target = C.check_target(target)
+        self.defaults = {**spec.defaults, **bound.arguments}
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        self._lock = threading.RLock()  # one step, state dict or group change at a time
+        self._plist = ParamList(type(self).__name__, self.target)
+        self._hyper_cache: dict[int, tuple] = {}  # group index -> (typed values, checked dict)
+        for group in as_groups(params):
+            self.add_param_group(group)
+
+    # --- groups --------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (a dict with "params" and optional hyperparameters)."""
+        with self._lock:
+            self._sync()
+            if not isinstance(param_group, dict):
+                raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+            group = {**self.defaults, **param_group}
+            groups = self.param_groups + [group]
+            self._plist.sync(groups, self.state, self.defaults, self._check_fits,
+                             new_group=len(self.param_groups),
+                             before_commit=lambda: group.update(self.spec.check(group)))
+            self.param_groups.append(group)
+            n = len(group["params"])
+            self._hyper_cache.clear()
+            self._group_added(group, len(self._plist.params) - n, self._plist.views[-n:])
+
+    def _group_added(self, group: dict, first: int, views: list) -> None:
+        """Hook run after a group is added; ``views`` are the group's parameters
+        as the kernels take them, the first at index ``first``."""
+
+    def _sync(self) -> None:
+        """Re-check the parameter list if ``param_groups`` were edited."""
+        if not self._plist.unchanged(self.param_groups):
+            self._plist.sync(self.param_groups, self.state, self.defaults, self._check_fits)
+            self._hyper_cache.clear()
+
+    def _check_fits(self, i: int, p: Any, state: dict | None) -> None:
+        """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
+        for key in self.spec.state_keys:
+            a = state.get(key) if state else None
+            if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+                raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
+                                 f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
+                                 "after its first step; give the optimizer a new array instead")
+
+    # --- stepping ------------------------------------------------------------
+
+    def step(self, grads: Sequence[Any] | None = None, *, check_finite: bool = False,
+             grad_scale: float | None = None) -> bool | None:
+        """Update every parameter in place from ``grads`` (one per parameter, or None).
+
+        Parameters
+        ----------
+        grads : sequence of arrays or None, optional
+            One gradient per parameter, in order (groups in order); a None
+            entry leaves its parameter and state untouched. Without ``grads``,
+            every parameter must come from a FlatParams, and its gradient is
+            read from the FlatParams' gradient buffer.
+        check_finite : bool
+            First scan every (unscaled) gradient; if any element is NaN or
+            infinite, skip the whole step (parameters, state and step counts
+            untouched).
+        grad_scale : float, optional
+            Divide every gradient by it first, fused into the step
+            (mixed-precision loss scaling).
+
+        Returns
+        -------
+        bool or None
+            With ``check_finite``, whether the step was taken; else None
+            (non-finite values propagate, as in torch).
+        """
+        with self._lock:
+            self._sync()
+            check_finite = C.check_flag("check_finite", check_finite)
+            params = self._plist.current_views(self.state, self._check_fits)
+            inv_scale = C.check_grad_scale(grad_scale, {p.dtype for p in params})
+            if grads is None:
+                grads = [self._plist.flat_grad.get(id(p)) for p in self._plist.params]
+                if any(g is None for g in grads):
+                    raise TypeError("step() without grads needs every parameter to come from a "
+                                    "FlatParams; pass one gradient per parameter")
+                names = "FlatParams gradient of params[{}]"
+            else:
+                if (isinstance(grads, np.ndarray) or not hasattr(grads, "__len__")
+                        or (self._plist.on_gpu and _cuda.is_cuda_array(grads))):
+                    raise TypeError("grads must be a sequence with one gradient array (or None) "
+                                    "per parameter")
+                if len(grads) != len(params):
+                    raise ValueError(f"grads has {len(grads)} entries, but the optimizer has "
+                                     f"{len(params)} parameters")
+                names = "grads[{}]"
+            checked = [None if g is None else C.check_grad(names.format(i), g, p, f"params[{i}]")
+                       for i, (g, p) in enumerate(zip(grads, params))]
+            for i, (g, p) in enumerate(zip(checked, params)):
+                if g is None:
+                    continue
+                if isinstance(g, np.ndarray):
+                    if np.may_share_memory(g, p):
+                        raise ValueError(f"{names.format(i)} shares memory with params[{i}]")
+                else:
+                    C.check_no_overlap([(names.format(i), g), (f"params[{i}]", p)])
+            return self._apply(params, checked, inv_scale, check_finite)
+
+    def _checked_hypers(self) -> list[dict[str, Any]]:
+        """Every group's checked hyperparameters. A group whose values (and their
+        types) are the ones checked at the last step is not checked again."""
+        cache = self._hyper_cache
+        hypers = []
+        for k, group in enumerate(self.param_groups):
+            key = _spec.cache_key(group)
+            cached = cache.get(k)
+            if key is None or cached is None or cached[0] != key:
+                try:
+                    checked = self.spec.check(group)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"param_groups[{k}]: {e}") from None
+                cached = cache[k] = (key, checked)
+            hypers.append(cached[1])
+        return hypers
+
+    def _apply(self, params: list, grads: list, inv_scale: float, check_finite: bool) -> bool | None:
+        """Check the hyperparameters (and the gradients' values, with
+        ``check_finite``), then step every parameter with a gradient."""
+        hypers = self._checked_hypers()
+        if check_finite and not all(F.all_finite(g, inv_scale, self.target)
+                                    for g in grads if g is not None):
+            return False
+        # Everything is checked: from here on, nothing raises. ``params`` are
+        # the arrays as the kernels take them (GPU arrays as numba views).
+        i = 0
+        for group, hyper in zip(self.param_groups, hypers):
+            for _ in group["params"]:
+                g = grads[i]
+                if g is not None:
+                    p = params[i]
+                    state = self.state.get(i)
+                    if state is None:
+                        state = self.state[i] = self._new_state(p, hyper)
+                    self._update(p, g, inv_scale, state, hyper)
+                i += 1
+        return True if check_finite else None
+
+    # --- state dicts -----------------------------------------------------------
+
+    def state_dict(self, to_host: bool = False, to_torch: bool = False) -> dict[str, Any]:
+        """The optimizer's state in ``torch.optim``'s layout.
+
+        ``{"state": {index: {...}}, "param_groups": [{...hyperparameters...,
+        "params": [indices]}]}``. Like torch's, the arrays in it are the live
+        state (not copies): pickle it, or ``copy.deepcopy`` it, to keep a
+        snapshot while training goes on.
+
+        ``to_host=True`` gives NumPy copies of the state arrays instead (of
+        GPU state: copied once the GPU has finished its work), to save or
+        inspect; ``to_torch=True`` gives ``torch.Tensor`` copies (on the
+        parameters' device), which ``torch.optim``'s ``load_state_dict``
+        takes (it needs PyTorch). ``load_state_dict`` takes any of them.
+        """
+        with self._lock:
+            self._sync()
+            return _state_io.build(self, to_host=to_host, to_torch=to_torch)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict` (or torch's, for the same optimizer).
+
+        Arrays (NumPy, GPU, or torch tensors of any float dtype) are copied in,
+        cast to each parameter's dtype, to where the parameters live. The dict
+        is checked whole before anything changes: a bad one raises and leaves
+        the optimizer as it was.
+        """
+        with self._lock:
+            self._sync()
+            params = self._plist.current_views(self.state, self._check_fits)
+            new_groups, new_state = _state_io.parse(self, state_dict, params)
+            # Everything is checked: commit.
+            for group, new_group in zip(self.param_groups, new_groups):
+                group.update(new_group)
+            self.state.clear()
+            self.state.update(new_state)
+            self._plist.detached.clear()
+            self._hyper_cache.clear()
+
+    def _required_state(self, state: dict, hyper: dict) -> Iterable[str]:
+        """The state keys a loaded parameter state must have."""
+        return self.spec.state_keys
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for k, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {k}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]}")
+        return "\n".join(lines + [")"])
