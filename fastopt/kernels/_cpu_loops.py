@@ -22,19 +22,13 @@ def sgd_serial(
     if use_momentum:
         for i in range(p.shape[0]):
             p[i], buf[i] = _sgd(
-                p=p[i], g=g[i], buf=buf[i], inv_scale=inv_scale, neg_lr=neg_lr,
-                weight_decay=weight_decay, momentum=momentum,
-                one_minus_dampening=one_minus_dampening, maximize=maximize,
-                use_weight_decay=use_weight_decay, use_momentum=True, first_step=first_step,
-                nesterov=nesterov)
+                p[i], g[i], buf[i], inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
+                maximize, use_weight_decay, True, first_step, nesterov)
     else:
         for i in range(p.shape[0]):
             p[i], _ = _sgd(
-                p=p[i], g=g[i], buf=p[i], inv_scale=inv_scale, neg_lr=neg_lr,
-                weight_decay=weight_decay, momentum=momentum,
-                one_minus_dampening=one_minus_dampening, maximize=maximize,
-                use_weight_decay=use_weight_decay, use_momentum=False, first_step=first_step,
-                nesterov=nesterov)
+                p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
+                maximize, use_weight_decay, False, first_step, nesterov)
 
 
 @loop(parallel=True)
@@ -44,19 +38,13 @@ def sgd_parallel(
     if use_momentum:
         for i in prange(p.shape[0]):
             p[i], buf[i] = _sgd(
-                p=p[i], g=g[i], buf=buf[i], inv_scale=inv_scale, neg_lr=neg_lr,
-                weight_decay=weight_decay, momentum=momentum,
-                one_minus_dampening=one_minus_dampening, maximize=maximize,
-                use_weight_decay=use_weight_decay, use_momentum=True, first_step=first_step,
-                nesterov=nesterov)
+                p[i], g[i], buf[i], inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
+                maximize, use_weight_decay, True, first_step, nesterov)
     else:
         for i in prange(p.shape[0]):
             p[i], _ = _sgd(
-                p=p[i], g=g[i], buf=p[i], inv_scale=inv_scale, neg_lr=neg_lr,
-                weight_decay=weight_decay, momentum=momentum,
-                one_minus_dampening=one_minus_dampening, maximize=maximize,
-                use_weight_decay=use_weight_decay, use_momentum=False, first_step=first_step,
-                nesterov=nesterov)
+                p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
+                maximize, use_weight_decay, False, first_step, nesterov)
 
 
 @loop()
@@ -64,9 +52,8 @@ def adagrad_serial(
         p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     for i in range(p.shape[0]):
         p[i], state_sum[i] = _adagrad(
-            p=p[i], g=g[i], state_sum=state_sum[i], inv_scale=inv_scale, neg_clr=neg_clr,
-            weight_decay=weight_decay, eps=eps, maximize=maximize,
-            use_weight_decay=use_weight_decay)
+            p[i], g[i], state_sum[i], inv_scale, neg_clr, weight_decay, eps, maximize,
+            use_weight_decay)
 
 
 @loop(parallel=True)
@@ -74,9 +61,8 @@ def adagrad_parallel(
         p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     for i in prange(p.shape[0]):
         p[i], state_sum[i] = _adagrad(
-            p=p[i], g=g[i], state_sum=state_sum[i], inv_scale=inv_scale, neg_clr=neg_clr,
-            weight_decay=weight_decay, eps=eps, maximize=maximize,
-            use_weight_decay=use_weight_decay)
+            p[i], g[i], state_sum[i], inv_scale, neg_clr, weight_decay, eps, maximize,
+            use_weight_decay)
 
 
 @loop()
@@ -87,23 +73,17 @@ def adam_serial(
     if amsgrad:
         for i in range(p.shape[0]):
             p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _adam(
-                p=p[i], g=g[i], exp_avg=exp_avg[i], exp_avg_sq=exp_avg_sq[i],
-                max_exp_avg_sq=max_exp_avg_sq[i], inv_scale=inv_scale, lerp_weight=lerp_weight,
-                lerp_weight_complement=lerp_weight_complement, beta2=beta2,
-                one_minus_beta2=one_minus_beta2, neg_step_size=neg_step_size,
-                bias_correction2_sqrt=bias_correction2_sqrt, eps=eps, weight_decay=weight_decay,
-                decay_factor=decay_factor, maximize=maximize, l2_decay=l2_decay,
-                decoupled_decay=decoupled_decay, amsgrad=True, lerp_from_end=lerp_from_end)
+                p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                decoupled_decay, True, lerp_from_end)
     else:
         for i in range(p.shape[0]):
             p[i], exp_avg[i], exp_avg_sq[i], _ = _adam(
-                p=p[i], g=g[i], exp_avg=exp_avg[i], exp_avg_sq=exp_avg_sq[i],
-                max_exp_avg_sq=exp_avg_sq[i], inv_scale=inv_scale, lerp_weight=lerp_weight,
-                lerp_weight_complement=lerp_weight_complement, beta2=beta2,
-                one_minus_beta2=one_minus_beta2, neg_step_size=neg_step_size,
-                bias_correction2_sqrt=bias_correction2_sqrt, eps=eps, weight_decay=weight_decay,
-                decay_factor=decay_factor, maximize=maximize, l2_decay=l2_decay,
-                decoupled_decay=decoupled_decay, amsgrad=False, lerp_from_end=lerp_from_end)
+                p[i], g[i], exp_avg[i], exp_avg_sq[i], exp_avg_sq[i], inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                decoupled_decay, False, lerp_from_end)
 
 
 @loop(parallel=True)
@@ -114,20 +94,14 @@ def adam_parallel(
     if amsgrad:
         for i in prange(p.shape[0]):
             p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _adam(
-                p=p[i], g=g[i], exp_avg=exp_avg[i], exp_avg_sq=exp_avg_sq[i],
-                max_exp_avg_sq=max_exp_avg_sq[i], inv_scale=inv_scale, lerp_weight=lerp_weight,
-                lerp_weight_complement=lerp_weight_complement, beta2=beta2,
-                one_minus_beta2=one_minus_beta2, neg_step_size=neg_step_size,
-                bias_correction2_sqrt=bias_correction2_sqrt, eps=eps, weight_decay=weight_decay,
-                decay_factor=decay_factor, maximize=maximize, l2_decay=l2_decay,
-                decoupled_decay=decoupled_decay, amsgrad=True, lerp_from_end=lerp_from_end)
+                p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                decoupled_decay, True, lerp_from_end)
     else:
         for i in prange(p.shape[0]):
             p[i], exp_avg[i], exp_avg_sq[i], _ = _adam(
-                p=p[i], g=g[i], exp_avg=exp_avg[i], exp_avg_sq=exp_avg_sq[i],
-                max_exp_avg_sq=exp_avg_sq[i], inv_scale=inv_scale, lerp_weight=lerp_weight,
-                lerp_weight_complement=lerp_weight_complement, beta2=beta2,
-                one_minus_beta2=one_minus_beta2, neg_step_size=neg_step_size,
-                bias_correction2_sqrt=bias_correction2_sqrt, eps=eps, weight_decay=weight_decay,
-                decay_factor=decay_factor, maximize=maximize, l2_decay=l2_decay,
-                decoupled_decay=decoupled_decay, amsgrad=False, lerp_from_end=lerp_from_end)
+                p[i], g[i], exp_avg[i], exp_avg_sq[i], exp_avg_sq[i], inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                decoupled_decay, False, lerp_from_end)

@@ -14,8 +14,10 @@ that one declaration derive:
   order, so callers name every scalar and two of them cannot be swapped.
 
 A rule kernel's loop passes every argument to its element rule in
-``rules.py`` by keyword (the rule's parameters are the kernel's, checked by
-``tests/test_kernels.py``); array arguments become the current element. An
+``rules.py`` in the declared order (positionally: the CUDA simulator takes
+no keywords), and the rule's parameters are the kernel's, by name and order
+(checked by ``tests/test_kernels.py``); array arguments become the current
+element. An
 *optional* array is one a flag switches on; while it is off the array may be
 empty. The loop is then split in two on that flag, one loop that reads and
 writes the array and one that never touches it (passing the rule a stand-in
@@ -173,12 +175,12 @@ def _loop_body(kernel, on, header, indent):
     call = []
     for name, kind in kernel.args:
         if kind == ARRAY:
-            call.append(f"{name}={element(name)}")
+            call.append(element(name))
         elif name in {flag for flag, _ in kernel.optional.values()}:
             array = next(a for a, (f, _) in kernel.optional.items() if f == name)
-            call.append(f"{name}={array in on}")
+            call.append(str(array in on))
         else:
-            call.append(f"{name}={name}")
+            call.append(name)
     pad = " " * indent
     return [pad + header, f"{pad}    {targets} = _{kernel.name}(",
             *_wrap(call, indent + 8, ")")]
