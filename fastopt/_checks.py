@@ -68,8 +68,9 @@ def check_grad_scale(grad_scale):
 
 
 def check_step(step):
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an int, got {_type_name(step)}")
+    if type(step) is not int:  # fast path first: the functional API runs this at every step
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {_type_name(step)}")
     if step < 1:
         raise ValueError(f"step must be >= 1 (the count after this step), got {step}")
     return int(step)
