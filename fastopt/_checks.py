@@ -83,8 +83,9 @@ def check_grad_scale(grad_scale, dtypes=()):
 
 
 def check_step(step):
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an int, got {_type_name(step)}")
+    if type(step) is not int:  # fast path first: the functional API runs this at every step
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {_type_name(step)}")
     if step < 1:
         raise ValueError(f"step must be >= 1 (the count after this step), got {step}")
     return int(step)
@@ -213,12 +214,17 @@ def check_no_overlap(named_arrays):
     ``named_arrays`` is a sequence of ``(name, array)``: C-contiguous, all
     NumPy arrays or all numba device arrays (as the checks above return them).
     """
+    if all(isinstance(a, np.ndarray) for _, a in named_arrays):
+        # Bounds of C-contiguous arrays: exact, and cheaper than reading each address.
+        for k, (name, a) in enumerate(named_arrays):
+            for other, b in named_arrays[k + 1:]:
+                if np.may_share_memory(a, b):
+                    raise ValueError(f"{name} and {other} share memory; every array must be distinct")
+        return
     spans = []
     for name, a in named_arrays:
         if a.nbytes:
-            start = (a.__array_interface__["data"][0] if isinstance(a, np.ndarray)
-                     else _cuda.address(a))
-            spans.append((start, start + a.nbytes, name))
+            spans.append((_cuda.address(a), _cuda.address(a) + a.nbytes, name))
     spans.sort()
     for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
         if start < end:

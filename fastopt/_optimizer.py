@@ -17,7 +17,7 @@ from . import _checks as C
 from . import _cuda
 from . import _spec
 from . import _state_io
-from . import functional as F
+from . import _update as U
 from ._params import ParamList, as_groups
 
 __all__ = ["Optimizer"]
@@ -187,8 +187,8 @@ class Optimizer:
         """Check the hyperparameters (and the gradients' values, with
         ``check_finite``), then step every parameter with a gradient."""
         hypers = self._checked_hypers()
-        if check_finite and not all(F.all_finite(g, inv_scale, self.target)
-                                    for g in grads if g is not None):
+        if check_finite and U.any_nonfinite([g for g in grads if g is not None], inv_scale,
+                                            self.target):
             return False
         # Everything is checked: from here on, nothing raises. ``params`` are
         # the arrays as the kernels take them (GPU arrays as numba views).

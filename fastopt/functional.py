@@ -30,73 +30,11 @@ update is launched on the parameter's stream and the call returns without
 waiting for it (README, "CUDA").
 """
 
-import numpy as np
-
 from . import _checks as C
-from ._dispatch import kernel
+from . import _update as U
 
 __all__ = ["sgd", "adagrad", "adam", "adamw"]
 
-
-def _flat(a):
-    # ravel, not reshape: a numba device array keeps its stream through ravel.
-    return a if a.ndim == 1 else a.ravel()
-
-
-_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
-
-
-def _empty_like_dtype(p):
-    """A stand-in for a state array a flag switches off: never read or written."""
-    return _EMPTY[p.dtype] if isinstance(p, np.ndarray) else _flat(p)[:0]
-
-
-# --- unchecked updates: the optimizer classes call these directly ----------
-
-def all_finite(g, inv_scale, target):
-    """Whether every element of ``g * inv_scale`` is finite (one fused scan)."""
-    return kernel("count_nonfinite", target, g)(_flat(g), g.dtype.type(inv_scale)) == 0
-
-
-def sgd_update(p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
-               first_step, target):
-    T = p.dtype.type
-    use_momentum = momentum != 0
-    kernel("sgd", target, p)(
-        _flat(p), _flat(g), _flat(buf) if use_momentum else _empty_like_dtype(p),
-        T(inv_scale), T(-lr), T(weight_decay), T(momentum), T(1.0 - dampening),
-        maximize, weight_decay != 0, use_momentum, first_step, nesterov)
-
-
-def adagrad_update(p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize,
-                   target):
-    T = p.dtype.type
-    clr = lr / (1 + (step - 1) * lr_decay)
-    kernel("adagrad", target, p)(
-        _flat(p), _flat(g), _flat(state_sum), T(inv_scale), T(-clr), T(weight_decay), T(eps),
-        maximize, weight_decay != 0)
-
-
-def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
-                weight_decay, amsgrad, maximize, decoupled_weight_decay, target):
-    T = p.dtype.type
-    # Host-side scalars in float64, as torch computes them, then cast.
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2 ** 0.5
-    lerp_weight = T(1 - beta1)
-    decay = weight_decay != 0
-    kernel("adam", target, p)(
-        _flat(p), _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
-        _flat(max_exp_avg_sq) if amsgrad else _empty_like_dtype(p), T(inv_scale),
-        lerp_weight, not abs(lerp_weight) < 0.5, T(1) - lerp_weight,
-        T(beta2), T(1 - beta2), T(-step_size), T(bias_correction2_sqrt), T(eps),
-        T(weight_decay), T(1 - lr * weight_decay),
-        maximize, decay and not decoupled_weight_decay, decay and decoupled_weight_decay, amsgrad)
-
-
-# --- the checked public API ----------------------------------------------------
 
 def _check_arrays(param, grad, states, target):
     """Check ``param``, ``grad`` and the named state arrays (and ``target`` against
@@ -112,7 +50,7 @@ def _check_arrays(param, grad, states, target):
 
 def _skip(grad, inv_scale, check_finite, target):
     """Whether a step with ``check_finite`` must be skipped (a non-finite gradient)."""
-    return check_finite and not all_finite(grad, inv_scale, target)
+    return check_finite and U.any_nonfinite([grad], inv_scale, target)
 
 
 def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
@@ -159,8 +97,9 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
     inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    sgd_update(param, grad, states.get("momentum_buffer"), inv_scale, lr, momentum, dampening,
-               weight_decay, nesterov, maximize, first_step, target)
+    U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=lr,
+          momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+          maximize=maximize, first_step=first_step, target=target)
     return True if check_finite else None
 
 
@@ -198,8 +137,9 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
     inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    adagrad_update(param, grad, states["state_sum"], inv_scale, step, lr, lr_decay, weight_decay,
-                   eps, maximize, target)
+    U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step, lr=lr,
+              lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+              target=target)
     return True if check_finite else None
 
 
@@ -250,9 +190,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    adam_update(param, grad, states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq"),
-                inv_scale, step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                decoupled_weight_decay, target)
+    U.adam(p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
+           max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step, lr=lr,
+           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, target=target)
     return True if check_finite else None
 
 

@@ -25,7 +25,7 @@ launches its kernels without copying or waiting (README, "CUDA").
 
 
 from . import _spec
-from . import functional as F
+from . import _update as U
 from ._dispatch import new_like
 from ._optimizer import Optimizer
 
@@ -59,8 +59,9 @@ class SGD(Optimizer):
         first = buf is None
         if h["momentum"] != 0 and first:
             buf = state["momentum_buffer"] = new_like(p)
-        F.sgd_update(p, g, buf, inv_scale, h["lr"], h["momentum"], h["dampening"], h["weight_decay"],
-                     h["nesterov"], h["maximize"], first, self.target)
+        U.sgd(p=p, g=g, buf=buf, inv_scale=inv_scale, lr=h["lr"], momentum=h["momentum"],
+              dampening=h["dampening"], weight_decay=h["weight_decay"], nesterov=h["nesterov"],
+              maximize=h["maximize"], first_step=first, target=self.target)
 
     def _required_state(self, state, hyper):
         return ()
@@ -93,8 +94,9 @@ class Adagrad(Optimizer):
 
     def _update(self, p, g, inv_scale, state, h):
         state["step"] += 1
-        F.adagrad_update(p, g, state["sum"], inv_scale, state["step"], h["lr"], h["lr_decay"],
-                         h["weight_decay"], h["eps"], h["maximize"], self.target)
+        U.adagrad(p=p, g=g, state_sum=state["sum"], inv_scale=inv_scale, step=state["step"],
+                  lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
+                  maximize=h["maximize"], target=self.target)
 
 
 class Adam(Optimizer):
@@ -128,9 +130,11 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = new_like(p, 0)
         state["step"] += 1
         beta1, beta2 = h["betas"]
-        F.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
-                      inv_scale, state["step"], h["lr"], beta1, beta2, h["eps"], h["weight_decay"],
-                      h["amsgrad"], h["maximize"], h["decoupled_weight_decay"], self.target)
+        U.adam(p=p, g=g, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
+               max_exp_avg_sq=state.get("max_exp_avg_sq"), inv_scale=inv_scale, step=state["step"],
+               lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
+               amsgrad=h["amsgrad"], maximize=h["maximize"],
+               decoupled_weight_decay=h["decoupled_weight_decay"], target=self.target)
 
     def _required_state(self, state, hyper):
         if hyper["amsgrad"] and state["step"] > 0:

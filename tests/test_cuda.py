@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt.kernels import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
@@ -129,7 +130,8 @@ def kernels():
 
 
 INSTRUCTION = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)", re.M)
-KERNEL_NAMES = ["sgd", "adagrad", "adam", "flag_nonfinite", "fill", "roofline_1", "roofline_2", "roofline_3", "roofline_4"]
+# Every declared kernel with a CUDA implementation (any_nonfinite is the CPU's).
+KERNEL_NAMES = [name for name in spec.KERNELS if name != "any_nonfinite"]
 
 
 def instructions(ptx):
@@ -156,16 +158,60 @@ def test_kernel_compiles_to_ptx(kernels, name, dtype, cc):
         assert f"sqrt.rn.{suffix}" in ops and f"div.rn.{suffix}" in ops
 
 
-def test_every_kernel_has_argument_kinds():
-    """The kinds used to compile PTX name every parameter of every kernel."""
+def test_every_kernel_takes_the_declared_arguments():
+    """Each CUDA kernel's parameters are those ``spec.py`` declares (they give its PTX signature)."""
     if not HAVE_NUMBA_CUDA:
         pytest.skip("numba-cuda is not installed")
     import inspect
     from fastopt.kernels import cuda as K
-    assert sorted(K.ARG_KINDS) == sorted(KERNEL_NAMES)
-    for name, kinds in K.ARG_KINDS.items():
-        params = inspect.signature(K._ALL[name].py_func).parameters
-        assert len(params) == len(kinds), name
+    assert sorted(K.ALL) == sorted(KERNEL_NAMES)
+    for name, kernel in K.ALL.items():
+        assert tuple(inspect.signature(kernel.py_func).parameters) == spec.KERNELS[name].names, name
+
+
+@needs_numba_cuda
+def test_check_finite_waits_once_per_step_under_the_simulator():
+    """check_finite over three GPU gradients: one flag allocated, one launch per
+    gradient, one copy back, whichever gradient holds the NaN."""
+    result = run_python("""
+        import numpy as np
+        from numba import cuda
+        import fastopt
+        from fastopt import _cuda
+        K = _cuda.kernels()
+        counts = {"to_device": 0, "launch": 0, "copy": 0}
+        real_to_device, real_kernel = cuda.to_device, K.any_nonfinite_cuda
+
+        def to_device(*args, **kwargs):
+            counts["to_device"] += 1
+            array = real_to_device(*args, **kwargs)
+            real_copy = array.copy_to_host
+            def copy_to_host(*a, **k):
+                counts["copy"] += 1
+                return real_copy(*a, **k)
+            array.copy_to_host = copy_to_host
+            return array
+
+        class Counting:
+            def __getitem__(self, config):
+                counts["launch"] += 1
+                return real_kernel[config]
+
+        params = [cuda.to_device(np.zeros(n)) for n in (5, 6, 7)]
+        opt = fastopt.SGD(params, lr=0.1)
+        K.cuda.to_device, K.any_nonfinite_cuda = to_device, Counting()
+        for bad in (None, 0, 2):
+            grads = [np.ones(n) for n in (5, 6, 7)]
+            if bad is not None:
+                grads[bad][1] = np.nan
+            grads = [real_to_device(g) for g in grads]
+            for key in counts:
+                counts[key] = 0
+            assert opt.step(grads, check_finite=True) is (bad is None), bad
+            assert counts == {"to_device": 1, "launch": 3, "copy": 1}, (bad, counts)
+        print("ok")
+    """, NUMBA_ENABLE_CUDASIM="1")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -1,52 +1,167 @@
-"""The compiled loops vectorise and keep float32 in float32 (x86-64 assembly checks)."""
+"""The kernel layer: declarations, generated loops, and the code LLVM makes of them.
 
-import platform
-import re
+- every kernel's parameters are those ``kernels/spec.py`` declares, and the
+  generated loop modules are current;
+- on several named x86-64 CPUs (AVX2 and AVX-512), compiled for that CPU in
+  a subprocess with an explicit signature (nothing runs, so the host's own
+  CPU does not matter): LLVM vectorises every loop of every CPU kernel,
+  float32 loops never convert to float64, and nothing is contracted into
+  fused multiply-adds.
+"""
 
-import numpy as np
+import inspect
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
-from numba import njit
 
-from fastopt.kernels import cpu
+from fastopt import _update
+from fastopt._warmup import cpu_loops
+from fastopt.kernels import rules, spec
 
-pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                                reason="assembly patterns are x86-64's")
+ROOT = Path(__file__).resolve().parent.parent
 
-T32, T64 = np.float32, np.float64
-
-
-def args(name, dtype):
-    T = np.dtype(dtype).type
-    a = [np.ones(64, dtype) for _ in range(5)]
-    s = T(0.5)
-    if name == "sgd":
-        return (a[0], a[1], a[2], s, s, s, s, s, False, True, True, False, False)
-    if name == "adagrad":
-        return (a[0], a[1], a[2], s, s, s, s, False, True)
-    return (a[0], a[1], a[2], a[3], a[4], s, s, False, s, s, s, s, s, s, s, s,
-            False, True, False, True)
+_AVX2 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe"
+_AVX512 = _AVX2 + ",+avx512f,+avx512cd,+avx512bw,+avx512dq,+avx512vl"
+CPUS = {  # NUMBA_CPU_NAME alone keeps the host's features: name them too
+    "haswell": _AVX2,
+    "znver3": _AVX2 + ",+adx,+aes,+sha,+clflushopt,+clwb",
+    "skylake-avx512": _AVX512,
+    "znver4": _AVX512 + ",+avx512vbmi,+avx512vnni,+avx512bf16,+avx512ifma,+avx512vpopcntdq",
+}
 
 
-def assembly(name, target, dtype):
-    """Assembly of a fresh, uncached compilation (cached code cannot be inspected)."""
-    loop = cpu.KERNELS[name][target]
-    options = {k: v for k, v in loop.targetoptions.items() if k != "nopython"}
-    fresh = njit(**options)(loop.py_func)
-    fresh(*args(name, dtype))
-    return "\n".join(fresh.inspect_asm().values())
+# --- declarations ---------------------------------------------------------------
+
+@pytest.mark.parametrize("target", sorted(spec.GENERATED))
+def test_generated_loops_are_current(target):
+    assert spec.GENERATED[target].read_text() == spec.generate(target), \
+        "run python -m fastopt.kernels.spec after changing a declaration"
 
 
-@pytest.mark.parametrize("target", ["serial", "parallel"])
-@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
-@pytest.mark.parametrize("dtype", [T32, T64], ids=["float32", "float64"])
-def test_loop_vectorises_and_keeps_precision(name, target, dtype):
-    asm = assembly(name, target, dtype)
-    suffix = "ps" if dtype is T32 else "pd"
-    op = "mul" if name == "sgd" else "sqrt"
-    packed = re.findall(rf"\bv?{op}{suffix}\s+%[xyz]mm", asm)
-    assert packed, f"no packed {op}{suffix}: the {target} {name} loop did not vectorise"
-    if dtype is T32:
-        # A float64 scalar in a float32 loop shows up as conversions to double.
-        assert not re.search(r"\bv?cvt(ss2sd|ps2pd)\b", asm), "float32 loop converts to float64"
-    # fastmath stays off: no fused multiply-add contraction.
-    assert not re.search(r"\bvfn?m(add|sub)\d*[ps][sd]\b", asm), "unexpected FMA contraction"
+@pytest.mark.parametrize("kernel", spec.RULE_KERNELS, ids=lambda k: k.name)
+def test_rule_takes_the_declared_arguments(kernel):
+    """The loops pass the rule every argument in the declared order: names and order must match."""
+    assert tuple(inspect.signature(getattr(rules, kernel.name)).parameters) == kernel.names
+    assert set(kernel.updated) <= set(kernel.of_kind(spec.ARRAY))
+    for array, (flag, stand_in) in kernel.optional.items():
+        assert flag in kernel.of_kind(spec.FLAG) and stand_in in kernel.of_kind(spec.ARRAY)
+
+
+def test_every_cpu_loop_takes_the_declared_arguments():
+    for name, loop in cpu_loops():
+        assert tuple(inspect.signature(loop.py_func).parameters) == spec.KERNELS[name].names, name
+
+
+def test_arguments_are_packed_by_name_only():
+    adagrad = spec.pack["adagrad"]
+    values = {name: k for k, name in enumerate(spec.KERNELS["adagrad"].names)}
+    assert adagrad(**values) == tuple(range(len(values)))
+    with pytest.raises(TypeError):
+        adagrad(*values.values())
+    with pytest.raises(TypeError):
+        adagrad(**{**values, "eps2": 0})
+    with pytest.raises(TypeError):
+        adagrad(**{k: v for k, v in values.items() if k != "eps"})
+
+
+def test_unchecked_updates_are_keyword_only():
+    for fn in (_update.sgd, _update.adagrad, _update.adam):
+        kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+        assert kinds == {inspect.Parameter.KEYWORD_ONLY}, fn.__name__
+
+
+@pytest.mark.parametrize("kernel", spec.RULE_KERNELS, ids=lambda k: k.name)
+def test_each_scalar_changes_the_result(kernel):
+    """Every declared scalar matters under some flags: one the rule ignored (or
+    read in another's place) would leave every result unchanged."""
+    rule = getattr(rules, kernel.name)
+    flags = kernel.of_kind(spec.FLAG)
+    base = {**dict.fromkeys(kernel.of_kind(spec.ARRAY), 0.75),
+            **dict.fromkeys(kernel.of_kind(spec.SCALAR), 0.5)}
+    settings = [dict(zip(flags, on)) for on in itertools.product([False, True], repeat=len(flags))]
+    for name in kernel.of_kind(spec.SCALAR):
+        changed = {**base, name: 0.375}
+        assert any(rule(**base, **f) != rule(**changed, **f) for f in settings), name
+
+
+# --- code generation on named CPUs ----------------------------------------------
+
+_PROBE = textwrap.dedent(r"""
+    import json, os, re, sys, tempfile
+    import llvmlite.binding as llvm
+    from numba import njit
+    from fastopt._warmup import cpu_loops
+    from fastopt.kernels.spec import signature
+
+    for option in ("-pass-remarks=loop-vectorize", "-pass-remarks-missed=loop-vectorize"):
+        llvm.set_option("", option)
+
+    def compile_capturing_remarks(loop, sig):
+        # LLVM writes its remarks to file descriptor 2.
+        with tempfile.TemporaryFile("w+") as log:
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                options = {k: v for k, v in loop.targetoptions.items() if k != "nopython"}
+                fresh = njit(**options)(loop.py_func)  # uncached: its assembly can be read
+                fresh.compile(sig)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            log.seek(0)
+            return fresh, log.read()
+
+    problems, checked, serial_vectorised = [], 0, {}
+    for name, loop in cpu_loops():
+        parallel = loop.targetoptions.get("parallel")
+        for dtype in ("float32", "float64"):
+            fresh, remarks = compile_capturing_remarks(loop, signature(name, dtype))
+            asm = "\n".join(fresh.inspect_asm().values())
+            where = f"{loop.py_func.__name__}[{dtype}]"
+            checked += 1
+            vectorised = remarks.count("vectorized loop (")
+            if not parallel:
+                # Every loop of a serial kernel is the kernel's own: none may be refused.
+                serial_vectorised[name, dtype] = vectorised
+                if "loop not vectorized" in remarks or not vectorised:
+                    problems.append(f"{where}: a loop is not vectorised: "
+                                    + " | ".join(l for l in remarks.splitlines() if "remark" in l))
+            elif vectorised < serial_vectorised[name, dtype]:
+                # numba's scheduling loops around a parallel body do not vectorise;
+                # the body's loops must, as many as in the serial kernel.
+                problems.append(f"{where}: {vectorised} vectorised loops, the serial kernel "
+                                f"has {serial_vectorised[name, dtype]}")
+            suffix = "ps" if dtype == "float32" else "pd"
+            if not re.search(rf"\bv?(add|sub|mul|div|sqrt){suffix}\b", asm):
+                problems.append(f"{where}: no packed arithmetic")
+            if dtype == "float32" and re.search(r"\bv?cvt(ss2sd|ps2pd)\b", asm):
+                problems.append(f"{where}: float32 loop converts to float64")
+            if re.search(r"\bvfn?m(add|sub)\d*[ps][sd]\b", asm):
+                problems.append(f"{where}: fused multiply-add contraction")
+    print(json.dumps({"checked": checked, "problems": problems}))
+""")
+
+
+@pytest.mark.parametrize("cpu", list(CPUS))
+def test_every_cpu_loop_vectorises_and_keeps_precision(cpu, tmp_path):
+    """One subprocess per CPU compiles every CPU loop for both dtypes."""
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": CPUS[cpu],
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["checked"] == 2 * len(list(cpu_loops()))
+    assert not report["problems"], "\n".join(report["problems"])
+
+
+def test_warmup_compiles_every_loop_for_both_dtypes():
+    from fastopt._warmup import warmup
+    assert warmup() == 2 * len(list(cpu_loops()))
+    assert all(len(loop.signatures) >= 2 for _, loop in cpu_loops())

@@ -2,9 +2,11 @@
 
 The same element rules as the CPU loops of ``cpu.py``, compiled by
 numba-cuda as device functions, so one statement of each rule serves both
-targets. Each kernel is a grid-stride loop (thread ``cuda.grid(1)`` handles
-elements ``i, i + stride, ...``) that loads an element of every array, calls
-the rule and stores the results: one pass over memory per step.
+targets; the rule kernels are generated from ``spec.py`` into
+``_cuda_loops.py``, the others are here. Each kernel is a grid-stride loop
+(thread ``cuda.grid(1)`` handles elements ``i, i + stride, ...``) that loads
+an element of every array, calls the rule and stores the results: one pass
+over memory per step.
 
 This module imports numba.cuda; fastopt imports it only when a CUDA array or
 target is used (see ``fastopt._cuda``), so ``import fastopt`` needs neither
@@ -23,54 +25,17 @@ units in the last place; tested), not bit for bit.
 """
 
 import numpy as np
-from numba import cuda, types
+from numba import cuda
 
 from .. import config
-from . import rules
-
-_sgd = cuda.jit(device=True)(rules.sgd)
-_adagrad = cuda.jit(device=True)(rules.adagrad)
-_adam = cuda.jit(device=True)(rules.adam)
+from . import spec
+from ._cuda_loops import adagrad, adam, sgd
 
 _KERNEL = dict(cache=True)
 
 
 @cuda.jit(**_KERNEL)
-def sgd(p, g, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
-        maximize, use_weight_decay, use_momentum, first_step, nesterov):
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        b = buf[i] if use_momentum else p[i]
-        p[i], b = _sgd(g[i], p[i], b, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
-                       maximize, use_weight_decay, use_momentum, first_step, nesterov)
-        if use_momentum:
-            buf[i] = b
-
-
-@cuda.jit(**_KERNEL)
-def adagrad(p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        p[i], state_sum[i] = _adagrad(g[i], p[i], state_sum[i], inv_scale, neg_clr, weight_decay, eps,
-                                      maximize, use_weight_decay)
-
-
-@cuda.jit(**_KERNEL)
-def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
-         lerp_weight, lerp_from_end, lerp_weight_complement,
-         beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
-         weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad):
-    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        vmax = max_exp_avg_sq[i] if amsgrad else exp_avg_sq[i]
-        p[i], exp_avg[i], exp_avg_sq[i], vmax = _adam(
-            g[i], p[i], exp_avg[i], exp_avg_sq[i], vmax, inv_scale,
-            lerp_weight, lerp_from_end, lerp_weight_complement,
-            beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
-            weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad)
-        if amsgrad:
-            max_exp_avg_sq[i] = vmax
-
-
-@cuda.jit(**_KERNEL)
-def flag_nonfinite(g, inv_scale, found):
+def any_nonfinite_cuda(g, inv_scale, found):
     """Set ``found[0]`` to 1 if any element of ``g * inv_scale`` is NaN or infinite."""
     for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         x = g[i] * inv_scale
@@ -153,45 +118,39 @@ def _launcher(kernel):
     return launch
 
 
-def count_nonfinite(g, inv_scale):
-    """1 if any element of ``g * inv_scale`` is NaN or infinite, else 0. The
-    host needs the answer, so this one waits for the GPU (on ``g``'s stream)."""
-    found = cuda.to_device(np.zeros(1, np.int32), stream=g.stream)
-    _launcher(flag_nonfinite)(g, inv_scale, found)
-    return int(found.copy_to_host(stream=g.stream)[0]) if g.shape[0] else 0
+def any_nonfinite(grads, inv_scales):
+    """Whether any element of any ``grads[k] * inv_scales[k]`` is NaN or infinite.
+
+    One device flag for all the gradients, one launch per gradient (on its
+    stream), one copy back: the host needs the answer, so this waits once.
+    """
+    grads = [g for g in grads if g.shape[0]]
+    if not grads:
+        return False
+    stream = grads[0].stream
+    found = cuda.to_device(np.zeros(1, np.int32), stream=stream)
+    launch = _launcher(any_nonfinite_cuda)
+    for g, inv_scale in zip(grads, inv_scales):
+        launch(g, inv_scale, found)
+    if any(_handle(g.stream) != _handle(stream) for g in grads):
+        cuda.synchronize()  # launched on several streams: wait for them all
+    return bool(found.copy_to_host(stream=stream)[0])
 
 
-KERNELS = {"sgd": _launcher(sgd), "adagrad": _launcher(adagrad), "adam": _launcher(adam),
-           "count_nonfinite": count_nonfinite}
+def _handle(stream):
+    handle = getattr(stream, "handle", None)
+    return getattr(handle, "value", handle)
+
+
+KERNELS = {"sgd": _launcher(sgd), "adagrad": _launcher(adagrad), "adam": _launcher(adam)}
 ROOFLINE = {1: _launcher(roofline_1), 2: _launcher(roofline_2),
             3: _launcher(roofline_3), 4: _launcher(roofline_4)}
 launch_fill = _launcher(fill)
 
-# Argument kinds of each kernel, in order: "a" a 1-D C-contiguous array,
-# "s" a scalar of the arrays' dtype, "b" a flag. ``signature`` turns them into
-# numba types, to compile a kernel ahead of time (tests compile each to PTX).
-ARG_KINDS = {
-    "sgd": "aaa" "sssss" "bbbbb",
-    "adagrad": "aaa" "ssss" "bb",
-    "adam": "aaaaa" "s" "sbs" "sssss" "ss" "bbbb",
-    "flag_nonfinite": "asi",
-    "fill": "as",
-    "roofline_1": "as" "a",
-    "roofline_2": "as" "aa",
-    "roofline_3": "as" "aaa",
-    "roofline_4": "as" "aaaa",
-}
-_ALL = {"sgd": sgd, "adagrad": adagrad, "adam": adam, "flag_nonfinite": flag_nonfinite, "fill": fill,
-        "roofline_1": roofline_1, "roofline_2": roofline_2,
-        "roofline_3": roofline_3, "roofline_4": roofline_4}
-
-
-def signature(name, dtype):
-    """The argument types of kernel ``name`` for arrays of ``dtype`` (float32 or float64)."""
-    scalar = types.float32 if str(dtype) == "float32" else types.float64
-    kinds = {"a": types.Array(scalar, 1, "C"), "s": scalar, "b": types.boolean,
-             "i": types.Array(types.int32, 1, "C")}
-    return tuple(kinds[k] for k in ARG_KINDS[name])
+# Every kernel, by its name in ``spec.KERNELS``.
+ALL = {"sgd": sgd, "adagrad": adagrad, "adam": adam, "any_nonfinite_cuda": any_nonfinite_cuda,
+       "fill": fill, "roofline_1": roofline_1, "roofline_2": roofline_2,
+       "roofline_3": roofline_3, "roofline_4": roofline_4}
 
 
 def ptx(name, dtype, cc):
@@ -199,6 +158,5 @@ def ptx(name, dtype, cc):
 
     Needs numba-cuda's compiler libraries (NVVM), not a GPU.
     """
-    text, _ = cuda.compile_ptx(_ALL[name].py_func, signature(name, dtype), cc=cc)
+    text, _ = cuda.compile_ptx(ALL[name].py_func, spec.signature(name, dtype), cc=cc)
     return text
-

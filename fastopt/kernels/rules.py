@@ -1,7 +1,9 @@
 """The update rules, one element at a time, as plain Python functions.
 
-Each function takes the current values of one element (gradient, parameter,
-state) and the step's scalars, and returns the new values. They have no
+Each function takes the current values of one element (parameter, gradient,
+state) and the step's scalars and flags, and returns the new values. Its
+parameters are those its kernel declares in ``spec.py``, in that order; the
+loops pass them by keyword. They have no
 loads or stores of their own: the loops in ``cpu.py`` (and, with the CUDA
 target, ``cuda.py``) read the arrays, call these (compiled and inlined) and
 write back. Keeping the rule free of memory access is what lets LLVM
@@ -9,7 +11,7 @@ vectorise the CPU loops whatever the flags are, and lets every target share
 one statement of each rule.
 
 The order of floating-point operations follows ``torch.optim``'s
-single-tensor implementations (``shared/REFERENCE.md``), so float64 results
+single-tensor implementations, so float64 results
 agree with torch to rounding.
 
 Flags are booleans that are the same for every element; scalars already have
@@ -20,7 +22,7 @@ loss scaling); it is 1 when no scale is given, and ``g * 1`` is exactly ``g``.
 import math
 
 
-def sgd(g, p, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
+def sgd(p, g, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampening,
         maximize, use_weight_decay, use_momentum, first_step, nesterov):
     """Return the new ``(p, buf)``; ``buf`` is unchanged without momentum."""
     g = g * inv_scale
@@ -33,7 +35,7 @@ def sgd(g, p, buf, inv_scale, neg_lr, weight_decay, momentum, one_minus_dampenin
     return p + neg_lr * g, buf
 
 
-def adagrad(g, p, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
+def adagrad(p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, use_weight_decay):
     """Return the new ``(p, state_sum)``."""
     g = g * inv_scale
     g = -g if maximize else g
@@ -42,10 +44,10 @@ def adagrad(g, p, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, us
     return p + (neg_clr * g) / (math.sqrt(state_sum) + eps), state_sum
 
 
-def adam(g, p, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
-         lerp_weight, lerp_from_end, lerp_weight_complement,
-         beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
-         weight_decay, decay_factor, maximize, l2_decay, decoupled_decay, amsgrad):
+def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
+         lerp_weight, lerp_weight_complement, beta2, one_minus_beta2,
+         neg_step_size, bias_correction2_sqrt, eps, weight_decay, decay_factor,
+         maximize, l2_decay, decoupled_decay, amsgrad, lerp_from_end):
     """Return the new ``(p, exp_avg, exp_avg_sq, max_exp_avg_sq)``.
 
     ``max_exp_avg_sq`` is only meaningful when ``amsgrad`` is set.

@@ -1,0 +1,77 @@
+"""Unchecked updates of one parameter: what the checked API and the optimizers call.
+
+Every argument is keyword-only and none is checked: callers (``functional``,
+``optimizers``) have checked the arrays (same shape and dtype, C-contiguous,
+not overlapping) and the hyperparameters. The host-side scalars are computed
+here in float64, as torch computes them, then cast to the arrays' dtype;
+``spec.pack`` puts them in the kernel's order by name.
+"""
+
+import numpy as np
+
+from ._dispatch import kernel
+from .kernels.spec import pack
+
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _flat(a):
+    # ravel, not reshape: a numba device array keeps its stream through ravel.
+    return a if a.ndim == 1 else a.ravel()
+
+
+def _absent(p):
+    """A stand-in for a state array a flag switches off: never read or written."""
+    return _EMPTY[p.dtype] if isinstance(p, np.ndarray) else _flat(p)[:0]
+
+
+def any_nonfinite(grads, inv_scale, target):
+    """Whether any element of any gradient in ``grads``, times ``inv_scale``, is
+    NaN or infinite. On the GPU: one flag, one launch per gradient, one wait."""
+    if not grads:
+        return False
+    if target == "cuda" or not isinstance(grads[0], np.ndarray):
+        from . import _cuda
+        return _cuda.kernels().any_nonfinite([_flat(g) for g in grads],
+                                             [g.dtype.type(inv_scale) for g in grads])
+    return any(kernel("any_nonfinite", target, g)(_flat(g), g.dtype.type(inv_scale))
+               for g in grads)
+
+
+def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
+        first_step, target):
+    T = p.dtype.type
+    use_momentum = momentum != 0
+    kernel("sgd", target, p)(*pack["sgd"](
+        p=_flat(p), g=_flat(g), buf=_flat(buf) if use_momentum else _absent(p),
+        inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay), momentum=T(momentum),
+        one_minus_dampening=T(1.0 - dampening), maximize=maximize,
+        use_weight_decay=weight_decay != 0, use_momentum=use_momentum, first_step=first_step,
+        nesterov=nesterov))
+
+
+def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target):
+    T = p.dtype.type
+    clr = lr / (1 + (step - 1) * lr_decay)
+    kernel("adagrad", target, p)(*pack["adagrad"](
+        p=_flat(p), g=_flat(g), state_sum=_flat(state_sum), inv_scale=T(inv_scale),
+        neg_clr=T(-clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
+        use_weight_decay=weight_decay != 0))
+
+
+def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
+         weight_decay, amsgrad, maximize, decoupled_weight_decay, target):
+    T = p.dtype.type
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    lerp_weight = T(1 - beta1)
+    decay = weight_decay != 0
+    kernel("adam", target, p)(*pack["adam"](
+        p=_flat(p), g=_flat(g), exp_avg=_flat(exp_avg), exp_avg_sq=_flat(exp_avg_sq),
+        max_exp_avg_sq=_flat(max_exp_avg_sq) if amsgrad else _absent(p), inv_scale=T(inv_scale),
+        lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
+        beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(-(lr / bias_correction1)),
+        bias_correction2_sqrt=T(bias_correction2 ** 0.5), eps=T(eps),
+        weight_decay=T(weight_decay), decay_factor=T(1 - lr * weight_decay), maximize=maximize,
+        l2_decay=decay and not decoupled_weight_decay, decoupled_decay=decay and decoupled_weight_decay,
+        amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5))
