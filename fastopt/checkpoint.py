@@ -419,7 +419,8 @@ def _check_header(header, data_size):
     _need(isinstance(table, list) and len(table) >= len(saved["names"]), "bad array table")
     specs, total = [], 0
     for t in table:
-        _need(isinstance(t, dict) and set(t) == {"dtype", "shape"} and t["dtype"] in _READ_DTYPES
+        _need(isinstance(t, dict) and set(t) == {"dtype", "shape"} and isinstance(t["dtype"], str)
+              and t["dtype"] in _READ_DTYPES
               and _is_shape(t["shape"]), f"bad array entry {str(t)[:80]}")
         dtype, shape = np.dtype(t["dtype"]), tuple(t["shape"])
         _need(math.prod(max(d, 1) for d in shape) * dtype.itemsize <= sys.maxsize,
@@ -444,11 +445,15 @@ def _check_header(header, data_size):
 def _read(path):
     """Verify the whole file, then read it: ``(header, arrays, optimizer state or None)``."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CheckpointError(f"{path}: not a regular file")
-        size = st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+    size = st.st_size
+    with os.fdopen(fd, "rb") as f:
         magic = f.read(len(MAGIC))
         if not magic or magic != MAGIC[:len(magic)]:
             raise CheckpointError(f"{path}: not a fastopt checkpoint")
