@@ -27,7 +27,8 @@ well-formed optimizer state) and read the arrays, checking the digest again
 (so a file changed between the two reads is refused too). Every damaged,
 truncated, extended or malformed file, and a file that is not a regular
 file, raises ``CheckpointError``, before anything is allocated by the size
-its header asks for and before anything is written.
+its header asks for and before anything is written (a missing or unreadable
+file raises the ``OSError`` that ``open()`` would).
 
 ``params`` is a list (or tuple) of arrays, a dict of name -> array, a
 ``FlatParams`` or a single array, of any shape (0-d, empty, non-contiguous
@@ -125,8 +126,8 @@ def _file_dtype(a):
 def _check_arrays(named):
     for name, a in named:
         if not isinstance(a, np.ndarray):
-            what = "a host (numpy) array" if hasattr(a, "__cuda_array_interface__") else "a numpy.ndarray"
-            raise TypeError(f"params[{name!r}] must be {what}, got {type(a).__name__}")
+            raise TypeError(f"params[{name!r}] must be a numpy.ndarray (checkpoints hold host "
+                            f"arrays), got {type(a).__name__}")
         if _file_dtype(a) is None:
             raise TypeError(f"params[{name!r}] has dtype {a.dtype}; checkpoints hold float16/32/64 "
                             "and integer arrays")

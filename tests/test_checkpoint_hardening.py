@@ -4,6 +4,7 @@ and the file operations behave as open() would (symlinks, umask, long names,
 bytes paths), leaving no temporary files behind for long."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import stat
@@ -404,6 +405,31 @@ def test_optimizer_in_another_order_than_saved_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="trained params"):
         fastopt.load(tmp_path / "c", again, swapped)
     assert swapped.state == {} and not again[0].any()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda")
+def test_gpu_arrays_are_refused_clearly(tmp_path):
+    """Under the CUDA simulator (chosen before numba.cuda is imported, so in a
+    subprocess): GPU params, or an optimizer of GPU params, are refused."""
+    code = f"""if True:
+        import os, numpy as np, fastopt
+        flat = fastopt.FlatParams({{"w": 4}}, device="cuda")
+        opt = fastopt.SGD(flat, lr=0.1)
+        for args, error, words in [((flat,), TypeError, "host arrays"),
+                                   (([np.zeros(4)], opt), ValueError, "host arrays only")]:
+            try:
+                fastopt.save({str(tmp_path / "c")!r}, *args)
+            except error as e:
+                assert words in str(e), e
+            else:
+                raise AssertionError("saved")
+        assert os.listdir({str(tmp_path)!r}) == []
+        print("ok")
+    """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.stdout.strip() == "ok", result.stdout + result.stderr[-3000:]
 
 
 def test_flat_params_optimizer_must_use_that_buffer(tmp_path):
