@@ -12,11 +12,13 @@ Temporary files are named ``.<target>.<host>.<pid>.<random>.fastopt-tmp``
 (``<target>`` a hash of the file name, ``<host>`` of the host name and PID
 namespace): short whatever the length of the name. A save killed before its
 rename leaves one behind; the next ``save`` to the same path removes the
-leftovers whose writer is known to be dead (same host and PID namespace, no
-process with that PID) and those not modified for an hour (``_STALE_AGE_S``;
-for writers on other hosts). A live writer's file is never removed on the
-first ground; on the second, only one that wrote nothing for an hour, whose
-``save`` then fails with ``OSError`` and leaves ``path`` as it was.
+leftovers of writers on this host (and PID namespace) whose process no
+longer exists, and, where that cannot be known (another host, or no
+``os.kill(pid, 0)`` as on Windows), those not modified for an hour
+(``_STALE_AGE_S``). A writer on this host that is still running keeps its
+file, however long it takes; a writer elsewhere that wrote nothing for an
+hour loses it, and its ``save`` then fails with ``OSError``, leaving
+``path`` as it was.
 
 ``load(path, params, optimizer)`` reads the file twice: first it streams it
 through SHA-256 (a fixed 1 MiB buffer, nothing parsed) and compares the
@@ -323,15 +325,19 @@ def _host_tag():
 
 
 def _pid_alive(pid):
-    """False only when no process ``pid`` exists (here); True when unsure."""
-    if os.name != "posix" or pid == os.getpid():
-        return True  # (on Windows os.kill(pid, 0) would send a signal)
+    """Whether process ``pid`` (here) exists: True, False, or None if unknown."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return None  # (on Windows os.kill(pid, 0) would send a signal)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # another user's
     except (OSError, OverflowError):
-        return True  # exists but is another user's, or not a valid PID here
+        return None
     return True
 
 
@@ -350,8 +356,8 @@ def _remove_leftovers(folder, name):
             st = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            dead = m[2] == host and not _pid_alive(int(m[3]))
-            if dead or time.time() - st.st_mtime > _STALE_AGE_S:
+            alive = _pid_alive(int(m[3])) if m[2] == host else None
+            if alive is False or (alive is None and time.time() - st.st_mtime > _STALE_AGE_S):
                 os.unlink(entry.path)
         except OSError:
             pass  # gone already, or not ours to remove: the save goes on

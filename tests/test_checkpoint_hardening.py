@@ -533,10 +533,11 @@ def test_save_removes_only_stale_temporary_files_of_its_target(tmp_path):
     try:
         old = ckpt._STALE_AGE_S + 60
         removed = [leftover(tmp_path, "c.fo", dead_pid()),
-                   leftover(tmp_path, "c.fo", sleeper.pid, age=old),
+                   leftover(tmp_path, "c.fo", dead_pid(), age=old),
                    leftover(tmp_path, "c.fo", 12345, host="0" * 8, age=old)]
         kept = [leftover(tmp_path, "c.fo", sleeper.pid),        # a live writer
-                leftover(tmp_path, "c.fo", os.getpid()),        # another thread here
+                leftover(tmp_path, "c.fo", sleeper.pid, age=old),  # a slow live writer
+                leftover(tmp_path, "c.fo", os.getpid(), age=old),  # another thread here
                 leftover(tmp_path, "c.fo", dead_pid(), host="0" * 8),  # elsewhere, recent
                 leftover(tmp_path, "other.fo", dead_pid()),     # another target
                 "c.fo.1234.tmp", ".c.fo.fastopt-tmp"]           # not ours
