@@ -122,10 +122,15 @@ def test_trailing_garbage_refused(saved):
         fastopt.load(saved, params, opt)
 
 
+def with_adam(params):
+    return params, fastopt.Adam(list(params.values()))
+
+
 @pytest.mark.parametrize("change,match", [
     (lambda p, o: ({"w": p["w"]}, o), "params"),
-    (lambda p, o: ({"w": p["w"], "b": np.zeros(11, np.float32)}, o), "params"),
-    (lambda p, o: ({"w": p["w"], "b": np.zeros(10)}, o), "float64"),
+    (lambda p, o: with_adam({"w": p["w"], "b": np.zeros(11, np.float32)}), "params"),
+    (lambda p, o: with_adam({"w": p["w"], "b": np.zeros(10)}), "float64"),
+    (lambda p, o: ({"w": p["w"], "b": np.zeros(10)}, o), "not one of the given params"),
     (lambda p, o: (p, fastopt.SGD(list(p.values()))), "Adam state"),
 ])
 def test_mismatched_target_refused(saved, change, match):
@@ -168,5 +173,9 @@ def test_writer_killed_mid_save_leaves_a_whole_checkpoint(tmp_path):
         fastopt.load(path, target)
         version = target[0][0]
         assert version >= 1 and (target[0] == version).all()
-    leftovers = [n for n in os.listdir(tmp_path) if n != path.name]
-    assert all(n.endswith(".tmp") for n in leftovers)  # a killed writer's temporary file, never the target
+        # A killed writer leaves at most its own temporary file: each new writer's
+        # first save removed the one before.
+        leftovers = [n for n in os.listdir(tmp_path) if n != path.name]
+        assert len(leftovers) <= 1 and all(n.endswith(".fastopt-tmp") for n in leftovers)
+    fastopt.save(path, [np.zeros(3)])
+    assert os.listdir(tmp_path) == [path.name]
