@@ -30,32 +30,79 @@ update is launched on the parameter's stream and the call returns without
 waiting for it (README, "CUDA").
 """
 
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
 from . import _checks as C
+from . import _spec
 from . import _update as U
 
 __all__ = ["sgd", "adagrad", "adam", "adamw"]
 
+_checked: dict = {}  # (spec name, typed keyword values) -> checked hyperparameters
+# Hyperparameters of a class that a one-array call does not take: the caller
+# owns the state, so Adagrad's initial accumulator value is theirs to fill.
+_NOT_TAKEN = {"Adagrad": ("initial_accumulator_value",)}
 
-def _check_arrays(param, grad, states, target):
-    """Check ``param``, ``grad`` and the named state arrays (and ``target`` against
-    them); return ``(param, grad, {name: state})`` as the kernels take them."""
+
+def _hypers(spec: _spec.Spec, fn: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The call's hyperparameters, the spec's defaults filled in, checked (the
+    result of a check is remembered for values of the same types)."""
+    key = _spec.cache_key(given)
+    hit = None if key is None else _checked.get((spec.name, key))
+    if hit is not None:
+        return hit
+    names = spec.defaults
+    for name in given:
+        if name not in names or name in spec.pinned or name in _NOT_TAKEN.get(spec.name, ()):
+            raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}")
+    checked = spec.check({**names, **given})
+    if key is not None:
+        if len(_checked) > 1024:
+            _checked.clear()
+        _checked[(spec.name, key)] = checked
+    return checked
+
+
+def _signature(spec: _spec.Spec) -> Callable[[Callable], Callable]:
+    """Give a function taking ``**hyperparameters`` the spec's hyperparameters,
+    keyword-only with their defaults, in its signature."""
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        hypers = [p.replace(kind=p.KEYWORD_ONLY) for p in spec.parameters()
+                  if p.name not in _NOT_TAKEN.get(spec.name, ())]
+        split = next(k for k, p in enumerate(own)
+                     if p.kind is p.KEYWORD_ONLY and p.default is not p.empty)
+        fn.__signature__ = sig.replace(parameters=own[:split] + hypers + own[split:])
+        return fn
+    return decorate
+
+
+def _check_arrays(param, grad, states, target, grad_scale):
+    """Check ``param``, ``grad`` and the named state arrays (and ``target`` and
+    ``grad_scale`` against them); return ``(param, grad, {name: state},
+    inv_scale)``, the arrays as the kernels take them."""
+    C.check_target(target)
     param = C.check_param("param", param)
     if target is not None:
         C.check_target_matches(target, param, "param")
     states = {name: C.check_state(name, a, param, "param") for name, a in states}
     grad = C.check_grad("grad", grad, param, "param")
     C.check_no_overlap([("param", param), ("grad", grad), *states.items()])
-    return param, grad, states
+    return param, grad, states, C.check_grad_scale(grad_scale, (param.dtype,))
 
 
 def _skip(grad, inv_scale, check_finite, target):
     """Whether a step with ``check_finite`` must be skipped (a non-finite gradient)."""
-    return check_finite and U.any_nonfinite([grad], inv_scale, target)
+    return C.check_flag("check_finite", check_finite) and U.any_nonfinite([grad], inv_scale, target)
 
 
-def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-        weight_decay=0.0, nesterov=False, maximize=False, first_step=False, grad_scale=None,
-        check_finite=False, target=None):
+@_signature(_spec.SGD)
+def sgd(param, grad, momentum_buffer=None, *, first_step=False, grad_scale=None,
+        check_finite=False, target=None, **hyperparameters):
     r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
 
     .. math::
@@ -77,34 +124,25 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
         >>> p
         array([0.95, 0.95, 0.95])
     """
-    lr = C.check_real("lr", lr, low=0.0)
-    momentum = C.check_real("momentum", momentum, low=0.0)
-    dampening = C.check_real("dampening", dampening)
-    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
-    nesterov = C.check_flag("nesterov", nesterov)
-    maximize = C.check_flag("maximize", maximize)
+    h = _hypers(_spec.SGD, "sgd", hyperparameters)
     first_step = C.check_flag("first_step", first_step)
-    check_finite = C.check_flag("check_finite", check_finite)
-    C.check_target(target)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
     states = []
-    if momentum != 0:
+    if h["momentum"] != 0:
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
-    param, grad, states = _check_arrays(param, grad, states, target)
-    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
+    param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=lr,
-          momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-          maximize=maximize, first_step=first_step, target=target)
+    U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
+          momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
+          nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target)
     return True if check_finite else None
 
 
-def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-            eps=1e-10, maximize=False, grad_scale=None, check_finite=False, target=None):
+@_signature(_spec.ADAGRAD)
+def adagrad(param, grad, state_sum, *, step, grad_scale=None, check_finite=False, target=None,
+            **hyperparameters):
     r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
 
     .. math::
@@ -126,26 +164,41 @@ def adagrad(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay
         (array([0.5, 1.5]), array([1., 4.]))
     """
     step = C.check_step(step)
-    lr = C.check_real("lr", lr, low=0.0)
-    lr_decay = C.check_real("lr_decay", lr_decay, low=0.0)
-    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
-    eps = C.check_real("eps", eps, low=0.0)
-    maximize = C.check_flag("maximize", maximize)
-    check_finite = C.check_flag("check_finite", check_finite)
-    C.check_target(target)
-    param, grad, states = _check_arrays(param, grad, [("state_sum", state_sum)], target)
-    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
+    h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
+    param, grad, states, inv_scale = _check_arrays(param, grad, [("state_sum", state_sum)],
+                                                   target, grad_scale)
     if _skip(grad, inv_scale, check_finite, target):
         return False
-    U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step, lr=lr,
-              lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
-              target=target)
+    U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step,
+              lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
+              maximize=h["maximize"], target=target)
     return True if check_finite else None
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-         decoupled_weight_decay=False, grad_scale=None, check_finite=False, target=None):
+def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad_scale,
+          check_finite, target, hyperparameters):
+    step = C.check_step(step)
+    h = _hypers(spec, fn, hyperparameters)
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if h["amsgrad"]:
+        if max_exp_avg_sq is None:
+            raise ValueError("max_exp_avg_sq is required when amsgrad=True")
+        states.append(("max_exp_avg_sq", max_exp_avg_sq))
+    param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
+    if _skip(grad, inv_scale, check_finite, target):
+        return False
+    beta1, beta2 = h["betas"]
+    U.adam(p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
+           max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step,
+           lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
+           amsgrad=h["amsgrad"], maximize=h["maximize"],
+           decoupled_weight_decay=h["decoupled_weight_decay"], target=target)
+    return True if check_finite else None
+
+
+@_signature(_spec.ADAM)
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_scale=None,
+         check_finite=False, target=None, **hyperparameters):
     r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
 
     .. math::
@@ -171,41 +224,17 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
         >>> p.round(4)
         array([0.9, 1.1], dtype=float32)
     """
-    step = C.check_step(step)
-    lr = C.check_real("lr", lr, low=0.0)
-    beta1, beta2 = C.check_betas(betas)
-    eps = C.check_real("eps", eps, low=0.0)
-    weight_decay = C.check_real("weight_decay", weight_decay, low=0.0)
-    amsgrad = C.check_flag("amsgrad", amsgrad)
-    maximize = C.check_flag("maximize", maximize)
-    decoupled_weight_decay = C.check_flag("decoupled_weight_decay", decoupled_weight_decay)
-    check_finite = C.check_flag("check_finite", check_finite)
-    C.check_target(target)
-    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
-    if amsgrad:
-        if max_exp_avg_sq is None:
-            raise ValueError("max_exp_avg_sq is required when amsgrad=True")
-        states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    param, grad, states = _check_arrays(param, grad, states, target)
-    inv_scale = C.check_grad_scale(grad_scale, (param.dtype,))
-    if _skip(grad, inv_scale, check_finite, target):
-        return False
-    U.adam(p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
-           max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step, lr=lr,
-           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, target=target)
-    return True if check_finite else None
+    return _adam(_spec.ADAM, "adam", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
+                 grad_scale, check_finite, target, hyperparameters)
 
 
-def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-          betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-          grad_scale=None, check_finite=False, target=None):
+@_signature(_spec.ADAMW)
+def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_scale=None,
+          check_finite=False, target=None, **hyperparameters):
     r"""One AdamW step: :func:`adam` with decoupled weight decay (default 1e-2).
 
     The parameter is first scaled by :math:`1 - \eta\lambda`, then takes the
     Adam step without weight decay in the gradient (``torch.optim.AdamW``).
     """
-    return adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
-                eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                decoupled_weight_decay=True, grad_scale=grad_scale, check_finite=check_finite,
-                target=target)
+    return _adam(_spec.ADAMW, "adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
+                 grad_scale, check_finite, target, hyperparameters)
