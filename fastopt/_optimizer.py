@@ -50,7 +50,9 @@ class Optimizer:
         if "spec" in cls.__dict__:
             params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
             target = inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, default=None)
-            cls.__signature__ = inspect.Signature([params, *cls.spec.parameters(), target])
+            setattr(cls, "__signature__",
+                    inspect.Signature([params, *cls.spec.parameters(), target]))
+            cls.spec.document(cls)
 
     def __init__(self, params: Any, *args: Any, target: str | None = None, **hyperparameters: Any):
         """See the class's docstring; the hyperparameters are the spec's."""
@@ -87,6 +89,14 @@ class Optimizer:
             n = len(group["params"])
             self._hyper_cache.clear()
             self._group_added(group, len(self._plist.params) - n, self._plist.views[-n:])
+
+    def _new_state(self, p: Any, hyper: dict) -> dict[str, Any]:
+        """A parameter's state before its first step."""
+        raise NotImplementedError
+
+    def _update(self, p: Any, g: Any, inv_scale: float, state: dict, hyper: dict) -> None:
+        """One step of one parameter; everything is checked."""
+        raise NotImplementedError
 
     def _group_added(self, group: dict, first: int, views: list) -> None:
         """Hook run after a group is added; ``views`` are the group's parameters

@@ -62,7 +62,8 @@ class ParamList:
         """
         if not isinstance(groups, list):
             raise TypeError(f"param_groups must be a list, got {type(groups).__name__}")
-        lists, flat = [], {}
+        lists: list = []
+        flat: dict = {}
         for k, group in enumerate(groups):
             where = "the new parameter group" if k == new_group else f"param_groups[{k}]"
             lists.append(_group_params(where, group, defaults, flat))
@@ -222,7 +223,8 @@ def _shared_with(me: ParamList, views: list) -> str | None:
 
 def _caller_level() -> int:
     """The ``stacklevel`` that points a warning at the first frame outside fastopt."""
-    frame, level = sys._getframe(1), 1
+    frame: Any = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith("fastopt"):
         frame, level = frame.f_back, level + 1
     return level

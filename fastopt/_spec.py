@@ -9,6 +9,7 @@ The defaults and ranges are ``torch.optim``'s.
 from __future__ import annotations
 
 import inspect
+import textwrap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -45,7 +46,8 @@ class Spec:
     ``ValueError``); ``pinned`` are values a variant fixes (AdamW's decoupled
     decay), refused when a group sets them otherwise and kept when a state
     dict is loaded; ``state_keys`` are the arrays of a parameter's state and
-    ``has_step`` whether it counts steps.
+    ``has_step`` whether it counts steps. ``update_rule`` is the rule as
+    reStructuredText math, shown in the class's and the function's docstrings.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Spec:
     has_step: bool = True
     rules: Callable[[dict], None] | None = None
     pinned: Mapping[str, Any] = field(default_factory=dict)
+    update_rule: str = ""
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -82,6 +85,13 @@ class Spec:
         if defaults:
             raise ValueError(f"{self.name} has no hyperparameter(s) {sorted(defaults)}")
         return replace(self, name=name, hypers=hypers, pinned=dict(pinned or {}))
+
+    def document(self, obj: Any) -> Any:
+        """Put the update rule where ``obj``'s docstring says ``{update_rule}``."""
+        if obj.__doc__ and "{update_rule}" in obj.__doc__:
+            rule = textwrap.indent(self.update_rule.strip("\n"), "    ").lstrip()
+            obj.__doc__ = obj.__doc__.replace("{update_rule}", rule)
+        return obj
 
     def parameters(self) -> list[inspect.Parameter]:
         """The hyperparameters a caller may set, as signature parameters
@@ -124,7 +134,13 @@ SGD = Spec("SGD", (
     Hyper("weight_decay", 0),
     Hyper("nesterov", False, "flag"),
     Hyper("maximize", False, "flag", keyword_only=True),
-), state_keys=("momentum_buffer",), has_step=False, rules=_sgd_rules)
+), state_keys=("momentum_buffer",), has_step=False, rules=_sgd_rules, update_rule=r""".. math::
+
+    g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
+    b &\leftarrow g \ \text{(first step)}, \quad b \leftarrow \mu b + (1-\tau) g \ \text{(later)} \\
+    g &\leftarrow g + \mu b \ \text{(nesterov)}, \quad g \leftarrow b \ \text{(otherwise)} \\
+    p &\leftarrow p - \eta g
+""")
 
 ADAGRAD = Spec("Adagrad", (
     Hyper("lr", 1e-2),
@@ -133,7 +149,12 @@ ADAGRAD = Spec("Adagrad", (
     Hyper("initial_accumulator_value", 0),
     Hyper("eps", 1e-10),
     Hyper("maximize", False, "flag", keyword_only=True),
-), state_keys=("sum",))
+), state_keys=("sum",), update_rule=r""".. math::
+
+    g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
+    s &\leftarrow s + g^2 \\
+    p &\leftarrow p - \frac{\eta}{1 + (t-1)\,\delta}\,\frac{g}{\sqrt{s} + \epsilon}
+""")
 
 ADAM = Spec("Adam", (
     Hyper("lr", 1e-3),
@@ -143,7 +164,17 @@ ADAM = Spec("Adam", (
     Hyper("amsgrad", False, "flag"),
     Hyper("maximize", False, "flag", keyword_only=True),
     Hyper("decoupled_weight_decay", False, "flag", keyword_only=True),
-), state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+), state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), update_rule=r""".. math::
+
+    g &\leftarrow -g \ \text{if maximize} \\
+    p &\leftarrow p\,(1 - \eta\lambda) \ \text{(decoupled)}, \quad
+        g \leftarrow g + \lambda p \ \text{(otherwise; only if}\ \lambda \ne 0) \\
+    m &\leftarrow m + (1-\beta_1)(g - m), \qquad
+    v \leftarrow \beta_2 v + (1-\beta_2)\, g^2 \\
+    \hat v &\leftarrow \max(\hat v, v) \ \text{(amsgrad; then}\ \hat v \ \text{replaces}\ v) \\
+    p &\leftarrow p - \frac{\eta}{1-\beta_1^t}\,
+        \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+""")
 
 ADAMW = ADAM.variant("AdamW", pinned={"decoupled_weight_decay": True},
                      weight_decay=1e-2, decoupled_weight_decay=True)

@@ -68,7 +68,8 @@ def _hypers(spec: _spec.Spec, fn: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def _signature(spec: _spec.Spec) -> Callable[[Callable], Callable]:
     """Give a function taking ``**hyperparameters`` the spec's hyperparameters,
-    keyword-only with their defaults, in its signature."""
+    keyword-only with their defaults, in its signature, and the spec's update
+    rule in its docstring."""
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
         own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
@@ -76,8 +77,8 @@ def _signature(spec: _spec.Spec) -> Callable[[Callable], Callable]:
                   if p.name not in _NOT_TAKEN.get(spec.name, ())]
         split = next(k for k, p in enumerate(own)
                      if p.kind is p.KEYWORD_ONLY and p.default is not p.empty)
-        fn.__signature__ = sig.replace(parameters=own[:split] + hypers + own[split:])
-        return fn
+        setattr(fn, "__signature__", sig.replace(parameters=own[:split] + hypers + own[split:]))
+        return spec.document(fn)
     return decorate
 
 
@@ -105,12 +106,7 @@ def sgd(param, grad, momentum_buffer=None, *, first_step=False, grad_scale=None,
         check_finite=False, target=None, **hyperparameters):
     r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
 
-    .. math::
-
-        g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
-        b &\leftarrow g \ \text{(first step)}, \quad b \leftarrow \mu b + (1-\tau) g \ \text{(later)} \\
-        g &\leftarrow g + \mu b \ \text{(nesterov)}, \quad g \leftarrow b \ \text{(otherwise)} \\
-        p &\leftarrow p - \eta g
+    {update_rule}
 
     The momentum lines apply only when ``momentum`` (:math:`\mu`) is not 0;
     then ``momentum_buffer`` is required, and ``first_step=True`` fills it
@@ -145,11 +141,7 @@ def adagrad(param, grad, state_sum, *, step, grad_scale=None, check_finite=False
             **hyperparameters):
     r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
 
-    .. math::
-
-        g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
-        s &\leftarrow s + g^2 \\
-        p &\leftarrow p - \frac{\eta}{1 + (t-1)\,\delta}\,\frac{g}{\sqrt{s} + \epsilon}
+    {update_rule}
 
     ``step`` is :math:`t`, the 1-based number of this step; :math:`\delta` is
     ``lr_decay``. ``state_sum`` starts filled with the initial accumulator
@@ -201,16 +193,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_sc
          check_finite=False, target=None, **hyperparameters):
     r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
 
-    .. math::
-
-        g &\leftarrow -g \ \text{if maximize} \\
-        p &\leftarrow p\,(1 - \eta\lambda) \ \text{(decoupled)}, \quad
-            g \leftarrow g + \lambda p \ \text{(otherwise; only if}\ \lambda \ne 0) \\
-        m &\leftarrow m + (1-\beta_1)(g - m), \qquad
-        v \leftarrow \beta_2 v + (1-\beta_2)\, g^2 \\
-        \hat v &\leftarrow \max(\hat v, v) \ \text{(amsgrad; then}\ \hat v \ \text{replaces}\ v) \\
-        p &\leftarrow p - \frac{\eta}{1-\beta_1^t}\,
-            \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+    {update_rule}
 
     ``step`` is :math:`t`, the 1-based number of this step. ``exp_avg``,
     ``exp_avg_sq`` (and ``max_exp_avg_sq``, required with ``amsgrad``) start

@@ -33,11 +33,26 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, with optional momentum (``torch.optim.SGD``).
+    r"""Stochastic gradient descent, with optional momentum (``torch.optim.SGD``).
 
-    See :func:`fastopt.functional.sgd` for the update rule. The momentum
-    buffer is created on a parameter's first step (it is that step's
-    gradient); state ``{"momentum_buffer"}`` exists only with momentum.
+    {update_rule}
+
+    with learning rate :math:`\eta` (``lr``), momentum :math:`\mu`,
+    dampening :math:`\tau` and weight decay :math:`\lambda`; the momentum
+    lines apply only when ``momentum`` is not 0.
+
+    Parameters
+    ----------
+    params : list of arrays, list of parameter groups, or FlatParams
+        The arrays to update in place (see the module docstring).
+    lr, momentum, dampening, weight_decay, nesterov, maximize
+        torch's hyperparameters, with torch's defaults; ``nesterov`` needs
+        ``momentum > 0`` and ``dampening == 0``.
+    target : None, "serial", "parallel" or "cuda"
+        The kernel (None: chosen by where and how large each array is).
+
+    The momentum buffer is created on a parameter's first step (it is that
+    step's gradient); state ``{"momentum_buffer"}`` exists only with momentum.
 
     Example::
 
@@ -68,7 +83,20 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """Adagrad (``torch.optim.Adagrad``); see :func:`fastopt.functional.adagrad`.
+    r"""Adagrad (``torch.optim.Adagrad``).
+
+    {update_rule}
+
+    with :math:`t` the parameter's step count and :math:`\delta` ``lr_decay``.
+
+    Parameters
+    ----------
+    params : list of arrays, list of parameter groups, or FlatParams
+        The arrays to update in place (see the module docstring).
+    lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize
+        torch's hyperparameters, with torch's defaults.
+    target : None, "serial", "parallel" or "cuda"
+        The kernel (None: chosen by where and how large each array is).
 
     State ``{"step", "sum"}`` is created with the optimizer, ``sum`` filled
     with ``initial_accumulator_value``.
@@ -100,11 +128,25 @@ class Adagrad(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (``torch.optim.Adam``); see :func:`fastopt.functional.adam`.
+    r"""Adam (``torch.optim.Adam``).
 
-    ``decoupled_weight_decay=True`` makes it AdamW. State ``{"step",
-    "exp_avg", "exp_avg_sq"}`` (and ``"max_exp_avg_sq"`` with amsgrad) is
-    created, zero-filled, on a parameter's first step.
+    {update_rule}
+
+    with :math:`t` the parameter's step count, :math:`\eta` ``lr`` and
+    :math:`\lambda` ``weight_decay``.
+
+    Parameters
+    ----------
+    params : list of arrays, list of parameter groups, or FlatParams
+        The arrays to update in place (see the module docstring).
+    lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
+        torch's hyperparameters, with torch's defaults;
+        ``decoupled_weight_decay=True`` makes it AdamW.
+    target : None, "serial", "parallel" or "cuda"
+        The kernel (None: chosen by where and how large each array is).
+
+    State ``{"step", "exp_avg", "exp_avg_sq"}`` (and ``"max_exp_avg_sq"``
+    with amsgrad) is created, zero-filled, on a parameter's first step.
 
     Example::
 
@@ -143,9 +185,13 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay, default 1e-2.
+    r"""AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay, default 1e-2.
 
-    Each step first scales the parameter by ``1 - lr * weight_decay``.
+    {update_rule}
+
+    (the decoupled line: each step first scales the parameter by
+    :math:`1 - \eta\lambda`). Arguments as :class:`Adam`, without
+    ``decoupled_weight_decay``.
     ``decoupled_weight_decay`` is always True: a group that sets it False is
     refused, and a loaded state dict keeps it True (as torch's AdamW does),
     whatever the dict says.

@@ -2,13 +2,14 @@
 cache that falls back to no cache when numba cannot write one."""
 
 import warnings
+from typing import Any
 
 from numba import njit
 
 # error_model="numpy": no division-by-zero check that would block SIMD.
 # fastmath off: contraction or nnan/ninf would change results, and make them
 # depend on whether an element falls in a vector body or in the tail.
-RULE = dict(error_model="numpy", fastmath=False, boundscheck=False)
+RULE: dict[str, Any] = dict(error_model="numpy", fastmath=False, boundscheck=False)
 
 _warned = False
 
