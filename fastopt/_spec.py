@@ -97,8 +97,12 @@ class Spec:
         """The hyperparameters a caller may set, as signature parameters
         (positional-or-keyword, then keyword-only), with their defaults."""
         return [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY if h.keyword_only
-                                  else inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default)
+                                  else inspect.Parameter.POSITIONAL_OR_KEYWORD, default=h.default,
+                                  annotation=_ANNOTATIONS[h.kind])
                 for h in self.hypers if h.name not in self.pinned]
+
+
+_ANNOTATIONS = {"real": "float", "flag": "bool", "betas": "tuple[float, float]"}
 
 
 _CACHEABLE = (float, int, bool, str, type(None))

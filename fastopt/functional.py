@@ -41,6 +41,9 @@ from . import _update as U
 
 __all__ = ["sgd", "adagrad", "adam", "adamw"]
 
+# A NumPy array, or a GPU array (anything with ``__cuda_array_interface__``).
+Array = Any
+
 _checked: dict = {}  # (spec name, typed keyword values) -> checked hyperparameters
 # Hyperparameters of a class that a one-array call does not take: the caller
 # owns the state, so Adagrad's initial accumulator value is theirs to fill.
@@ -102,8 +105,9 @@ def _skip(grad, inv_scale, check_finite, target):
 
 
 @_signature(_spec.SGD)
-def sgd(param, grad, momentum_buffer=None, *, first_step=False, grad_scale=None,
-        check_finite=False, target=None, **hyperparameters):
+def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
+        first_step: bool = False, grad_scale: float | None = None, check_finite: bool = False,
+        target: str | None = None, **hyperparameters: Any) -> bool | None:
     r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
 
     {update_rule}
@@ -137,8 +141,9 @@ def sgd(param, grad, momentum_buffer=None, *, first_step=False, grad_scale=None,
 
 
 @_signature(_spec.ADAGRAD)
-def adagrad(param, grad, state_sum, *, step, grad_scale=None, check_finite=False, target=None,
-            **hyperparameters):
+def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
+            grad_scale: float | None = None, check_finite: bool = False, target: str | None = None,
+            **hyperparameters: Any) -> bool | None:
     r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
 
     {update_rule}
@@ -189,8 +194,10 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
 
 
 @_signature(_spec.ADAM)
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_scale=None,
-         check_finite=False, target=None, **hyperparameters):
+def adam(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
+         max_exp_avg_sq: Array | None = None, *, step: int, grad_scale: float | None = None,
+         check_finite: bool = False, target: str | None = None,
+         **hyperparameters: Any) -> bool | None:
     r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
 
     {update_rule}
@@ -212,8 +219,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_sc
 
 
 @_signature(_spec.ADAMW)
-def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, grad_scale=None,
-          check_finite=False, target=None, **hyperparameters):
+def adamw(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
+          max_exp_avg_sq: Array | None = None, *, step: int, grad_scale: float | None = None,
+          check_finite: bool = False, target: str | None = None,
+          **hyperparameters: Any) -> bool | None:
     r"""One AdamW step: :func:`adam` with decoupled weight decay (default 1e-2).
 
     The parameter is first scaled by :math:`1 - \eta\lambda`, then takes the
