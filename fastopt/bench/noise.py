@@ -72,10 +72,11 @@ def check_row(row, times=None, depends=None, roofline_key="roofline_pct"):
     depends = depends or {}
     if times:
         row["spread_pct"] = {name: round(100 * spread(ts), 1) for name, ts in times.items()}
-        for name, pct in row["spread_pct"].items():
-            if pct > 100 * SPREAD_LIMIT:
-                flag(row, "spread", f"{name}'s times varied by {pct:.0f}% between rounds "
-                                    f"(interquartile range over median)", *depends.get(name, ()))
+        noisy = {name: pct for name, pct in row["spread_pct"].items() if pct > 100 * SPREAD_LIMIT}
+        if noisy:
+            flag(row, "spread", "times varied between rounds (interquartile range over median): "
+                                + ", ".join(f"{name} {pct:.0f}%" for name, pct in noisy.items()),
+                 *[key for name in noisy for key in depends.get(name, ())])
     pct = row.get(roofline_key)
     if pct is not None and pct > ROOFLINE_TOLERANCE:
         flag(row, "roofline", f"{pct:.0f}% of roofline is impossible (the roofline is the same "
