@@ -17,8 +17,10 @@ from .noise import load
 from .plotting import plot
 from .reporting import noise_summary, report
 
-FULL_SIZES = (10_000, 1_000_000, 10_000_000)
-QUICK_SIZES = (10_000, 1_000_000)
+# 1e4 and 5e4 run the serial loop (below PARALLEL_THRESHOLD), so that a slow
+# serial loop shows in the table; 1e6 and 1e7 the parallel one.
+FULL_SIZES = (10_000, 50_000, 1_000_000, 10_000_000)
+QUICK_SIZES = (10_000, 50_000, 1_000_000)
 MANY = (2_000, 5_000)  # tensors, elements each
 QUICK_MANY = (400, 5_000)
 CUDA_SIZES = (10_000, 1_000_000, 10_000_000, 100_000_000)

@@ -27,7 +27,7 @@ def median_time(fn, repeats, min_seconds=0.0):
     return statistics.median(times)
 
 
-def calls_per_block(fn, seconds=0.02):
+def calls_per_block(fn, seconds=0.01):
     """How many calls of ``fn`` (already warm) take about ``seconds``: 3 to 1,000."""
     t0 = time.perf_counter()
     fn()
