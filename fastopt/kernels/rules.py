@@ -9,7 +9,7 @@ vectorise the CPU loops whatever the flags are, and lets every target share
 one statement of each rule.
 
 The order of floating-point operations follows ``torch.optim``'s
-single-tensor implementations (``shared/REFERENCE.md``), so float64 results
+single-tensor implementations (docs/update-rules.md), so float64 results
 agree with torch to rounding.
 
 Flags are booleans that are the same for every element; scalars already have
