@@ -131,9 +131,36 @@ def test_many_and_guards_are_checked_too():
                             "torch_ms": 4000.0, "speedup_torch": 800.0})
     guards = {"n": 10_000_000, "dtype": "float32", "plain_ms": 48.0, "check_finite_ms": 20.0,
               "check_finite_scaled_ms": 21.0, "check_finite_cost_pct": -58.0}
-    noise.flag(guards, "negative-cost", "faster than the plain step", "check_finite_cost_pct")
+    noise.check_guard_cost(guards)
     res = results([row()], many=many, guards=guards)
     text = report(res)
     assert "200%? of roofline" in text and "800.0x?" in text and "(-58%?)" in text
     assert sum("2,000 tensors of 5,000" in w for w in res["noise"]["warnings"]) == 2
     assert reporting.label(guards) in " ".join(res["noise"]["warnings"])
+
+
+@pytest.mark.parametrize("cost,plain_ms,doubted", [(18.0, 48.0, False), (-58.0, 48.0, True),
+                                                  (3790.0, 0.5, False), (3790.0, 2.0, True)])
+def test_guard_cost_must_be_what_one_more_read_can_cost(cost, plain_ms, doubted):
+    r = noise.check_guard_cost({"plain_ms": plain_ms, "check_finite_cost_pct": cost})
+    assert ("guard-cost" in r.get("flags", ())) == doubted
+
+
+def test_a_size_far_slower_than_its_neighbour_is_doubted():
+    # the threshold run's parallel column on a busy machine: 2x the work, 67x the time
+    th = _threshold([37.6, 36.4, 41.1, 39.6, 41.4, 50.2, 72.2, 119.8, 237.4, 15868.3, 11869.4])
+    flagged = noise.check_scaling(th, "parallel_us", lambda r: r["n"], floor=1000.0)
+    assert [r["n"] for r in flagged] == [524288]
+    assert "15868.3?" in format_table(th, reporting.THRESHOLD_COLUMNS)
+    # below the floor, per-call costs make small sizes cost the same: not doubted
+    assert noise.check_scaling(_threshold([30.0] * 11), "parallel_us", lambda r: r["n"],
+                               floor=1000.0) == []
+
+
+def test_table_rows_scale_with_their_size():
+    steady = [row("adam", 10_000, ms=0.014), row("adam", 1_000_000, ms=0.43),
+              row("adam", 10_000_000, ms=6.8)]
+    assert check_rows(steady) == []
+    held = [row("adam", 10_000, ms=0.014), row("adam", 1_000_000, ms=24.0),
+            row("adam", 10_000_000, ms=32.0)]
+    assert check_rows(held) == [held[1]] and "scaling" in held[1]["flags"]

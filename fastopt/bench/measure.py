@@ -13,7 +13,7 @@ import numpy as np
 from ..flat import FlatParams
 from ..optimizers import Adam
 from .cases import bytes_per_step, data, make_step, numpy_step, target_for
-from .noise import check_row, check_same_times, flag
+from .noise import check_guard_cost, check_row, check_same_times, check_scaling
 from .timing import interleaved, median_time, ratio
 
 
@@ -64,10 +64,16 @@ def measure(variant, n, dtype, rounds, numpy_repeats, torch=None):
 
 
 def check_rows(rows):
-    """The checks across rows: rows of different traffic with the same time (1 ms and up)."""
-    return check_same_times(rows, "fastopt_ms",
-                            lambda r: bytes_per_step(r["optimizer"], r["n"], r["dtype"]),
-                            floor=1.0, also=("gbps",))
+    """The checks across rows (1 ms and up): rows of different traffic with the same
+    time, and times out of step with the next size of the same optimizer and dtype."""
+    def moved(r):
+        return bytes_per_step(r["optimizer"], r["n"], r["dtype"])
+
+    flagged = check_same_times(rows, "fastopt_ms", moved, floor=1.0, also=("gbps",))
+    for key in {(r["optimizer"], r["dtype"]) for r in rows}:
+        group = [r for r in rows if (r["optimizer"], r["dtype"]) == key]
+        flagged += check_scaling(group, "fastopt_ms", moved, floor=1.0, also=("gbps",))
+    return list({id(r): r for r in flagged}.values())
 
 
 def measure_many(count, size, dtype, rounds, torch=None):
@@ -114,12 +120,7 @@ def measure_guards(n, dtype, rounds):
     check_row(out, times, {"plain": ("plain_ms", "check_finite_cost_pct"),
                            "checked": ("check_finite_ms", "check_finite_cost_pct"),
                            "scaled": ("check_finite_scaled_ms",)})
-    if out["check_finite_cost_pct"] < -10:
-        # check_finite adds a read of the gradient: it cannot make a step faster.
-        flag(out, "negative-cost", f"check_finite came out {-out['check_finite_cost_pct']:.0f}% "
-                                   "faster than the plain step, which it can't be",
-             "check_finite_cost_pct")
-    return out
+    return check_guard_cost(out)
 
 
 def threshold_sizes():
@@ -145,6 +146,7 @@ def measure_threshold(dtype, rounds):
                               {"serial": ("serial_us",), "parallel": ("parallel_us",)}))
     for key in ("serial_us", "parallel_us"):  # 1 ms and up: not the per-call cost
         check_same_times(rows, key, lambda r: r["n"], floor=1000.0)
+        check_scaling(rows, key, lambda r: r["n"], floor=1000.0)
     crossover = None
     for r in reversed(rows):
         if r["parallel_us"] >= r["serial_us"]:

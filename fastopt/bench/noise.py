@@ -13,6 +13,8 @@ report can say which figures not to trust:
   a ratio beyond what two implementations of the step can differ by
   (``RATIO_LIMITS``);
 - ``check_same_times``: rows of different work that took the same time;
+- ``check_scaling``: a row far slower (per unit of work) than its
+  neighbour in size;
 - ``busy``: the machine's load average against its cores.
 
 A row that fails a check gets ``flags`` (short names), ``warnings``
@@ -39,6 +41,9 @@ RATIO_LIMITS = {"speedup_torch": 20.0, "speedup_numpy": 100.0}
 # ``WORK_APART`` or more, at least ``SAME_TIME_ROWS`` of them, are timed by
 # something else than their work (the scheduler's time slices).
 SAME_TIME, WORK_APART, SAME_TIME_ROWS = 0.005, 1.5, 3
+# Between neighbouring sizes, the time per unit of work may change by this
+# factor at most (leaving the caches costs up to ~3x per element).
+SCALING_LIMIT = 4.0
 
 
 def spread(values):
@@ -117,6 +122,51 @@ def check_same_times(rows, time_key, work_of, floor, also=()):
             flagged += group
         i = j + 1
     return flagged
+
+
+def check_scaling(rows, time_key, work_of, floor, also=()):
+    """Flag rows whose time does not follow their work, against the next size up.
+
+    Between two rows of increasing work (``work_of``), the cost per unit of
+    work may change (caches, the per-call cost) but not by more than
+    ``SCALING_LIMIT`` either way: beyond that, the slower one was held up.
+    Only a time of at least ``floor`` is doubted. Returns the flagged rows.
+    """
+    ordered = sorted((r for r in rows if r.get(time_key)), key=work_of)
+    flagged = []
+    for a, b in zip(ordered, ordered[1:]):
+        works = work_of(b) / work_of(a)
+        per_work = b[time_key] / a[time_key] / works
+        change = f"{time_key} {a[time_key]:.4g} -> {b[time_key]:.4g} for {works:.3g}x the work"
+        if a in flagged:  # held up, and so out of step with both neighbours: said once
+            continue
+        if per_work > SCALING_LIMIT and b[time_key] >= floor:
+            slow = b
+            flag(b, "scaling", f"{change} from the size below: this row was held up",
+                 time_key, *also)
+        elif per_work < 1 / SCALING_LIMIT and a[time_key] >= floor:
+            slow = a
+            flag(a, "scaling", f"{change} at the size above: this row was held up",
+                 time_key, *also)
+        else:
+            continue
+        flagged.append(slow)
+    return flagged
+
+
+def check_guard_cost(row, key="check_finite_cost_pct"):
+    """Flag a ``check_finite`` cost no extra read of the gradient can have; return ``row``.
+
+    The check reads the gradient once more, which the step reads anyway: it
+    cannot make the step faster (beyond 10% of noise), nor, once the step
+    takes a millisecond or more (``plain_ms``; below, a second call's fixed
+    cost counts), cost as much again as the whole step.
+    """
+    cost = row[key]
+    if cost < -10 or (cost > 100 and row["plain_ms"] >= 1.0):
+        flag(row, "guard-cost", f"check_finite's cost of {cost:+.0f}% is outside what one more "
+                                "read of the gradient can cost (-10% to +100%)", key)
+    return row
 
 
 def load():
