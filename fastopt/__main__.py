@@ -7,7 +7,7 @@ import sys
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     commands = {"bench": "measure speed on this machine (see 'bench --help')",
-                "warmup": "compile every kernel into numba's on-disk cache"}
+                "warmup": "compile the CPU kernels into numba's on-disk cache"}
     if not argv or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="python -m fastopt")
         parser.add_argument("command", choices=list(commands),

@@ -1,4 +1,4 @@
-"""The oracle: plain-NumPy update rules written straight from the update rules (docs/update-rules.md).
+"""The oracle: plain-NumPy update rules written straight from docs/update-rules.md.
 
 Deliberately simple and independent of fastopt's code: whole-array
 expressions, one line per line of the reference, new arrays instead of

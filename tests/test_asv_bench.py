@@ -2,11 +2,13 @@
 
 The suite is run by asv, not by pytest (CI smoke-runs it with ``asv run
 --quick``); these checks are about its definitions: its NumPy baseline
-computes the same step as fastopt, its byte counts are PERF.md's, and its
-size settings parse.
+computes the same step as fastopt, its byte counts are those of
+docs/measuring.md, its size settings parse, and its serial-path benchmarks
+match the bench's serial rows.
 """
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,16 @@ def test_cuda_target_skips_without_a_gpu():
         common.require_target("cuda")
     with pytest.raises(NotImplementedError):
         common.Case("adam", "float32", 10, target="cuda")
+
+
+def test_serial_path_benchmarks_match_the_bench_rows(monkeypatch):
+    assert all(n in bench.FULL_SIZES and n in bench.QUICK_SIZES for n in common.SERIAL_SIZES)
+    monkeypatch.syspath_prepend(str(COMMON.parents[1]))
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from benchmarks.bench_bandwidth import SerialPath
+    params = ("adam", "float32", common.SERIAL_SIZES[0])
+    b = SerialPath()
+    b.setup(*params)
+    b.time_step(*params)
+    assert b.track_gbps(*params) > 0 and b.track_roofline_pct(*params) > 0

@@ -26,7 +26,7 @@ def test_numpy_baseline_is_a_correct_implementation(variant):
 
 
 def test_bytes_per_step_matches_perf_table():
-    # shared/PERF.md: f32 bytes per element 12, 20, 20, 28, 28, 36
+    # docs/measuring.md: f32 bytes per element 12, 20, 20, 28, 28, 36
     assert [bench.bytes_per_step(v, 1, np.float32) for v in bench.VARIANTS] == [12, 20, 20, 28, 28, 36]
 
 
@@ -35,11 +35,13 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert bench.main(["--sizes", "1000", "--optimizers", "sgd,adam", "--no-torch",
                        "--skip-many", "--no-progress", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "ms/step" in text and "% roofline" in text
+    assert "ms/step" in text and "% roofline" in text and "None" not in text
     results = json.loads(out.read_text())
     assert [r["optimizer"] for r in results["rows"]] == ["sgd", "adam"]
     for row in results["rows"]:
         assert row["fastopt_ms"] > 0 and row["roofline_ms"] > 0 and row["numpy_ms"] > 0
+        assert set(row["spread_pct"]) == {"fastopt", "roofline"}
+    assert set(results["noise"]) >= {"load_before", "load_after", "cores", "busy", "warnings"}
     assert results["startup"]["first_step_ms"] > 0
 
 
@@ -69,7 +71,16 @@ def test_torch_child_process_takes_turns():
 def test_interleaved_ratio():
     times = bench.interleaved({"a": lambda: None, "b": lambda: sum(range(2000))}, rounds=3)
     assert len(times["a"]) == len(times["b"]) == 3
-    assert bench._ratio(times, "b", "a") > 1
+    assert bench.ratio(times, "b", "a") > 1
+
+
+def test_interleaved_rotates_who_goes_first(monkeypatch):
+    from fastopt.bench import timing
+    seen = []
+    monkeypatch.setattr(timing, "block", lambda fn, calls: seen.append(fn()) or 1.0)
+    times = bench.interleaved({"a": lambda: "a", "b": lambda: "b", "c": lambda: "c"}, rounds=4)
+    assert "".join(seen) == "abc" "bca" "cab" "abc"
+    assert times == {"a": [1.0] * 4, "b": [1.0] * 4, "c": [1.0] * 4}
 
 
 def test_plot(tmp_path):

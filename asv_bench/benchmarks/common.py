@@ -48,6 +48,8 @@ def _sizes():
 
 
 SIZES = _sizes()
+# The sizes of `python -m fastopt bench`'s serial rows (below the parallel threshold).
+SERIAL_SIZES = [10_000, 50_000]
 DTYPES = ["float32", "float64"]
 # "cuda" runs where numba-cuda finds a GPU and skips elsewhere (require_target).
 TARGETS = ["serial", "parallel", "cuda"]
@@ -57,7 +59,7 @@ ADAGRAD_LR, ADAGRAD_EPS = 1e-2, 1e-10
 STEP = 10  # the step number passed to Adagrad/Adam in the functional API
 
 # name -> (optimizer class, class hyperparameters, arrays updated in place per step)
-# The last column is the traffic shape of shared/PERF.md: a step reads the
+# The last column is the traffic shape (docs/measuring.md): a step reads the
 # gradient and reads and writes each updated array.
 VARIANTS = {
     "sgd": (fastopt.SGD, dict(lr=LR), 1),
@@ -189,7 +191,7 @@ def numpy_step(variant, p, g, state, t):
 
 
 def roofline_step(updated, dtype, n, target):
-    """A no-argument callable: the same-traffic roofline kernel of shared/PERF.md."""
+    """A no-argument callable: the same-traffic roofline kernel (docs/measuring.md)."""
     if target == "cuda":
         return _cuda_roofline_step(updated, dtype, n)
     try:

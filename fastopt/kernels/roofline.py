@@ -3,7 +3,7 @@
 A fused optimizer step reads the gradient and ``k`` arrays (parameter and
 state) and writes those ``k`` arrays back. ``roofline(k, target)`` returns a
 kernel with exactly that traffic and almost no arithmetic, so its time is
-what the memory system allows (see shared/PERF.md). Not a STREAM triad: its
+what the memory system allows (see docs/measuring.md). Not a STREAM triad: its
 written array is not read first, which changes the byte count.
 """
 

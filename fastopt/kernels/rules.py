@@ -11,7 +11,11 @@ vectorise the CPU loops whatever the flags are, and lets every target share
 one statement of each rule.
 
 The order of floating-point operations follows ``torch.optim``'s
+<<<<<<< HEAD
 single-tensor implementations, so float64 results
+=======
+single-tensor implementations (docs/update-rules.md), so float64 results
+>>>>>>> bench12
 agree with torch to rounding.
 
 Flags are booleans that are the same for every element; scalars already have

@@ -1,0 +1,123 @@
+"""What the bench times: the optimizer variants, their traffic, and one step of each contender."""
+
+import numpy as np
+
+from .. import config
+from ..kernels.roofline import roofline
+from ..optimizers import SGD, Adagrad, Adam, AdamW
+
+# name -> (class, hyperparameters, arrays updated in place per step)
+VARIANTS = {
+    "sgd": (SGD, dict(lr=1e-3), 1),
+    "sgd-momentum": (SGD, dict(lr=1e-3, momentum=0.9), 2),
+    "adagrad": (Adagrad, dict(lr=1e-2), 2),
+    "adam": (Adam, dict(lr=1e-3), 3),
+    "adamw": (AdamW, dict(lr=1e-3), 3),
+    "adam-amsgrad": (Adam, dict(lr=1e-3, amsgrad=True), 4),
+}
+
+# torch.optim classes with a fused CUDA implementation, per variant.
+TORCH_FUSED = {"sgd": ("SGD", dict(lr=1e-3)), "sgd-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
+               "adam": ("Adam", dict(lr=1e-3)), "adamw": ("AdamW", dict(lr=1e-3)),
+               "adam-amsgrad": ("Adam", dict(lr=1e-3, amsgrad=True))}
+
+
+def bytes_per_step(variant, n, dtype):
+    """Bytes a fused step moves: the gradient read, each updated array read and written."""
+    updated = VARIANTS[variant][2]
+    return (1 + 2 * updated) * n * np.dtype(dtype).itemsize
+
+
+def numpy_step(variant, p, g, state, t):
+    """One step as plain NumPy code would write it (whole-array expressions)."""
+    lr = VARIANTS[variant][1]["lr"]
+    if variant == "sgd":
+        p -= lr * g
+    elif variant == "sgd-momentum":
+        if t == 1:
+            state["b"] = g.copy()
+        else:
+            state["b"] *= 0.9
+            state["b"] += g
+        p -= lr * state["b"]
+    elif variant == "adagrad":
+        s = state.setdefault("s", np.zeros_like(p))
+        s += g * g
+        p -= lr * g / (np.sqrt(s) + 1e-10)
+    else:
+        m = state.setdefault("m", np.zeros_like(p))
+        v = state.setdefault("v", np.zeros_like(p))
+        if variant == "adamw":
+            p *= 1 - lr * 1e-2
+        m += (1 - 0.9) * (g - m)
+        v *= 0.999
+        v += (1 - 0.999) * g * g
+        if variant == "adam-amsgrad":
+            vmax = state.setdefault("vmax", np.zeros_like(p))
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
+        p -= (lr / (1 - 0.9 ** t)) * m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** t) + 1e-8)
+
+
+def target_for(n):
+    """The CPU target fastopt picks for ``n`` elements."""
+    return "parallel" if n >= config.PARALLEL_THRESHOLD else "serial"
+
+
+def data(n, dtype, seed=0):
+    """``(p, g)``: a parameter of normal numbers and a gradient a thousand times smaller."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n).astype(dtype), (rng.standard_normal(n) * 1e-3).astype(dtype)
+
+
+def make_step(variant, n, dtype, device="cpu", kind="fastopt"):
+    """``(step, wait)``: ``step()`` runs one step, ``wait()`` returns when it has finished.
+
+    ``kind`` is "fastopt" (the optimizer class on one array of ``n``
+    elements), "roofline" (the same-traffic in-place kernel) or "torch"
+    (``torch.optim``'s fused CUDA implementation; ``device="cuda"`` only,
+    and ValueError for a variant torch has none for). On the CPU ``wait``
+    does nothing; on the GPU a step is only launched, and ``wait``
+    synchronises. Arrays are made here, so call it in a benchmark's setup.
+    """
+    cls, hp, updated = VARIANTS[variant]
+    p, g = data(n, dtype)
+    if device == "cpu":
+        if kind == "fastopt":
+            opt = cls([p], **hp)
+            return (lambda: opt.step([g])), _nothing
+        if kind == "roofline":
+            arrays = [np.zeros(n, dtype) for _ in range(updated)]
+            kernel, s = roofline(updated, target_for(n)), np.dtype(dtype).type(1e-9)
+            return (lambda: kernel(g, s, *arrays)), _nothing
+        raise ValueError(f"no {kind!r} step on the CPU")
+    if device != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if kind == "torch":
+        return _torch_cuda_step(variant, p, g)
+    from .. import _cuda
+    cuda = _cuda.cuda()
+    dp, dg = cuda.to_device(p), cuda.to_device(g)
+    if kind == "fastopt":
+        opt = cls([dp], **hp)
+        return (lambda: opt.step([dg])), cuda.synchronize
+    if kind == "roofline":
+        arrays = [_cuda.new(n, dtype, 0) for _ in range(updated)]
+        kernel, s = _cuda.kernels().ROOFLINE[updated], np.dtype(dtype).type(1e-9)
+        return (lambda: kernel(dg, s, *arrays)), cuda.synchronize
+    raise ValueError(f"kind must be 'fastopt', 'roofline' or 'torch', got {kind!r}")
+
+
+def _nothing():
+    pass
+
+
+def _torch_cuda_step(variant, p, g):
+    import torch
+    if variant not in TORCH_FUSED:
+        raise ValueError(f"torch has no fused CUDA {variant}")
+    name, hp = TORCH_FUSED[variant]
+    tp = torch.tensor(p, device="cuda")
+    tp.grad = torch.tensor(g, device="cuda")
+    opt = getattr(torch.optim, name)([tp], fused=True, **hp)
+    return opt.step, torch.cuda.synchronize

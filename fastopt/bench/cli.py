@@ -1,0 +1,175 @@
+"""``python -m fastopt bench``: the command line, and ``run``, which takes the measurements."""
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .. import config
+from .cases import VARIANTS
+from .children import TorchChild, measure_startup
+from .gpu import cuda_device, measure_cuda
+from .measure import check_rows, measure, measure_guards, measure_many, measure_threshold
+from .noise import load
+from .plotting import plot
+from .reporting import noise_summary, report
+
+# 1e4 and 5e4 run the serial loop (below PARALLEL_THRESHOLD), so that a slow
+# serial loop shows in the table; 1e6 and 1e7 the parallel one.
+FULL_SIZES = (10_000, 50_000, 1_000_000, 10_000_000)
+QUICK_SIZES = (10_000, 50_000, 1_000_000)
+MANY = (2_000, 5_000)  # tensors, elements each
+QUICK_MANY = (400, 5_000)
+CUDA_SIZES = (10_000, 1_000_000, 10_000_000, 100_000_000)
+
+
+def machine():
+    """What the figures were measured on: CPU, cores, threads, versions, the threshold."""
+    import numba
+    return {"processor": _cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "numba_threads": numba.get_num_threads(), "threading_layer": _threading_layer(),
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "parallel_threshold": config.PARALLEL_THRESHOLD}
+
+
+def _threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _progress(msg, enabled):
+    if enabled:
+        print(f"\r{msg}".ljust(70), end="", file=sys.stderr, flush=True)
+
+
+def _cuda_rows(args, dtypes, repeats, results, show):
+    gpu, why_not = cuda_device()
+    if gpu is None:
+        print(f"CUDA rows skipped: {why_not}", file=sys.stderr)
+        return
+    results["gpu"] = gpu
+    sizes = args.sizes or (QUICK_SIZES if args.quick else CUDA_SIZES)
+    jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+    for k, (variant, n, dtype) in enumerate(jobs, 1):
+        _progress(f"[{k}/{len(jobs)}] cuda {variant} n={n:.0e} {dtype}", show)
+        results["cuda_rows"].append(measure_cuda(variant, n, dtype, repeats))
+    check_rows(results["cuda_rows"])
+
+
+def _cpu_rows(args, dtypes, rounds, results, show):
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    numpy_repeats = 3 if args.quick else 5
+    import numba
+    torch = None if args.no_torch else TorchChild(numba.get_num_threads())
+    if torch:
+        results["torch_version"] = torch.version
+    try:
+        jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+        for k, (variant, n, dtype) in enumerate(jobs, 1):
+            _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
+            results["rows"].append(measure(variant, n, dtype, rounds, numpy_repeats, torch))
+        check_rows(results["rows"])
+        if not args.skip_many:
+            count, size = QUICK_MANY if args.quick else MANY
+            _progress(f"many tensors: {count} x {size}", show)
+            results["many"] = measure_many(count, size, "float32", rounds, torch)
+    finally:
+        if torch:
+            torch.close()
+    _progress("check_finite cost", show)
+    results["guards"] = measure_guards(max(sizes), dtypes[0], rounds)
+    if args.threshold:
+        _progress("serial/parallel threshold", show)
+        rows, crossover = measure_threshold(dtypes[0], rounds)
+        results["threshold"] = {"dtype": dtypes[0], "rows": rows, "crossover": crossover}
+    _progress("start-up in a fresh process", show)
+    results["startup"] = measure_startup()
+
+
+def run(args):
+    """Run the benchmarks that ``args`` ask for; return the results dict.
+
+    Its ``noise`` entry holds the load average before and after and every
+    warning of the noise checks (see ``fastopt.bench.noise``).
+    """
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    show = not args.no_progress
+    results = {"machine": None, "rows": [], "many": None, "guards": None, "startup": None,
+               "threshold": None, "gpu": None, "cuda_rows": [], "noise": {"load_before": load()}}
+    if args.device in ("cuda", "both"):
+        _cuda_rows(args, dtypes, 5 if args.quick else 15, results, show)
+    if args.device != "cuda":
+        _cpu_rows(args, dtypes, 3 if args.quick else 15, results, show)
+    if show:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+    results["noise"]["load_after"] = load()
+    results["machine"] = machine()
+    results["noise"] = noise_summary(results)
+    return results
+
+
+def parser():
+    """The argument parser of ``python -m fastopt bench``."""
+    p = argparse.ArgumentParser(prog="python -m fastopt bench",
+                                description="Measure fastopt's optimizer steps on this machine.")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (under a minute)")
+    p.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
+                   help="comma-separated element counts, e.g. 1e4,1e7")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
+    p.add_argument("--optimizers", type=lambda s: s.split(","), default=list(VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--device", choices=["cpu", "cuda", "both"], default="cpu",
+                   help="where to run: the CPU (default), the current GPU, or both")
+    p.add_argument("--cuda", action="store_const", dest="device", const="both",
+                   help="add the CUDA rows (same as --device both)")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
+    p.add_argument("--skip-many", action="store_true", help="skip the many-small-tensors case")
+    p.add_argument("--threshold", action="store_true",
+                   help="also measure where the parallel kernel starts to win")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout only)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot throughput against size (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return p
+
+
+def main(argv=None):
+    """Run ``python -m fastopt bench`` with ``argv``; return the exit status."""
+    p = parser()
+    args = p.parse_args(argv)
+    unknown = set(args.optimizers) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+    if args.sizes and min(args.sizes) < 1:
+        p.error("--sizes must be positive")
+    results = run(args)
+    if args.json != "-":
+        print(report(results))
+    if args.json:
+        blob = json.dumps(results, indent=2)
+        if args.json == "-":
+            print(blob)
+        else:
+            with open(args.json, "w") as f:
+                f.write(blob + "\n")
+    if args.plot and results["rows"]:
+        plot(results["rows"], args.plot)
+        if args.json != "-":
+            print(f"\nplot written to {args.plot}")
+    return 0
