@@ -15,10 +15,10 @@ rename leaves one behind; the next ``save`` to the same path removes the
 leftovers of writers on this host (and PID namespace) whose process no
 longer exists, and, where that cannot be known (another host, or no
 ``os.kill(pid, 0)`` as on Windows), those not modified for an hour
-(``_ckpt_files._STALE_AGE_S``). A writer on this host that is still running keeps its
-file, however long it takes; a writer elsewhere that wrote nothing for an
-hour loses it, and its ``save`` then fails with ``OSError``, leaving
-``path`` as it was.
+(``_ckpt_files._STALE_AGE_S``). A writer on this host that is still
+running keeps its file, however long it takes; a writer elsewhere that
+wrote nothing for an hour loses it, and its ``save`` then fails with
+``OSError``, leaving ``path`` as it was.
 
 ``load(path, params, optimizer)`` reads the file twice: first it streams it
 through SHA-256 (a fixed 1 MiB buffer, nothing parsed) and compares the
