@@ -7,6 +7,8 @@ named ``.<target>.<host>.<pid>.<random>.fastopt-tmp`` (:func:`_temp_name`),
 which lets :func:`_remove_leftovers` tell whose they are.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import re
@@ -14,6 +16,8 @@ import secrets
 import socket
 import stat
 import time
+from collections.abc import Callable
+from typing import BinaryIO
 
 _STALE_AGE_S = 3600     # a temporary file unmodified for this long is a leftover
 _TMP_SUFFIX = ".fastopt-tmp"
@@ -21,7 +25,7 @@ _TMP_NAME = re.compile(r"\.([0-9a-f]{16})\.([0-9a-f]{8})\.([0-9]{1,10})\.[0-9a-f
                        + re.escape(_TMP_SUFFIX) + r"\Z")
 
 
-def _replace_atomically(path, write):
+def _replace_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Replace the file ``path`` (a symbolic link's target) by what ``write(f)``
     writes to a binary file ``f``; on any error ``path`` is as it was."""
     target = os.path.realpath(path)  # a symbolic link stays, its target is replaced
@@ -53,18 +57,18 @@ def _replace_atomically(path, write):
     _fsync_folder(folder)
 
 
-def _target_tag(name):
+def _target_tag(name: str) -> str:
     """16 hex digits naming the file ``name`` in temporary names."""
     return hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
 
 
-def _temp_name(name, host, pid):
+def _temp_name(name: str, host: str, pid: int) -> str:
     """A new temporary name for a save to ``name`` by process ``pid`` on ``host``
     (``.<target>.<host>.<pid>.<random>.fastopt-tmp``, under 60 characters)."""
     return f".{_target_tag(name)}.{host}.{pid}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
 
 
-def _host_tag():
+def _host_tag() -> str:
     """8 hex digits naming this host and PID namespace (where PIDs mean the same)."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
@@ -74,7 +78,7 @@ def _host_tag():
     return hashlib.sha256(who).hexdigest()[:8]
 
 
-def _pid_alive(pid):
+def _pid_alive(pid: int) -> bool | None:
     """Whether process ``pid`` (here) exists: True, False, or None if unknown."""
     if pid == os.getpid():
         return True
@@ -91,7 +95,7 @@ def _pid_alive(pid):
     return True
 
 
-def _remove_leftovers(folder, name):
+def _remove_leftovers(folder: str, name: str) -> None:
     """Remove the temporary files of earlier saves to ``name`` whose writer is
     dead, or that nobody modified for ``_STALE_AGE_S`` (module docstring)."""
     tag, host = _target_tag(name), _host_tag()
@@ -113,7 +117,8 @@ def _remove_leftovers(folder, name):
             pass  # gone already, or not ours to remove: the save goes on
 
 
-def _fsync_folder(folder):
+def _fsync_folder(folder: str) -> None:
+    """Flush ``folder``'s entries (a rename) to disk, where the platform allows."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

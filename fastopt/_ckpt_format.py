@@ -16,12 +16,16 @@ and a 32-byte SHA-256 digest of everything before it. The header holds:
 Nothing here touches a file: ``_ckpt_io`` reads and writes these bytes.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import struct
 import sys
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 MAGIC = b"fastopt-ckpt-1\n\x00"
 _DIGEST = 32
@@ -34,25 +38,40 @@ _CODES = ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
 _FILE_DTYPES = frozenset(np.dtype("<" + c).str for c in _CODES)
 _READ_DTYPES = _FILE_DTYPES | frozenset(np.dtype(">" + c).str for c in _CODES)
 
+#: What a header says about one array: its shape and dtype.
+Spec: TypeAlias = "tuple[tuple[int, ...], np.dtype[Any]]"
+#: What ``save`` says about an optimizer: class name, parameter map, state dict.
+OptimizerEntry: TypeAlias = "tuple[str, list[list[int]], dict[str, Any]]"
+
 
 class CheckpointError(ValueError):
-    """The file is not a whole, intact fastopt checkpoint, or does not match."""
+    """The file is not a whole, intact fastopt checkpoint, or does not match.
+
+    Raised by :func:`fastopt.load` for a damaged, truncated, extended or
+    malformed file, a file that is not a regular file, and a checkpoint that
+    does not match the params or optimizer given; nothing has been changed
+    when it is raised. A subclass of ``ValueError``.
+    """
 
     __module__ = "fastopt.checkpoint"  # where it is documented and imported from
 
 
-def _file_dtype(a):
-    """The dtype ``a`` is stored as (little-endian), or None if it cannot be."""
-    dtype = a.dtype.newbyteorder("<")
-    return dtype if dtype.str in _FILE_DTYPES and not a.dtype.hasobject else None
+def _file_dtype(a: NDArray[Any]) -> np.dtype[Any]:
+    """The dtype ``a`` is stored as: its own, little-endian."""
+    return a.dtype.newbyteorder("<")
+
+
+def _storable(a: NDArray[Any]) -> bool:
+    """Whether a checkpoint can hold ``a``'s dtype."""
+    return _file_dtype(a).str in _FILE_DTYPES and not a.dtype.hasobject
 
 
 # --- the optimizer state ---------------------------------------------------------
 
-def _encode(value, arrays):
+def _encode(value: object, arrays: list[NDArray[Any]]) -> Any:
     """JSON-ready form of a state-dict value; arrays go to ``arrays``."""
     if isinstance(value, np.ndarray):
-        if _file_dtype(value) is None:
+        if not _storable(value):
             raise TypeError(f"cannot save an array of dtype {value.dtype} in a checkpoint")
         arrays.append(value)
         return {"__array__": len(arrays) - 1}
@@ -73,7 +92,8 @@ def _encode(value, arrays):
     raise TypeError(f"cannot save a value of type {type(value).__name__} in a checkpoint")
 
 
-def _decode(value, arrays, used, depth=0):
+def _decode(value: Any, arrays: list[NDArray[Any]], used: list[bool | None],
+            depth: int = 0) -> Any:
     """Inverse of :func:`_encode`, refusing anything it cannot have written:
     ``CheckpointError``. Marks each array referenced in ``used`` (once only)."""
     if depth > _MAX_DEPTH:
@@ -93,7 +113,7 @@ def _decode(value, arrays, used, depth=0):
     if tag == "__tuple__" and isinstance(inner, list):
         return tuple(_decode(v, arrays, used, depth + 1) for v in inner)
     if tag == "__dict__" and isinstance(inner, list):
-        out = {}
+        out: dict[Any, Any] = {}
         for item in inner:
             if not (isinstance(item, list) and len(item) == 2):
                 raise CheckpointError("bad dict entry in the optimizer state")
@@ -110,14 +130,15 @@ def _decode(value, arrays, used, depth=0):
 
 # --- the whole header ------------------------------------------------------------
 
-def _encode_header(kind, names, layout, arrays, optimizer):
+def _encode_header(kind: str, names: list[str], layout: list[list[Any]] | None,
+                   arrays: list[NDArray[Any]], optimizer: OptimizerEntry | None) -> bytes:
     """The JSON header, as bytes, of a checkpoint of the params ``names`` of ``kind``.
 
     ``layout`` is a FlatParams' ``[[name, shape]]`` (None for another kind),
     ``arrays`` the params' arrays, to which the optimizer state's are
     appended; ``optimizer`` is None or ``(class name, parameter map, state dict)``.
     """
-    header = {"params": {"kind": kind, "names": names}}
+    header: dict[str, Any] = {"params": {"kind": kind, "names": names}}
     if layout is not None:
         header["params"]["layout"] = layout
     if optimizer is not None:
@@ -127,17 +148,19 @@ def _encode_header(kind, names, layout, arrays, optimizer):
     return json.dumps(header).encode()
 
 
-def _need(condition, what):
+def _need(condition: object, what: str) -> None:
+    """Refuse a malformed header: ``CheckpointError`` saying ``what`` unless ``condition``."""
     if not condition:
         raise CheckpointError(f"malformed header: {what}")
 
 
-def _is_shape(x):
+def _is_shape(x: object) -> bool:
+    """Whether ``x`` is a shape as JSON gives it: a short list of non-negative ints."""
     return (isinstance(x, list) and len(x) <= 64
             and all(type(d) is int and 0 <= d <= sys.maxsize for d in x))
 
 
-def _check_header(header, data_size):
+def _check_header(header: Any, data_size: int) -> list[Spec]:
     """Check the structure of a parsed header: ``[(shape, dtype)]`` of its arrays."""
     _need(isinstance(header, dict), "not a JSON object")
     keys = set(header)
@@ -154,7 +177,8 @@ def _check_header(header, data_size):
                       for e in saved["layout"]), "bad FlatParams layout")
     table = header["arrays"]
     _need(isinstance(table, list) and len(table) >= len(saved["names"]), "bad array table")
-    specs, total = [], 0
+    specs: list[Spec] = []
+    total = 0
     for t in table:
         _need(isinstance(t, dict) and set(t) == {"dtype", "shape"} and isinstance(t["dtype"], str)
               and t["dtype"] in _READ_DTYPES

@@ -5,12 +5,17 @@
 anything, then parses, checks and reads it, hashing it again.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import stat
+from io import BufferedIOBase
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._ckpt_format import (_DIGEST, _LENGTH, _OVERHEAD, MAGIC, CheckpointError, _check_header,
                            _decode, _file_dtype)
@@ -18,7 +23,7 @@ from ._ckpt_format import (_DIGEST, _LENGTH, _OVERHEAD, MAGIC, CheckpointError, 
 _CHUNK = 1 << 20        # bytes hashed at a time by the verifying pass
 
 
-def _write_body(f, blob, arrays):
+def _write_body(f: BinaryIO, blob: bytes, arrays: list[NDArray[Any]]) -> None:
     """Write the header ``blob``, ``arrays`` and the digest to the binary file ``f``."""
     digest = hashlib.sha256()
     for chunk in (MAGIC, _LENGTH.pack(len(blob)), blob):
@@ -26,13 +31,13 @@ def _write_body(f, blob, arrays):
         digest.update(chunk)
     for a in arrays:
         # C order, little-endian; a copy only when ``a`` is not already so.
-        raw = np.ascontiguousarray(a, dtype=_file_dtype(a)).reshape(-1).view(np.uint8)
+        raw = np.ascontiguousarray(a, dtype=_file_dtype(a)).reshape(-1).view(np.uint8).data
         f.write(raw)
         digest.update(raw)
     f.write(digest.digest())
 
 
-def _read_into(f, buffer):
+def _read_into(f: BufferedIOBase, buffer: bytearray | memoryview) -> bool:
     """Fill ``buffer`` from ``f``; False if the file ends first."""
     view = memoryview(buffer).cast("B")
     while view:
@@ -43,7 +48,7 @@ def _read_into(f, buffer):
     return True
 
 
-def _take(f, n):
+def _take(f: BufferedIOBase, n: int) -> bytes:
     """``n`` bytes of ``f`` (after pass 1, a short read means the file changed)."""
     data = bytearray(n)
     if not _read_into(f, data):
@@ -51,7 +56,7 @@ def _take(f, n):
     return bytes(data)
 
 
-def _read(path):
+def _read(path: str) -> tuple[dict[str, Any], list[NDArray[Any]], Any]:
     """Verify the whole file, then read it: ``(header, arrays, optimizer state or None)``."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
@@ -101,7 +106,7 @@ def _read(path):
             specs = _check_header(header, size - _OVERHEAD - length)
             arrays = [np.empty(shape, dtype) for shape, dtype in specs]
             for a in arrays:
-                raw = a.reshape(-1).view(np.uint8)
+                raw = a.reshape(-1).view(np.uint8).data  # the bytes of a
                 if not _read_into(f, raw):
                     raise CheckpointError("the file changed while being read")
                 digest.update(raw)

@@ -51,102 +51,27 @@ arrays' raw little-endian C-order bytes, and a 32-byte SHA-256 digest of
 everything before it. Files written before the optimizer-parameter map was
 added load as before, without that check.
 
-This module checks the arguments; ``_ckpt_format`` holds the layout and the
-header's encoding and checks, ``_ckpt_io`` writes and verifies the bytes, and
-``_ckpt_files`` replaces the file atomically and removes leftovers.
+The parts: ``_ckpt_args`` checks the arguments, ``_ckpt_format`` holds the
+layout and the header's encoding and checks, ``_ckpt_io`` writes and
+verifies the bytes, and ``_ckpt_files`` replaces the file atomically and
+removes leftovers.
 """
 
-import os
+from __future__ import annotations
 
-import numpy as np
-
+from ._ckpt_args import (ParamsArg, PathArg, _check_arrays, _flat_layout, _fspath, _named_params,
+                         _optimizer_map)
 from ._ckpt_files import _replace_atomically
-from ._ckpt_format import MAGIC, CheckpointError, _encode_header, _file_dtype  # noqa: F401 (MAGIC)
+from ._ckpt_format import MAGIC  # noqa: F401 (the file's first bytes, importable from here as before)
+from ._ckpt_format import CheckpointError, OptimizerEntry, _encode_header, _file_dtype
 from ._ckpt_io import _read, _write_body
 from .flat import FlatParams
 from .optimizers import Optimizer
 
 __all__ = ["save", "load", "CheckpointError"]
 
-# --- arguments -----------------------------------------------------------------
 
-def _fspath(path):
-    """``path`` (str, bytes or os.PathLike) as a str."""
-    try:
-        path = os.fsdecode(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}") from None
-    if not path:
-        raise ValueError("path is empty")
-    return path
-
-
-def _named_params(params):
-    """``(kind, [(name, array)])`` for the forms ``params`` may take."""
-    if isinstance(params, FlatParams):
-        return "flat", [("data", params.data)]
-    if isinstance(params, np.ndarray):
-        return "array", [("0", params)]
-    if isinstance(params, dict):
-        return "dict", [(str(k), v) for k, v in params.items()]
-    if isinstance(params, (list, tuple)):
-        return "list", [(str(i), v) for i, v in enumerate(params)]
-    raise TypeError("params must be a list or dict of arrays, a FlatParams or an array, "
-                    f"got {type(params).__name__}")
-
-
-def _flat_layout(flat):
-    """A FlatParams' entries as the header stores them: ``[[name, shape]]``."""
-    return [[n, list(flat[n].shape)] for n in flat]
-
-
-def _check_arrays(named):
-    for name, a in named:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"params[{name!r}] must be a numpy.ndarray (checkpoints hold host "
-                            f"arrays), got {type(a).__name__}")
-        if _file_dtype(a) is None:
-            raise TypeError(f"params[{name!r}] has dtype {a.dtype}; checkpoints hold float16/32/64 "
-                            "and integer arrays")
-
-
-def _address(a):
-    return a.__array_interface__["data"][0]
-
-
-def _optimizer_map(optimizer, kind, named):
-    """Which params each of ``optimizer``'s parameters is: ``[[index, offset, size]]``
-    (``offset`` and ``size`` in elements); ValueError if one is none of them."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
-    found = []
-    for k, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
-        if not isinstance(p, np.ndarray):
-            raise ValueError(f"optimizer parameter {k} is a {type(p).__name__}, not a numpy.ndarray: "
-                             "checkpoints hold host arrays only")
-        where = None
-        for i, (_, a) in enumerate(named):
-            if p.dtype != a.dtype:
-                continue
-            if (_address(p), p.shape, p.strides) == (_address(a), a.shape, a.strides):
-                where = [i, 0, a.size]
-                break
-            start = _address(p) - _address(a)
-            if (kind == "flat" and p.ndim == 1 and p.flags.c_contiguous and 0 <= start
-                    and start + p.nbytes <= a.nbytes and start % a.itemsize == 0):
-                where = [i, start // a.itemsize, p.size]
-                break
-        if where is None:
-            raise ValueError(f"optimizer parameter {k} ({p.dtype}{list(p.shape)}) is not one of the "
-                             "given params" + (" nor a segment of its buffer" if kind == "flat" else "")
-                             + ": the optimizer does not train these params")
-        found.append(where)
-    return found
-
-
-# --- saving and loading -------------------------------------------------------------
-
-def save(path, params, optimizer=None):
+def save(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -> None:
     """Write ``params`` (and ``optimizer``'s state) to ``path`` atomically.
 
     Parameters
@@ -154,23 +79,33 @@ def save(path, params, optimizer=None):
     path : str, bytes or os.PathLike
         The file to write (replaced whole; a symbolic link's target is).
     params : list, tuple or dict of numpy.ndarray, FlatParams or numpy.ndarray
+        The arrays to save, of any shape, of dtype float16/32/64 or a signed
+        or unsigned integer. A dict's keys are saved as strings.
     optimizer : fastopt.Optimizer, optional
-        An optimizer whose parameters are among ``params``.
+        An optimizer whose parameters are among ``params`` (or, for a
+        FlatParams, its buffer or segments of it); its ``state_dict()`` is
+        saved with them.
 
     Raises
     ------
     TypeError, ValueError
         Bad arguments, an optimizer that does not train ``params``; nothing
         is written.
+    IsADirectoryError
+        ``path`` names a folder.
     OSError
         The file could not be written; ``path`` is as it was.
+
+    See Also
+    --------
+    load : read the file back into arrays and an optimizer.
     """
     path = _fspath(path)
     kind, named = _named_params(params)
     _check_arrays(named)
-    layout = _flat_layout(params) if kind == "flat" else None
+    layout = _flat_layout(params) if isinstance(params, FlatParams) else None
     arrays = [a for _, a in named]
-    entry = None
+    entry: OptimizerEntry | None = None
     if optimizer is not None:
         found = _optimizer_map(optimizer, kind, named)
         entry = (type(optimizer).__name__, found, optimizer.state_dict())
@@ -178,7 +113,7 @@ def save(path, params, optimizer=None):
     _replace_atomically(path, lambda f: _write_body(f, blob, arrays))
 
 
-def load(path, params, optimizer=None):
+def load(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -> None:
     """Load a checkpoint written by :func:`save` into ``params`` (and ``optimizer``).
 
     The file is verified whole, and checked against ``params`` and the
@@ -187,8 +122,10 @@ def load(path, params, optimizer=None):
     Parameters
     ----------
     path : str, bytes or os.PathLike
+        A file written by :func:`save`.
     params : list, tuple or dict of numpy.ndarray, FlatParams or numpy.ndarray
-        Arrays of the saved shapes and dtypes, overwritten with the saved values.
+        Of the form saved (same names), arrays of the saved shapes and dtypes
+        (either byte order), writeable; overwritten with the saved values.
     optimizer : fastopt.Optimizer, optional
         An optimizer of the saved class whose parameters are among ``params``
         (as they were when saved); its state is replaced by the saved one.
@@ -198,7 +135,30 @@ def load(path, params, optimizer=None):
     CheckpointError
         The file is damaged or malformed, or does not match the arguments.
     TypeError, ValueError
-        Bad arguments, an optimizer that does not train ``params``.
+        Bad arguments, an optimizer that does not train ``params``, a
+        read-only array.
+    OSError
+        The file is missing or cannot be read (as ``open()`` would raise).
+
+    See Also
+    --------
+    save : write such a file.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastopt
+    >>> w = np.ones(3, np.float32)
+    >>> opt = fastopt.SGD([w], lr=0.1, momentum=0.9)
+    >>> opt.step([np.ones(3, np.float32)])
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "run.ckpt")
+    >>> fastopt.save(path, [w], opt)
+    >>> w2 = np.zeros(3, np.float32)
+    >>> opt2 = fastopt.SGD([w2], lr=0.1, momentum=0.9)
+    >>> fastopt.load(path, [w2], opt2)
+    >>> w2
+    array([0.9, 0.9, 0.9], dtype=float32)
+    >>> folder.cleanup()
     """
     path = _fspath(path)
     kind, named = _named_params(params)
@@ -209,7 +169,7 @@ def load(path, params, optimizer=None):
     if saved["kind"] != kind or saved["names"] != [n for n, _ in named]:
         raise CheckpointError(f"{path}: holds params {saved['kind']} {saved['names']}, "
                               f"but {kind} {[n for n, _ in named]} were given")
-    if kind == "flat" and saved["layout"] != _flat_layout(params):
+    if isinstance(params, FlatParams) and saved["layout"] != _flat_layout(params):
         raise CheckpointError(f"{path}: the FlatParams layout differs from the saved one")
     for (name, a), src in zip(named, arrays):
         if a.shape != src.shape or _file_dtype(a) != _file_dtype(src):
