@@ -23,64 +23,53 @@ device arrays; wrap a view for a framework without copying, e.g.
 steps them with the CUDA kernels.
 """
 
-from collections.abc import Mapping
-from math import prod
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast, get_args
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _checks as C
 from . import _dispatch
+from ._flat_layout import Array, ShapeLike, Views, lay_out
+
+if TYPE_CHECKING:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
 __all__ = ["FlatParams", "FlatSegment"]
 
-DEVICES = ("cpu", "cuda")
-
-
-class _Views(Mapping):
-    """Read-only name -> view mapping over one buffer."""
-
-    def __init__(self, buffer, layout):
-        self._buffer, self._layout = buffer, layout
-
-    def __getitem__(self, name):
-        start, stop, shape = self._layout[name]
-        return self._buffer[start:stop].reshape(shape)
-
-    def __iter__(self):
-        return iter(self._layout)
-
-    def __len__(self):
-        return len(self._layout)
-
-    def __repr__(self):
-        return f"<views of {len(self)} arrays: {', '.join(self._layout)}>"
+#: Where a FlatParams' buffers live.
+Device: TypeAlias = Literal["cpu", "cuda"]
+DEVICES: tuple[Device, ...] = get_args(Device)
 
 
 class FlatSegment:
     """A contiguous run of a FlatParams' entries, to put in a parameter group.
 
-    ``data`` and ``grad_data`` are 1-D views of the parameter and gradient
-    buffers; an optimizer treats the segment as one parameter whose gradient
-    is ``grad_data``.
-    """
-
-    def __init__(self, data, grad_data, names):
-        self.data, self.grad_data, self.names = data, grad_data, tuple(names)
-
-    def __repr__(self):
-        return f"FlatSegment({', '.join(self.names)}; {self.data.size} elements)"
-
-
-class FlatParams(Mapping):
-    """Named parameters stored as views of one C-contiguous 1-D buffer.
+    Made by :meth:`FlatParams.segment`; an optimizer treats it as one
+    parameter whose gradient is ``grad_data``.
 
     Parameters
     ----------
-    shapes : mapping of name -> shape (an int or a tuple)
-        The entries, laid out in this order.
-    dtype : float32 (default) or float64
-    device : "cpu" (default: NumPy arrays) or "cuda" (numba device arrays on
-        the current GPU; needs ``fastopt[cuda]``)
+    data, grad_data : numpy.ndarray or numba device array
+        1-D views of the parameter and gradient buffers spanning the entries
+        (kept as attributes of the same names).
+    names : iterable of str
+        The entries, in layout order (kept as the tuple ``names``).
+    """
+
+    def __init__(self, data: Array, grad_data: Array, names: Iterable[str]) -> None:
+        self.data, self.grad_data = data, grad_data
+        self.names: tuple[str, ...] = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"FlatSegment({', '.join(self.names)}; {self.data.size} elements)"
+
+
+class FlatParams(Mapping[str, "Array"]):
+    """Named parameters stored as views of one C-contiguous 1-D buffer.
 
     ``flat[name]`` is the parameter's view into ``flat.data``, and
     ``flat.grad[name]`` its gradient's view into ``flat.grad_data`` (both
@@ -89,20 +78,45 @@ class FlatParams(Mapping):
     segments, in groups) to an optimizer, then call ``opt.step()`` with no
     argument.
 
-    Example::
+    Parameters
+    ----------
+    shapes : mapping of str to int or tuple of int
+        The entries' names and shapes, laid out in this order.
+    dtype : numpy.float32 (default) or numpy.float64
+        The buffers' dtype.
+    device : {"cpu", "cuda"}
+        "cpu" (default): NumPy arrays; "cuda": numba device arrays on the
+        current GPU (needs ``fastopt[cuda]``).
 
-        >>> import numpy as np, fastopt
-        >>> flat = fastopt.FlatParams({"w": (2, 3), "b": 3})
-        >>> flat.data.shape, flat["w"].shape
-        ((9,), (2, 3))
-        >>> flat.grad["b"][:] = 1.0
-        >>> opt = fastopt.SGD(flat, lr=0.5)
-        >>> opt.step()
-        >>> flat["b"]
-        array([-0.5, -0.5, -0.5], dtype=float32)
+    Attributes
+    ----------
+    data, grad_data : numpy.ndarray or numba device array
+        The 1-D parameter and gradient buffers.
+    grad : mapping of str to array
+        Each entry's view into ``grad_data``.
+    device : {"cpu", "cuda"}
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad name, shape, dtype or device (the message names it), or an
+        empty ``shapes``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt
+    >>> flat = fastopt.FlatParams({"w": (2, 3), "b": 3})
+    >>> flat.data.shape, flat["w"].shape
+    ((9,), (2, 3))
+    >>> flat.grad["b"][:] = 1.0
+    >>> opt = fastopt.SGD(flat, lr=0.5)
+    >>> opt.step()
+    >>> flat["b"]
+    array([-0.5, -0.5, -0.5], dtype=float32)
     """
 
-    def __init__(self, shapes, dtype=np.float32, device="cpu"):
+    def __init__(self, shapes: Mapping[str, ShapeLike], dtype: DTypeLike = np.float32,
+                 device: Device = "cpu") -> None:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(shapes, Mapping):
@@ -110,30 +124,32 @@ class FlatParams(Mapping):
         dtype = np.dtype(dtype)
         if dtype not in C.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        layout, offset = {}, 0
-        for name, shape in shapes.items():
-            if not isinstance(name, str):
-                raise TypeError(f"names must be strings, got {name!r}")
-            shape = _shape(name, shape)
-            size = prod(shape)
-            layout[name] = (offset, offset + size, shape)
-            offset += size
-        if not layout:
-            raise ValueError("shapes is empty")
+        layout, offset = lay_out(shapes)
         self._layout = layout
-        self.device = device
-        self.data = _dispatch.new(offset, dtype, device, value=0)
-        self.grad_data = _dispatch.new(offset, dtype, device, value=0)
-        self.grad = _Views(self.grad_data, layout)
-        self._views = _Views(self.data, layout)
+        self.device: Device = device
+        self.data: Array = _dispatch.new(offset, dtype, device, value=0)
+        self.grad_data: Array = _dispatch.new(offset, dtype, device, value=0)
+        self.grad: Mapping[str, Array] = Views(self.grad_data, layout)
+        self._views = Views(self.data, layout)
 
     @classmethod
-    def from_arrays(cls, arrays, dtype=None, device="cpu"):
-        """A FlatParams on ``device`` holding copies of ``arrays`` (a mapping of name -> array).
+    def from_arrays(cls, arrays: Mapping[str, Any], dtype: DTypeLike | None = None,
+                    device: Device = "cpu") -> FlatParams:
+        """A FlatParams on ``device`` holding copies of ``arrays``.
 
-        The arrays may be NumPy or GPU arrays (GPU ones are copied through the
-        host). ``dtype`` defaults to the arrays' common float dtype (float32
-        when there is none).
+        Parameters
+        ----------
+        arrays : mapping of str to array
+            The entries, in layout order: NumPy or GPU arrays (GPU ones are
+            copied through the host), or array-likes.
+        dtype : numpy.float32 or numpy.float64, optional
+            Default: the arrays' common float dtype (float32 if there is none).
+        device : {"cpu", "cuda"}
+
+        Returns
+        -------
+        FlatParams
+            Its values the arrays' (cast to ``dtype``), its gradients zero.
         """
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays must be a mapping of name -> array, got {type(arrays).__name__}")
@@ -148,24 +164,43 @@ class FlatParams(Mapping):
                 flat[name][...] = a
         else:
             host = np.concatenate([np.asarray(a, flat.dtype).ravel() for a in arrays.values()])
-            flat.data.copy_to_device(host)
+            cast("DeviceNDArray", flat.data).copy_to_device(host)
         return flat
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Array:
         return self._views[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._layout)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._layout)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any]:
+        """The buffers' dtype (float32 or float64)."""
         return self.data.dtype
 
-    def segment(self, *names):
-        """The contiguous part of the buffers holding ``names`` (adjacent entries)."""
+    def segment(self, *names: str) -> FlatSegment:
+        """The contiguous part of the buffers holding ``names``, for a parameter group.
+
+        Parameters
+        ----------
+        *names : str
+            Entries adjacent in the layout (in any order).
+
+        Returns
+        -------
+        FlatSegment
+            Views of both buffers spanning exactly those entries.
+
+        Raises
+        ------
+        KeyError
+            An unknown name.
+        ValueError
+            No name, a name given twice, or entries that are not adjacent.
+        """
         if not names:
             raise ValueError("segment needs at least one name")
         for name in names:
@@ -183,25 +218,12 @@ class FlatParams(Mapping):
         ordered = [n for n in self._layout if n in set(names)]
         return FlatSegment(self.data[start:stop], self.grad_data[start:stop], ordered)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero."""
         _dispatch.fill(self.grad_data, 0)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         entries = ", ".join(f"{n}: {s}" for n, (_, _, s) in self._layout.items())
         where = "" if self.device == "cpu" else f", device={self.device!r}"
         return f"FlatParams({{{entries}}}, dtype={self.dtype}{where})"
 
-
-def _shape(name, shape):
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    try:
-        if isinstance(shape, str) or not all(isinstance(d, (int, np.integer)) for d in shape):
-            raise TypeError
-        shape = tuple(int(d) for d in shape)
-    except TypeError:
-        raise TypeError(f"shape of {name!r} must be an int or a tuple of ints, got {shape!r}") from None
-    if any(d < 0 for d in shape):
-        raise ValueError(f"shape of {name!r} has a negative dimension: {shape}")
-    return shape

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import fastopt
 from fastopt import CheckpointError
+from fastopt import _ckpt_files, _ckpt_format, _ckpt_io
 from fastopt import checkpoint as ckpt
 
 HEAD = len(ckpt.MAGIC) + 8
@@ -202,7 +203,7 @@ def nested(depth):
     lambda h: h["optimizer"].update(state_dict={"__dict__": [[1, 2, 3]]}),
     lambda h: h["optimizer"].update(state_dict={"__set__": []}),
     lambda h: h["optimizer"].update(state_dict={"__tuple__": [], "__dict__": []}),
-    lambda h: h["optimizer"].update(state_dict=nested(ckpt._MAX_DEPTH + 5)),
+    lambda h: h["optimizer"].update(state_dict=nested(_ckpt_format._MAX_DEPTH + 5)),
     lambda h: h["optimizer"]["state_dict"]["__dict__"][0][1]["__dict__"][0][1]["__dict__"][0].__setitem__(1, float("inf")),
     lambda h: h["optimizer"]["state_dict"]["__dict__"][0][1]["__dict__"][0][1]["__dict__"][0].__setitem__(1, "x"),
     lambda h: h["optimizer"]["state_dict"]["__dict__"][0][1]["__dict__"].pop(),
@@ -335,7 +336,7 @@ def test_any_changed_inserted_or_removed_byte_is_refused(saved, pristine, data):
 def test_file_changed_between_the_two_reads_is_refused(tmp_path, monkeypatch):
     saved = tmp_path / "c"
     fastopt.save(saved, [np.zeros(100_000)])  # more than the reader's buffer
-    check = ckpt._check_header
+    check = _ckpt_io._check_header
 
     def and_change_the_file(header, size):
         with open(saved, "r+b") as f:
@@ -343,7 +344,7 @@ def test_file_changed_between_the_two_reads_is_refused(tmp_path, monkeypatch):
             f.write(b"\x01")
         return check(header, size)
 
-    monkeypatch.setattr(ckpt, "_check_header", and_change_the_file)
+    monkeypatch.setattr(_ckpt_io, "_check_header", and_change_the_file)
     with pytest.raises(CheckpointError, match="changed while being read"):
         fastopt.load(saved, [np.ones(100_000)])
 
@@ -521,7 +522,7 @@ def dead_pid():
 
 
 def leftover(folder, name, pid, host=None, age=0.0):
-    path = folder / ckpt._temp_name(name, host or ckpt._host_tag(), pid)
+    path = folder / _ckpt_files._temp_name(name, host or _ckpt_files._host_tag(), pid)
     path.write_bytes(b"partial")
     if age:
         os.utime(path, (time.time() - age, time.time() - age))
@@ -531,7 +532,7 @@ def leftover(folder, name, pid, host=None, age=0.0):
 def test_save_removes_only_stale_temporary_files_of_its_target(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        old = ckpt._STALE_AGE_S + 60
+        old = _ckpt_files._STALE_AGE_S + 60
         removed = [leftover(tmp_path, "c.fo", dead_pid()),
                    leftover(tmp_path, "c.fo", dead_pid(), age=old),
                    leftover(tmp_path, "c.fo", 12345, host="0" * 8, age=old)]
@@ -543,7 +544,7 @@ def test_save_removes_only_stale_temporary_files_of_its_target(tmp_path):
                 "c.fo.1234.tmp", ".c.fo.fastopt-tmp"]           # not ours
         for name in kept[-2:]:
             (tmp_path / name).write_bytes(b"x")
-        (tmp_path / ckpt._temp_name("c.fo", ckpt._host_tag(), dead_pid())).mkdir()
+        (tmp_path / _ckpt_files._temp_name("c.fo", _ckpt_files._host_tag(), dead_pid())).mkdir()
         fastopt.save(tmp_path / "c.fo", [np.zeros(3)])
     finally:
         sleeper.kill()
@@ -555,5 +556,5 @@ def test_save_removes_only_stale_temporary_files_of_its_target(tmp_path):
 
 def test_temporary_names_are_short_and_recognised(tmp_path):
     for name in ("c" * 255, "x", "\u00e9" * 127):
-        tmp = ckpt._temp_name(name, ckpt._host_tag(), 4_194_304)
-        assert len(tmp) < 60 and ckpt._TMP_NAME.match(tmp)
+        tmp = _ckpt_files._temp_name(name, _ckpt_files._host_tag(), 4_194_304)
+        assert len(tmp) < 60 and _ckpt_files._TMP_NAME.match(tmp)
