@@ -75,7 +75,7 @@ def check_grad_scale(grad_scale, dtypes=()):
     inv = 1.0 / scale
     for dtype in dtypes:
         info = np.finfo(dtype)
-        if not info.tiny <= inv <= info.max:
+        if not float(info.tiny) <= inv <= float(info.max):
             raise ValueError(f"grad_scale={scale:g} is out of range for {np.dtype(dtype)} arrays: "
                              f"its reciprocal must be a normal {np.dtype(dtype)} number, so "
                              f"grad_scale must lie between {1 / info.max:.3g} and {1 / info.tiny:.3g}")

@@ -67,7 +67,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
         self._lock = threading.RLock()  # one step, state dict or group change at a time
-        self._plist = ParamList(type(self).__name__, self.target)
+        self._plist = ParamList(type(self).__name__, self.target, self.spec.state_keys)
         self._hyper_cache: dict[int, tuple] = {}  # group index -> (typed values, checked dict)
         for group in as_groups(params):
             self.add_param_group(group)
@@ -82,7 +82,7 @@ class Optimizer:
                 raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
             group = {**self.defaults, **param_group}
             groups = self.param_groups + [group]
-            self._plist.sync(groups, self.state, self.defaults, self._check_fits,
+            self._plist.sync(groups, self.state, self.defaults,
                              new_group=len(self.param_groups),
                              before_commit=lambda: group.update(self.spec.check(group)))
             self.param_groups.append(group)
@@ -105,17 +105,8 @@ class Optimizer:
     def _sync(self) -> None:
         """Re-check the parameter list if ``param_groups`` were edited."""
         if not self._plist.unchanged(self.param_groups):
-            self._plist.sync(self.param_groups, self.state, self.defaults, self._check_fits)
+            self._plist.sync(self.param_groups, self.state, self.defaults)
             self._hyper_cache.clear()
-
-    def _check_fits(self, i: int, p: Any, state: dict | None) -> None:
-        """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
-        for key in self.spec.state_keys:
-            a = state.get(key) if state else None
-            if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
-                raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
-                                 f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
-                                 "after its first step; give the optimizer a new array instead")
 
     # --- stepping ------------------------------------------------------------
 
@@ -147,7 +138,7 @@ class Optimizer:
         with self._lock:
             self._sync()
             check_finite = C.check_flag("check_finite", check_finite)
-            params = self._plist.current_views(self.state, self._check_fits)
+            params = self._plist.current_views(self.state)
             inv_scale = C.check_grad_scale(grad_scale, {p.dtype for p in params})
             if grads is None:
                 grads = [self._plist.flat_grad.get(id(p)) for p in self._plist.params]
@@ -245,7 +236,7 @@ class Optimizer:
         """
         with self._lock:
             self._sync()
-            params = self._plist.current_views(self.state, self._check_fits)
+            params = self._plist.current_views(self.state)
             new_groups, new_state = _state_io.parse(self, state_dict, params)
             # Everything is checked: commit.
             for group, new_group in zip(self.param_groups, new_groups):

@@ -33,8 +33,8 @@ class ParamList:
     gradient buffer; ``on_gpu``: whether they are GPU arrays.
     """
 
-    def __init__(self, owner_name: str, target: str | None):
-        self.owner_name, self.target = owner_name, target
+    def __init__(self, owner_name: str, target: str | None, state_keys: tuple[str, ...]):
+        self.owner_name, self.target, self.state_keys = owner_name, target, state_keys
         self.params: list = []
         self.ids: tuple = ()
         self.views: list = []
@@ -50,13 +50,12 @@ class ParamList:
                 and all(type(g) is dict and type(g.get("params")) is list for g in groups)
                 and tuple(id(p) for g in groups for p in g["params"]) == self.ids)
 
-    def sync(self, groups: Any, state: dict, defaults: dict, check_fits,
+    def sync(self, groups: Any, state: dict, defaults: dict,
              new_group: int | None = None, before_commit=None) -> None:
         """Check ``groups`` whole and make them the checked list, re-keying
         ``state`` (index -> state dict) by parameter identity.
 
-        ``check_fits(i, view, state)`` raises when a parameter no longer fits
-        its state. ``groups[new_group]`` is a group being added (named so in
+        Each parameter must still fit its state. ``groups[new_group]`` is a group being added (named so in
         errors); ``before_commit()`` runs last among the checks. On any error
         nothing changes.
         """
@@ -78,7 +77,7 @@ class ParamList:
                     new_state[j] = self.detached[id(p)][1]
             elif i in state:
                 new_state[j] = state[i]
-            check_fits(j, views[j], new_state.get(j))
+            self.check_fits(j, views[j], new_state.get(j))
         if before_commit is not None:
             before_commit()
         self._commit(groups, lists, params, views, state, new_state, old, defaults, flat)
@@ -129,7 +128,16 @@ class ParamList:
                           "optimizers, so never step both from two threads at once (updates "
                           "would be lost)", RuntimeWarning, stacklevel=_caller_level())
 
-    def current_views(self, state: dict, check_fits) -> list:
+    def check_fits(self, i: int, p: Any, state: dict | None) -> None:
+        """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
+        for key in self.state_keys:
+            a = state.get(key) if state else None
+            if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+                raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
+                                 f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
+                                 "after its first step; give the optimizer a new array instead")
+
+    def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may
         have changed since (made read-only, resized in place; GPU tensors given
         new memory): a parameter whose shape changed must still fit its state."""
@@ -144,7 +152,7 @@ class ParamList:
                     views[i] = C.check_param(f"params[{i}]", p)
         for i, v in enumerate(views):
             if v.shape != shapes[i]:
-                check_fits(i, v, state.get(i))
+                self.check_fits(i, v, state.get(i))
                 shapes[i] = v.shape
         return views
 
