@@ -10,6 +10,10 @@ numba-cuda, or without a usable GPU, asking for CUDA raises an error that
 says what is missing.
 """
 
+import numpy as np
+
+from . import config
+
 INSTALL = 'pip install "fastopt[cuda]"'
 
 _numba_cuda = None
@@ -100,7 +104,7 @@ def new(shape, dtype, value=None, stream=0):
 def fill(a, value, stream=0):
     """Set every element of numba device array ``a`` to ``value`` with a kernel
     on ``stream`` (launched, not waited for)."""
-    kernels().launch_fill(a.ravel().bind(stream), a.dtype.type(value))
+    launcher("fill")(a.ravel().bind(stream), a.dtype.type(value))
 
 
 def to_host(a):
@@ -112,3 +116,74 @@ def to_host(a):
 def to_device(a, stream=0):
     """A device copy of NumPy array ``a``, copied on ``stream``."""
     return cuda().to_device(a, stream=stream).bind(0)
+
+
+# --- launching ---------------------------------------------------------------------
+# Kernels take C-contiguous 1-D device arrays and scalars of the arrays' dtype,
+# flags as bools, as the CPU kernels do. A launch goes on the stream of its
+# first array (the stream its producer exported through
+# ``__cuda_array_interface__``, else the default stream) and returns at once:
+# nothing is copied and nothing waits.
+
+_auto_blocks = None
+
+
+def _max_blocks():
+    """``config.CUDA_MAX_BLOCKS``, or when it is 0, 32 blocks per multiprocessor
+    of the current device (read once per process)."""
+    global _auto_blocks
+    if config.CUDA_MAX_BLOCKS:
+        return config.CUDA_MAX_BLOCKS
+    if _auto_blocks is None:
+        sms = getattr(cuda().get_current_device(), "MULTIPROCESSOR_COUNT", None)
+        _auto_blocks = 32 * sms if sms else 1024  # the simulator reports no SM count
+    return _auto_blocks
+
+
+def launch_config(n):
+    """``(blocks, threads_per_block)`` for ``n`` elements."""
+    threads = config.CUDA_THREADS_PER_BLOCK
+    return min(-(-n // threads), _max_blocks()), threads
+
+
+_launchers: dict = {}
+
+
+def launcher(name):
+    """A function that launches kernel ``name`` (a key of ``kernels().ALL``)
+    over the elements of its first argument, on that array's stream."""
+    launch = _launchers.get(name)
+    if launch is None:
+        all_kernels = kernels().ALL
+
+        def launch(first, *args):
+            n = first.shape[0]
+            if n:
+                blocks, threads = launch_config(n)
+                all_kernels[name][blocks, threads, first.stream](first, *args)
+        launch = _launchers[name] = launch
+    return launch
+
+
+def any_nonfinite(grads, inv_scales):
+    """Whether any element of any ``grads[k] * inv_scales[k]`` is NaN or infinite.
+
+    One device flag for all the gradients, one launch per gradient (on its
+    stream), one copy back: the host needs the answer, so this waits once.
+    """
+    grads = [g for g in grads if g.shape[0]]
+    if not grads:
+        return False
+    stream = grads[0].stream
+    found = cuda().to_device(np.zeros(1, np.int32), stream=stream)
+    launch = launcher("any_nonfinite_cuda")
+    for g, inv_scale in zip(grads, inv_scales):
+        launch(g, inv_scale, found)
+    if any(_handle(g.stream) != _handle(stream) for g in grads):
+        cuda().synchronize()  # launched on several streams: wait for them all
+    return bool(found.copy_to_host(stream=stream)[0])
+
+
+def _handle(stream):
+    handle = getattr(stream, "handle", None)
+    return getattr(handle, "value", handle)

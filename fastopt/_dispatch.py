@@ -34,7 +34,7 @@ def kernel(name, target, p):
             target = "parallel" if p.size >= config.PARALLEL_THRESHOLD else "serial"
     if target == "cuda":
         from . import _cuda
-        return _cuda.kernels().KERNELS[name]
+        return _cuda.launcher(name)
     if target == "parallel" and _layer_is_safe is not True:
         return lambda *args: _guarded_parallel(name, args)
     return KERNELS[name][target]

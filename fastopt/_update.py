@@ -32,7 +32,7 @@ def any_nonfinite(grads, inv_scale, target):
         return False
     if target == "cuda" or not isinstance(grads[0], np.ndarray):
         from . import _cuda
-        return _cuda.kernels().any_nonfinite([_flat(g) for g in grads],
+        return _cuda.any_nonfinite([_flat(g) for g in grads],
                                              [g.dtype.type(inv_scale) for g in grads])
     return any(kernel("any_nonfinite", target, g)(_flat(g), g.dtype.type(inv_scale))
                for g in grads)

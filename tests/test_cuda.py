@@ -180,7 +180,7 @@ def test_check_finite_waits_once_per_step_under_the_simulator():
         from fastopt import _cuda
         K = _cuda.kernels()
         counts = {"to_device": 0, "launch": 0, "copy": 0}
-        real_to_device, real_kernel = cuda.to_device, K.any_nonfinite_cuda
+        real_to_device, real_kernel = cuda.to_device, K.ALL["any_nonfinite_cuda"]
 
         def to_device(*args, **kwargs):
             counts["to_device"] += 1
@@ -199,7 +199,7 @@ def test_check_finite_waits_once_per_step_under_the_simulator():
 
         params = [cuda.to_device(np.zeros(n)) for n in (5, 6, 7)]
         opt = fastopt.SGD(params, lr=0.1)
-        K.cuda.to_device, K.any_nonfinite_cuda = to_device, Counting()
+        cuda.to_device, K.ALL["any_nonfinite_cuda"] = to_device, Counting()
         for bad in (None, 0, 2):
             grads = [np.ones(n) for n in (5, 6, 7)]
             if bad is not None:

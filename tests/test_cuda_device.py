@@ -24,7 +24,6 @@ if not cuda.is_available():
 import fastopt  # noqa: E402
 import fastopt.functional as F  # noqa: E402
 from fastopt import _cuda, _dispatch, config  # noqa: E402
-from fastopt.kernels import cuda as K  # noqa: E402
 from cases import ALL, ALL_IDS, DTYPES, data, rtol  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
@@ -113,19 +112,19 @@ def test_any_launch_shape_covers_every_element(threads, blocks):
 
 def test_launch_config_caps_blocks():
     config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS = 4, 2
-    assert K.launch_config(5) == (2, 4)
-    assert K.launch_config(3) == (1, 4)
-    assert K.launch_config(10**6) == (2, 4)
+    assert _cuda.launch_config(5) == (2, 4)
+    assert _cuda.launch_config(3) == (1, 4)
+    assert _cuda.launch_config(10**6) == (2, 4)
     config.CUDA_MAX_BLOCKS = 0
-    blocks, threads = K.launch_config(10**9)
+    blocks, threads = _cuda.launch_config(10**9)
     assert threads == 4 and blocks >= 1
 
 
 def test_dispatch_picks_cuda_for_gpu_arrays():
     d = cuda.to_device(np.zeros(3))
-    assert _dispatch.kernel("adam", None, d) is K.KERNELS["adam"]
-    assert _dispatch.kernel("adam", "cuda", d) is K.KERNELS["adam"]
-    assert _dispatch.kernel("adam", None, np.zeros(3)) is not K.KERNELS["adam"]
+    assert _dispatch.kernel("adam", None, d) is _cuda.launcher("adam")
+    assert _dispatch.kernel("adam", "cuda", d) is _cuda.launcher("adam")
+    assert _dispatch.kernel("adam", None, np.zeros(3)) is not _cuda.launcher("adam")
 
 
 # --- optimizer classes and FlatParams -----------------------------------------------

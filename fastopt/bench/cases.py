@@ -103,7 +103,7 @@ def make_step(variant, n, dtype, device="cpu", kind="fastopt"):
         return (lambda: opt.step([dg])), cuda.synchronize
     if kind == "roofline":
         arrays = [_cuda.new(n, dtype, 0) for _ in range(updated)]
-        kernel, s = _cuda.kernels().ROOFLINE[updated], np.dtype(dtype).type(1e-9)
+        kernel, s = _cuda.launcher(f"roofline_{updated}"), np.dtype(dtype).type(1e-9)
         return (lambda: kernel(dg, s, *arrays)), cuda.synchronize
     raise ValueError(f"kind must be 'fastopt', 'roofline' or 'torch', got {kind!r}")
 
