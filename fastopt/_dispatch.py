@@ -1,6 +1,7 @@
 """The one place that chooses where work runs: which compiled kernel, and
 where new arrays are allocated (host or GPU, like the parameter)."""
 
+import os
 import threading
 import warnings
 
@@ -17,6 +18,12 @@ TARGETS = ("serial", "parallel", "cuda")
 # run concurrently (omp and tbb: yes).
 _layer_is_safe = None
 _parallel_lock = threading.Lock()
+
+# GNU OpenMP cannot run in a child forked from a process that has started it:
+# numba terminates the child. ``_forked_from_gnu_omp`` is set in such a
+# child (see ``_after_fork_in_child``), which then runs the serial kernels.
+_forked_from_gnu_omp = False
+_fork_warned = False
 
 
 def kernel(name, target, p):
@@ -35,9 +42,21 @@ def kernel(name, target, p):
     if target == "cuda":
         from . import _cuda
         return _cuda.kernels().KERNELS[name]
-    if target == "parallel" and _layer_is_safe is not True:
-        return lambda *args: _guarded_parallel(name, args)
+    if target == "parallel":
+        return _parallel(name)
     return KERNELS[name][target]
+
+
+def _parallel(name):
+    """The parallel ``name`` kernel, or a stand-in with the same results
+    where it cannot run: the serial kernel in a child forked from a process
+    that used GNU OpenMP, one parallel call at a time under workqueue."""
+    if _forked_from_gnu_omp:
+        _warn_forked()
+        return KERNELS[name]["serial"]
+    if _layer_is_safe is not True:
+        return lambda *args: _guarded_parallel(name, args)
+    return KERNELS[name]["parallel"]
 
 
 def _guarded_parallel(name, args):
@@ -60,6 +79,43 @@ def _guarded_parallel(name, args):
     finally:
         _parallel_lock.release()
     return result
+
+
+def _uses_gnu_openmp():
+    """Whether numba's threads are started, on the GNU OpenMP layer."""
+    import numba
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+    except ValueError:  # not started: the child may start it
+        return False
+    try:
+        from numba.np.ufunc import omppool
+        return omppool.openmp_vendor == "GNU"
+    except (ImportError, AttributeError):
+        return True
+
+
+def _after_fork_in_child():
+    global _forked_from_gnu_omp, _fork_warned, _parallel_lock
+    _parallel_lock = threading.Lock()  # another thread of the parent may have held it
+    _forked_from_gnu_omp = _uses_gnu_openmp()
+    _fork_warned = False
+
+
+def _warn_forked():
+    global _fork_warned
+    if not _fork_warned:
+        _fork_warned = True
+        warnings.warn("fastopt: this process was forked from one that ran numba's GNU OpenMP "
+                      "threads, which cannot run here; parallel-sized steps use the serial "
+                      "kernel (same results). Start processes with the 'spawn' or "
+                      "'forkserver' method, or use the tbb or workqueue threading layer, "
+                      "to keep them parallel.", RuntimeWarning, stacklevel=4)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def new(shape, dtype, device, value=None):
