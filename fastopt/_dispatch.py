@@ -3,6 +3,7 @@ where new arrays are allocated (host or GPU, like the parameter)."""
 
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -30,15 +31,20 @@ def kernel(name, target, p):
     """The ``name`` kernel ("sgd", "adagrad", "adam") to update parameter ``p``.
 
     ``target`` is None (a GPU array takes the CUDA kernel; a NumPy array the
-    serial or parallel one by its size against ``config.PARALLEL_THRESHOLD``),
-    "serial", "parallel" or "cuda"; callers have validated it against ``p``
-    with ``_checks.check_target_matches``.
+    serial kernel below ``config.PARALLEL_THRESHOLD`` elements, from it
+    whichever of the two ``_Timed`` found faster lately), "serial",
+    "parallel" or "cuda"; callers have validated it against ``p`` with
+    ``_checks.check_target_matches``.
     """
     if target is None:
         if not isinstance(p, np.ndarray):
             target = "cuda"
+        elif p.size < config.PARALLEL_THRESHOLD:
+            target = "serial"
+        elif not _forked_from_gnu_omp:
+            return _Timed.run(name, p)
         else:
-            target = "parallel" if p.size >= config.PARALLEL_THRESHOLD else "serial"
+            target = "parallel"
     if target == "cuda":
         from . import _cuda
         return _cuda.kernels().KERNELS[name]
@@ -57,6 +63,67 @@ def _parallel(name):
     if _layer_is_safe is not True:
         return lambda *args: _guarded_parallel(name, args)
     return KERNELS[name]["parallel"]
+
+
+class _Timed:
+    """Serial or parallel by measured time: ``target=None`` from the threshold up.
+
+    The parallel kernel needs every core, and in a training loop other
+    threads often hold them: OpenBLAS's workers keep spinning for tens of
+    milliseconds after each matrix product, so a parallel step can wait
+    milliseconds where the serial one takes tens of microseconds. So every
+    such call is timed and, per kernel, itemsize and size class (a power of
+    two), the kernel with the lower recent best time per element runs; the
+    other one is tried again after ``FIRST`` calls, then after twice as many
+    each time it loses again (up to ``LAST``); when the choice changes, after
+    ``FIRST`` again. Both kernels give bit-identical results.
+    """
+
+    FIRST, LAST, KEEP = 16, 4096, 3
+    _all = {}
+    __slots__ = ("serial", "parallel", "best", "count", "interval")
+
+    def __init__(self):
+        self.serial = self.parallel = ()  # the last KEEP times per element, newest last
+        self.best = "parallel"
+        self.count = 0
+        self.interval = 1  # try serial on the second call
+
+    @classmethod
+    def run(cls, name, p):
+        """The kernel to run on ``p``: the chosen one, timed."""
+        key = (name, p.itemsize, p.size.bit_length())
+        timed = cls._all.get(key) or cls._all.setdefault(key, cls())
+        target, trial = timed.pick()
+        fn = _parallel(name) if target == "parallel" else KERNELS[name]["serial"]
+        n = p.size
+
+        def call(*args):
+            t0 = time.perf_counter()
+            result = fn(*args)
+            timed.record(target, (time.perf_counter() - t0) / n, trial)
+            return result
+        return call
+
+    def pick(self):
+        """The target to run next, and whether it is a trial of the slower one."""
+        self.count += 1
+        if self.count <= self.interval:
+            return self.best, False
+        self.count = 0
+        return ("serial" if self.best == "parallel" else "parallel"), True
+
+    def record(self, target, seconds, trial):
+        """Note that ``target`` took ``seconds`` per element (``trial``: as a trial)."""
+        # Tuples are replaced whole: a thread reading one never sees it change.
+        setattr(self, target, getattr(self, target)[1 - self.KEEP:] + (seconds,))
+        if not (self.serial and self.parallel):
+            return
+        best = "parallel" if min(self.parallel) <= min(self.serial) else "serial"
+        if best != self.best:
+            self.best, self.interval, self.count = best, self.FIRST, 0
+        elif trial:  # and lost
+            self.interval = min(max(2 * self.interval, self.FIRST), self.LAST)
 
 
 def _guarded_parallel(name, args):
