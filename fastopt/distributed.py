@@ -696,7 +696,8 @@ class ZeroOptimizer:
 
     def save_shards(self, directory: Any) -> None:
         """Each rank writes its slice of the parameters and state to
-        ``directory/shard-<rank>-of-<K>.fastopt`` (collective, nothing gathered).
+        ``directory/shard-<rank>-of-<K>.fastopt`` (collective, nothing gathered;
+        ``directory`` is created if missing).
 
         Each file is a fastopt checkpoint, written atomically; shards of
         another K in ``directory`` are removed once all are written.
@@ -717,7 +718,12 @@ class ZeroOptimizer:
                   "meta": meta}
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8).copy()
         name = os.path.join(directory, f"shard-{self.rank}-of-{self.size}.fastopt")
-        _attempt(self.comm, "save_shards()", lambda: _save_file(name, arrays))
+
+        def write() -> None:
+            os.makedirs(directory, exist_ok=True)
+            _save_file(name, arrays)
+
+        _attempt(self.comm, "save_shards()", write)
 
         def tidy() -> None:
             for entry in os.listdir(directory):
