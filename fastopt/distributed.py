@@ -185,7 +185,8 @@ class _FullLayout:
         self._cls = zero.optimizer_class
 
     def _required_state(self, state: dict, hyper: dict) -> Any:
-        return self._cls._required_state(self, state, hyper)
+        required: Callable[..., Any] = self._cls._required_state  # the hook reads only .spec
+        return required(self, state, hyper)
 
 
 class ZeroOptimizer:
@@ -669,6 +670,7 @@ class ZeroOptimizer:
             twin = self._twin()
             twin.data[:] = self.flat.data
             plain = self._plain(twin)
+            assert state is not None  # gathered on this rank
             plain.load_state_dict(state)
             _save_file(path, twin, plain)
 
