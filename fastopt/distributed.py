@@ -345,7 +345,8 @@ class ZeroOptimizer:
         """This rank's optimizer over the parts of the groups in its slice."""
         lo, hi = self.shard
         flat = self.flat
-        self._grad = np.zeros(hi - lo, flat.dtype)  # this rank's averaged gradient slice
+        # This rank's slice of the averaged gradient (one rank: the gradient itself).
+        self._grad = flat.grad_data if self.size == 1 else np.zeros(hi - lo, flat.dtype)
         self._local: list[tuple[int, int, int]] = []  # (user param, offset in it, length)
         self._local_groups: list[int] = []
         local_groups, grads = [], []
@@ -401,8 +402,8 @@ class ZeroOptimizer:
         except Exception as e:
             error = e
         counts = [b - a for a, b in self._bounds]
-        comm.Reduce_scatter(self.flat.grad_data, self._grad, recvcounts=counts, op=MPI.SUM)
         if K > 1:
+            comm.Reduce_scatter(self.flat.grad_data, self._grad, recvcounts=counts, op=MPI.SUM)
             np.divide(self._grad, K, out=self._grad)
         flags = np.zeros(2, np.int32)
         flags[0] = error is not None
