@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "ranks": K, "elements": P, "dtype": str(dtype), "numba_threads": numba.get_num_threads(),
         "state_bytes_per_rank": state, "single_process_state_bytes": 2 * P * dtype.itemsize,
         "sent_bytes_per_rank_per_step": int(2 * (K - 1) * P * dtype.itemsize // K),
-        "step_ms": round(step_ms, 2), "reduce_scatter_ms": round(rs_ms, 2),
-        "allgather_ms": round(ag_ms, 2), "plain_adam_step_ms": round(plain_ms, 2)}
+        "step_ms": round(step_ms, 2), "reduce_scatter_ms": round(rs_ms, 2) if K > 1 else None,
+        "allgather_ms": round(ag_ms, 2) if K > 1 else None, "plain_adam_step_ms": round(plain_ms, 2)}
     print("ZERO " + json.dumps(result), flush=True)
     return result
 
