@@ -259,8 +259,7 @@ class ZeroOptimizer:
     def __init__(self, optimizer_class: type[Optimizer], flat: FlatParams, comm: Any = None, *,
                  groups: Sequence[dict[str, Any]] | None = None, target: str | None = None,
                  **hyperparameters: Any) -> None:
-        MPI = _mpi()
-        comm = _check_comm(MPI, comm)
+        comm = _check_comm(_mpi(), comm)
         self.comm = comm
         self.rank: int = comm.Get_rank()
         self.size: int = comm.Get_size()
@@ -332,6 +331,8 @@ class ZeroOptimizer:
         self._spans = spans
         self._bounds = shard_bounds(flat.data.size, self.size)
         self.shard: tuple[int, int] = self._bounds[self.rank]
+        self._counts = [b - a for a, b in self._bounds]
+        self._displs = [a for a, _ in self._bounds]
         self._mpi_type = _mpi().FLOAT if flat.dtype == np.float32 else _mpi().DOUBLE
         description = {
             "class": cls.__name__, "dtype": str(flat.dtype), "size": int(flat.data.size),
@@ -401,9 +402,9 @@ class ZeroOptimizer:
             hypers = self._checked_hypers()
         except Exception as e:
             error = e
-        counts = [b - a for a, b in self._bounds]
         if K > 1:
-            comm.Reduce_scatter(self.flat.grad_data, self._grad, recvcounts=counts, op=MPI.SUM)
+            comm.Reduce_scatter(self.flat.grad_data, self._grad, recvcounts=self._counts,
+                                op=MPI.SUM)
             np.divide(self._grad, K, out=self._grad)
         flags = np.zeros(2, np.int32)
         flags[0] = error is not None
@@ -418,9 +419,13 @@ class ZeroOptimizer:
             for j, k in enumerate(self._local_groups):
                 self.optimizer.param_groups[j].update(hypers[k])
             self.optimizer.step(self._local_grads, grad_scale=grad_scale)
-        displs = [a for a, _ in self._bounds]
-        comm.Allgatherv(MPI.IN_PLACE, [self.flat.data, counts, displs, self._mpi_type])
+        self._allgather()
         return True if check_finite else None
+
+    def _allgather(self) -> None:
+        """Every rank's slice of the parameters, into every rank's ``flat.data``, in place."""
+        self.comm.Allgatherv(_mpi().IN_PLACE,
+                             [self.flat.data, self._counts, self._displs, self._mpi_type])
 
     def _checked_hypers(self) -> list[dict[str, Any]]:
         """Every group's hyperparameters, checked (``param_groups`` may have been edited)."""
@@ -448,9 +453,10 @@ class ZeroOptimizer:
 
     # --- state dicts ---------------------------------------------------------
 
-    def _meta(self) -> dict[str, Any]:
-        """Collective: the groups' hyperparameters and, per parameter of the
-        whole layout with state, ``[step, keys]``; the same on every rank."""
+    def _meta(self, what: str) -> dict[str, Any]:
+        """Collective: the groups' hyperparameters (checked) and, per parameter
+        of the whole layout with state, ``[step, keys]``; the same on every rank."""
+        groups = _attempt(self.comm, what, self._checked_hypers)
         mine: dict[int, tuple | None] = {}  # a parameter has one piece per rank at most
         opt = self.optimizer
         for j, (i, _, _) in enumerate(self._local):
@@ -466,7 +472,7 @@ class ZeroOptimizer:
                                  f"({sorted(entries)}): were the ranks stepped alike?")
             if seen and seen[0] is not None:
                 state[i] = list(seen[0])
-        return {"groups": [_hyper(g) for g in self.param_groups], "state": state}
+        return {"groups": groups, "state": state}
 
     def _slice_of(self, key: str, arrays: Callable[[int], Any]) -> np.ndarray:
         """This rank's slice of state ``key``: the local parameters' arrays
@@ -478,6 +484,17 @@ class ZeroOptimizer:
             if a is not None:
                 start = self._spans[i][0] + off - lo
                 out[start:start + n] = a
+        return out
+
+    def _place(self, key: str, state: dict[int, dict[str, Any]], lo: int, hi: int) -> np.ndarray:
+        """Elements ``[lo, hi)`` of the buffer, holding state ``key`` of each
+        parameter of the whole layout (``state``: index -> its state) that has it."""
+        out = np.zeros(hi - lo, self.flat.dtype)
+        for i, s in state.items():
+            a, b = self._spans[i]
+            start, stop = max(a, lo), min(b, hi)
+            if key in s and start < stop:
+                out[start - lo:stop - lo] = np.ravel(s[key])[start - a:stop - a]
         return out
 
     def _keys(self, meta: dict) -> list[str]:
@@ -495,20 +512,17 @@ class ZeroOptimizer:
         root : int, optional
             Gather on this rank only (the others get None); default: on every rank.
         """
-        MPI = _mpi()
         comm = self.comm
         if root is not None:
             _attempt(comm, "state_dict()", lambda: _check_rank("root", root, self.size))
-        meta = self._meta()
+        meta = self._meta("state_dict()")
         full: dict[str, np.ndarray] = {}
-        counts = [b - a for a, b in self._bounds]
-        displs = [a for a, _ in self._bounds]
         opt = self.optimizer
         for key in self._keys(meta):
             send = self._slice_of(key, lambda j: opt.state.get(j, {}).get(key) if opt else None)
             mine = root is None or self.rank == root
             recv = np.empty(self.flat.data.size, self.flat.dtype) if mine else None
-            spec = [recv, counts, displs, self._mpi_type]
+            spec = [recv, self._counts, self._displs, self._mpi_type]
             if root is None:
                 comm.Allgatherv(send, spec)
             else:
@@ -546,7 +560,6 @@ class ZeroOptimizer:
             The rank that holds ``state_dict`` and sends each rank its slice;
             default: every rank holds it.
         """
-        MPI = _mpi()
         comm = self.comm
         views = [p for g in self.param_groups for p in g["params"]]
 
@@ -559,35 +572,19 @@ class ZeroOptimizer:
 
         if root is None:
             meta, new_state = _attempt(comm, "load_state_dict()", parse)
-            lo = self.shard[0]
-            slices = {}
-            for key in self._keys(meta):
-                full = np.zeros(self.flat.data.size, self.flat.dtype)
-                for i, s in new_state.items():
-                    if key in s:
-                        a, b = self._spans[i]
-                        full[a:b] = s[key]
-                slices[key] = full[lo:self.shard[1]].copy()
+            slices = {key: self._place(key, new_state, *self.shard) for key in self._keys(meta)}
         else:
             _attempt(comm, "load_state_dict()", lambda: _check_rank("root", root, self.size))
             parsed = _from_root(comm, root, "load_state_dict()", parse)
             meta = comm.bcast(parsed[0] if self.rank == root else None, root=root)
-            new_state = parsed[1] if self.rank == root else {}
-            counts = [b - a for a, b in self._bounds]
-            displs = [a for a, _ in self._bounds]
             slices = {}
             for key in self._keys(meta):
-                full = None
+                whole = None
                 if self.rank == root:
-                    full = np.zeros(self.flat.data.size, self.flat.dtype)
-                    for i, s in new_state.items():
-                        if key in s:
-                            a, b = self._spans[i]
-                            full[a:b] = s[key]
-                recv = np.empty(counts[self.rank], self.flat.dtype)
-                comm.Scatterv([full, counts, displs, self._mpi_type] if full is not None else None,
-                              recv, root=root)
-                slices[key] = recv
+                    whole = [self._place(key, parsed[1], 0, self.flat.data.size), self._counts,
+                             self._displs, self._mpi_type]
+                slices[key] = np.empty(self._counts[self.rank], self.flat.dtype)
+                comm.Scatterv(whole, slices[key], root=root)
         self._install(meta, slices, "load_state_dict()")
 
     def _install(self, meta: dict, slices: dict[str, np.ndarray], what: str,
@@ -596,7 +593,6 @@ class ZeroOptimizer:
         this rank's ``slices`` of each state key the state, and ``params``
         (this rank's slice of the parameters) the parameters; checked on every
         rank before anything changes."""
-        MPI = _mpi()
         lo = self.shard[0]
         state: dict[int, dict[str, Any]] = {}
         for j, (i, off, n) in enumerate(self._local):
@@ -632,9 +628,7 @@ class ZeroOptimizer:
             self.param_groups[k].update(self.spec.check(self._merged(k, g)))
         if params is not None:
             self.flat.data[lo:self.shard[1]] = params
-            counts = [b - a for a, b in self._bounds]
-            displs = [a for a, _ in self._bounds]
-            self.comm.Allgatherv(MPI.IN_PLACE, [self.flat.data, counts, displs, self._mpi_type])
+            self._allgather()
 
     def _merged(self, k: int, saved: dict) -> dict[str, Any]:
         """Group ``k`` with the saved hyperparameters (not the pinned ones) over it."""
@@ -707,7 +701,7 @@ class ZeroOptimizer:
         :meth:`load_shards` reads them back at any number of ranks.
         """
         directory = os.fsdecode(os.fspath(directory))
-        meta = self._meta()
+        meta = self._meta("save_shards()")
         save_id = self.comm.bcast(uuid.uuid4().hex if self.rank == 0 else None, root=0)
         lo, hi = self.shard
         opt = self.optimizer
