@@ -18,6 +18,7 @@ script exits 1 if any check failed on any rank.
 """
 
 import os
+import shutil
 import sys
 import traceback
 
@@ -327,6 +328,7 @@ def phase_save(comm, directory):
     zero.save(os.path.join(directory, "full.ckpt"))
     zero.save_shards(os.path.join(directory, "shards"))
     train_on(flat, zero, 4, RESUME_STEPS)
+    zero.save_shards(os.path.join(directory, "later"))
     if comm.Get_rank() == 0:
         np.save(os.path.join(directory, "final.npy"), flat.data)
 
@@ -341,27 +343,32 @@ def phase_resume(comm, directory):
             zero.load_shards(os.path.join(directory, "shards"))
         train_on(flat, zero, 4, RESUME_STEPS)
         np.testing.assert_array_equal(flat.data, want, err_msg=how)
-    # A damaged shard is refused on every rank, nothing changed.
-    flat, zero = resume_setup(comm)
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        name = os.path.join(directory, "shards", "shard-0-of-3.fastopt")
-        data = bytearray(open(name, "rb").read())
-        data[200] ^= 1
-        with open(name + ".bad", "wb") as f:
-            f.write(data)
-        os.replace(name, name + ".good")
-        os.replace(name + ".bad", name)
-    comm.Barrier()
-    try:
-        expect_everywhere(comm, fastopt.CheckpointError, ["shard-0"],
-                          lambda: zero.load_shards(os.path.join(directory, "shards")))
-        assert not flat.data.any()
-    finally:
+    # A damaged, a missing or a mixed-in shard is refused on every rank, nothing changed.
+    shards = os.path.join(directory, "shards")
+    name = os.path.join(shards, "shard-0-of-3.fastopt")
+    for fault, words in [("damaged", ["shard-0", "checksum"]), ("missing", ["missing"]),
+                         ("other save", ["different saves"])]:
+        flat, zero = resume_setup(comm)
         comm.Barrier()
         if comm.Get_rank() == 0:
-            os.replace(name + ".good", name)
+            os.replace(name, name + ".good")
+            if fault == "damaged":
+                data = bytearray(open(name + ".good", "rb").read())
+                data[200] ^= 1
+                with open(name, "wb") as f:
+                    f.write(data)
+            elif fault == "other save":  # shard 0 of a later save of the same run
+                shutil.copyfile(os.path.join(directory, "later", "shard-0-of-3.fastopt"), name)
         comm.Barrier()
+        try:
+            expect_everywhere(comm, fastopt.CheckpointError, words,
+                              lambda: zero.load_shards(shards))
+            assert not flat.data.any()
+        finally:
+            comm.Barrier()
+            if comm.Get_rank() == 0:
+                os.replace(name + ".good", name)
+            comm.Barrier()
 
 
 def main():
