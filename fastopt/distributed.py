@@ -39,6 +39,7 @@ instead of leaving them waiting forever.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -283,14 +284,13 @@ class ZeroOptimizer:
         if not isinstance(flat, FlatParams):
             raise TypeError(f"flat must be a fastopt.FlatParams, got {type(flat).__name__}")
         if flat.device != "cpu":
-            raise ValueError("ZeroOptimizer steps host FlatParams only: GPU buffers would need a "
-                             "CUDA-aware MPI build (the mpich wheel is not one); use "
-                             "FlatParams(..., device='cpu')")
+            raise ValueError("ZeroOptimizer steps host FlatParams only (device='cpu'): GPU "
+                             "buffers are not supported yet, and would need a CUDA-aware MPI "
+                             "build, which the mpich wheel is not")
         self.target = C.check_target(target)
         if self.target == "cuda":
             raise ValueError("target='cuda' needs GPU buffers, which ZeroOptimizer does not take")
         spec = cls.spec
-        import inspect
         try:
             bound = inspect.Signature(spec.parameters()).bind(**hyper)
         except TypeError as e:
