@@ -514,7 +514,7 @@ class ZeroOptimizer:
         """
         comm = self.comm
         if root is not None:
-            _attempt(comm, "state_dict()", lambda: _check_rank("root", root, self.size))
+            self._check_root("state_dict()", root)
         meta = self._meta("state_dict()")
         full: dict[str, np.ndarray] = {}
         opt = self.optimizer
@@ -574,7 +574,7 @@ class ZeroOptimizer:
             meta, new_state = _attempt(comm, "load_state_dict()", parse)
             slices = {key: self._place(key, new_state, *self.shard) for key in self._keys(meta)}
         else:
-            _attempt(comm, "load_state_dict()", lambda: _check_rank("root", root, self.size))
+            self._check_root("load_state_dict()", root)
             parsed = _from_root(comm, root, "load_state_dict()", parse)
             meta = comm.bcast(parsed[0] if self.rank == root else None, root=root)
             slices = {}
@@ -630,6 +630,13 @@ class ZeroOptimizer:
             self.flat.data[lo:self.shard[1]] = params
             self._allgather()
 
+    def _check_root(self, what: str, root: Any) -> None:
+        """Collective: ``root`` is a rank, the same on every rank."""
+        _attempt(self.comm, what, lambda: _check_rank("root", root, self.size))
+        roots = self.comm.allgather(int(root))
+        if len(set(roots)) > 1:
+            raise ValueError(f"{what}: the ranks passed different roots {roots}")
+
     def _merged(self, k: int, saved: dict) -> dict[str, Any]:
         """Group ``k`` with the saved hyperparameters (not the pinned ones) over it."""
         return {**self.param_groups[k], **{key: v for key, v in saved.items()
@@ -658,7 +665,7 @@ class ZeroOptimizer:
         process loads it with ``fastopt.load``, and :meth:`load` reads it at
         any number of ranks. A failure (``OSError``) raises on every rank.
         """
-        _attempt(self.comm, "save()", lambda: _check_rank("root", root, self.size))
+        self._check_root("save()", root)
         state = self.state_dict(root=root)
 
         def write() -> None:
@@ -676,7 +683,7 @@ class ZeroOptimizer:
         optimizer over the same groups of a FlatParams of this layout), saved
         at any number of ranks (collective). Rank ``root`` reads it; on any
         error every rank raises and nothing changes."""
-        _attempt(self.comm, "load()", lambda: _check_rank("root", root, self.size))
+        self._check_root("load()", root)
 
         def read() -> tuple[dict, FlatParams]:
             twin = self._twin()

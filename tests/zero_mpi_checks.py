@@ -284,6 +284,9 @@ def check_bad_setups(comm):
     zero.param_groups[0]["lr"] = 0.1
     np.testing.assert_array_equal(flat.data, before)
     expect_everywhere(comm, ValueError, ["root"], lambda: zero.state_dict(root=K))
+    if K > 1:
+        expect_everywhere(comm, ValueError, ["different roots"],
+                          lambda: zero.state_dict(root=1 if last else 0))
     bad = zero.state_dict()
     bad["param_groups"][0]["lr"] = -1.0 if last else 0.1
     expect_everywhere(comm, ValueError, ["lr"], lambda: zero.load_state_dict(bad))
