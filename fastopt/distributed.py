@@ -656,6 +656,24 @@ class ZeroOptimizer:
         """A FlatParams with ``flat``'s layout and dtype (zeros)."""
         return FlatParams({n: self.flat[n].shape for n in self.flat}, dtype=self.flat.dtype)
 
+    def _checkpoint_save(self, path: Any, params: Any) -> None:
+        """``fastopt.save(path, flat, zero)``: :meth:`save`, for this ``flat`` only."""
+        self._check_params_arg("fastopt.save", params)
+        self.save(path)
+
+    def _checkpoint_load(self, path: Any, params: Any) -> None:
+        """``fastopt.load(path, flat, zero)``: :meth:`load`, for this ``flat`` only."""
+        self._check_params_arg("fastopt.load", params)
+        self.load(path)
+
+    def _check_params_arg(self, fn: str, params: Any) -> None:
+        """Collective: ``params`` is this ``flat`` on every rank, else all raise."""
+        def check() -> None:
+            if params is not self.flat:
+                raise ValueError(f"{fn}(path, params, zero): params must be the FlatParams "
+                                 "the ZeroOptimizer was built over")
+        _attempt(self.comm, fn, check)
+
     def save(self, path: Any, root: int = 0) -> None:
         """Write the parameters and the whole state to ``path`` (collective).
 

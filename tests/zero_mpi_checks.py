@@ -328,7 +328,7 @@ def phase_save(comm, directory):
     flat, zero = resume_setup(comm)
     flat.data[:] = np.linspace(-1, 1, flat.data.size)
     train_on(flat, zero, 0, 4)
-    zero.save(os.path.join(directory, "full.ckpt"))
+    fastopt.save(os.path.join(directory, "full.ckpt"), flat, zero)  # collective, rank 0 writes
     zero.save_shards(os.path.join(directory, "shards"))
     train_on(flat, zero, 4, RESUME_STEPS)
     zero.save_shards(os.path.join(directory, "later"))
@@ -341,7 +341,7 @@ def phase_resume(comm, directory):
     for how in ("full", "shards"):
         flat, zero = resume_setup(comm)
         if how == "full":
-            zero.load(os.path.join(directory, "full.ckpt"))
+            fastopt.load(os.path.join(directory, "full.ckpt"), flat, zero)
         else:
             zero.load_shards(os.path.join(directory, "shards"))
         train_on(flat, zero, 4, RESUME_STEPS)
