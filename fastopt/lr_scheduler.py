@@ -241,7 +241,8 @@ class LambdaLR(LRScheduler):
     def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float] | Sequence[Callable],
                  last_epoch: int = -1) -> None:
         n = len(_groups(optimizer))
-        lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
+        lambdas: list[Any] = (list(lr_lambda) if isinstance(lr_lambda, (list, tuple))
+                              else [lr_lambda] * n)
         if len(lambdas) != n:
             raise ValueError(f"lr_lambda has {len(lambdas)} functions, the optimizer has "
                              f"{n} param_groups")
