@@ -17,7 +17,9 @@ What it shows
     Fisher information). fastopt.scipy.sgd (with momentum) runs too. Last,
     it times one ``minimize`` iteration against a hand-written loop calling
     the optimizer's ``step`` on the same function (the interface's overhead),
-    on a 64-count slice so that the function's own cost is small.
+    on a 64-count slice so that the function's own cost is small; each is
+    timed at two lengths, in random order, and the cost of one iteration is
+    the difference over the difference in length.
 
 How to run
     pip install -e ".[examples]"
@@ -34,6 +36,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -105,33 +108,44 @@ def fit_all(X, y):
     return results
 
 
-def overhead(X, y, iterations, repeats):
-    """Median time of one iteration (us): minimize(method=fastopt.scipy.adam) and
-    a hand loop calling Adam's step on the same function, run interleaved."""
-    def by_hand():
+def overhead(X, y, iterations, repeats, seed):
+    """Time of one iteration (us): minimize(method=fastopt.scipy.adam) and a
+    hand loop calling Adam's step on the same function. Each is timed at
+    ``iterations`` and at 11 times as many, in random order, and the
+    difference of the two times gives the cost of one iteration, free of
+    each call's fixed cost; returns the medians of each and of the paired
+    differences."""
+    def by_hand(n):
         beta = np.zeros(X.shape[1])
         opt = fastopt.Adam([beta], lr=1e-3)
         start = time.perf_counter()
-        for _ in range(iterations):
-            _, g = nll(beta, X, y)
+        _, g = nll(beta, X, y)
+        for _ in range(n):
             opt.step([g])
+            _, g = nll(beta, X, y)
         return time.perf_counter() - start
 
-    def through_minimize():
+    def through_minimize(n):
         start = time.perf_counter()
         res = minimize(nll, np.zeros(X.shape[1]), args=(X, y), jac=True,
                        method=fastopt.scipy.adam, options={"lr": 1e-3, "gtol": 0.0,
-                                                           "maxiter": iterations})
-        assert res.nit == iterations
+                                                           "maxiter": n})
+        assert res.nit == n
         return time.perf_counter() - start
 
-    by_hand(), through_minimize()  # warm up
-    hand, wrapped = [], []
+    rng = random.Random(seed)
+    runs = [(f, n) for f in (by_hand, through_minimize) for n in (iterations, 11 * iterations)]
+    by_hand(10), through_minimize(10)  # warm up
+    per_iteration = {by_hand: [], through_minimize: []}
     for _ in range(repeats):
-        hand.append(by_hand() / iterations * 1e6)
-        wrapped.append(through_minimize() / iterations * 1e6)
-    diffs = [w - h for w, h in zip(wrapped, hand)]
-    return statistics.median(hand), statistics.median(wrapped), statistics.median(diffs)
+        rng.shuffle(runs)
+        seconds = {(f, n): f(n) for f, n in runs}
+        for f in per_iteration:
+            per_iteration[f].append((seconds[f, 11 * iterations] - seconds[f, iterations])
+                                    / (10 * iterations) * 1e6)
+    hand, wrapped = per_iteration[by_hand], per_iteration[through_minimize]
+    return (statistics.median(hand), statistics.median(wrapped),
+            statistics.median(w - h for w, h in zip(wrapped, hand)))
 
 
 def main(argv=None):
@@ -159,8 +173,8 @@ def main(argv=None):
               f"{seconds * 1e3:>10.1f} {diff:>14.2e}  {res.success}")
 
     # The overhead on 64 counts, so that the function's own cost (and its noise) is small.
-    hand, wrapped, extra = overhead(X[:64], y[:64], 500 if args.quick else 2000,
-                                    5 if args.quick else 21)
+    hand, wrapped, extra = overhead(X[:64], y[:64], 20 if args.quick else 100,
+                                    5 if args.quick else 31, args.seed)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"one Adam iteration: {hand:.1f} us by hand, {wrapped:.1f} us through minimize "
           f"(median difference {extra:+.1f} us; load {load:.1f} on {os.cpu_count()} CPUs)")
