@@ -12,8 +12,10 @@ the objective alone with ``jac`` a function returning the gradient. These are
 first-order methods: without a gradient (``jac`` None/False, or a
 finite-difference name) they refuse to run; they take no bounds or
 constraints. ``x0`` is flattened and copied to float64 (``dtype="float32"``
-asks for float32), as SciPy's methods do; ``fun`` and ``callback`` get a
-copy of the iterate, which they may keep. The optimizer's state lives for
+asks for float32), as SciPy's methods do (``minimize`` itself takes only a
+1-D ``x0``; called directly, a method takes any shape); ``fun`` and
+``callback`` get a copy of the iterate, which they may keep, as SciPy's
+methods give. The optimizer's state lives for
 one call.
 
 Options (``options={...}``, or keywords when a method is called directly):
@@ -88,11 +90,12 @@ _NOT_AN_OPTION = ("maximize",)  # minimize minimises: negate fun instead
 # --- checks ---------------------------------------------------------------------
 
 def _real(name: str, value: Any, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if value < low:
+    value = float(value)
+    if not value >= low:  # NaN too
         raise ValueError(f"{name} must be >= {low}, got {value}")
-    return float(value)
+    return value
 
 
 def _x0(x0: Any, dtype: Any) -> np.ndarray:
@@ -181,10 +184,10 @@ def _callback(callback: Any) -> Callable | None:
 
 # --- the loop -------------------------------------------------------------------
 
-def _minimize(cls: type[optimizers.Optimizer], fun: Callable, x0: Any, args: Any, jac: Any, hess: Any, hessp: Any,
-              bounds: Any, constraints: Any, callback: Any, maxiter: Any, gtol: Any, norm: Any,
-              ftol: Any, lr_schedule: Any, disp: Any, dtype: Any, target: Any, tol: Any,
-              hyperparameters: dict[str, Any]) -> OptimizeResult:
+def _minimize(cls: type[optimizers.Optimizer], fun: Callable, x0: Any, args: Any, jac: Any,
+              hess: Any, hessp: Any, bounds: Any, constraints: Any, callback: Any, maxiter: Any,
+              gtol: Any, norm: Any, ftol: Any, lr_schedule: Any, disp: Any, dtype: Any,
+              target: Any, tol: Any, hyperparameters: dict[str, Any]) -> OptimizeResult:
     name = cls.__name__.lower()
     # Every check before the first call of fun.
     if bounds is not None:
@@ -198,8 +201,10 @@ def _minimize(cls: type[optimizers.Optimizer], fun: Callable, x0: Any, args: Any
                           RuntimeWarning, stacklevel=4)
     args = args if isinstance(args, tuple) else (args,)
     f_and_g = _objective(fun, jac, args)
-    if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral) or int(maxiter) < 0:
-        raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral):
+        raise TypeError(f"maxiter must be an int, got {type(maxiter).__name__}")
+    if int(maxiter) < 0:
+        raise ValueError(f"maxiter must be >= 0, got {maxiter}")
     gtol = _real("gtol", (1e-5 if tol is None else tol) if gtol is None else gtol)
     ftol = None if ftol is None else _real("ftol", ftol)
     if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (

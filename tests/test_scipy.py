@@ -303,6 +303,8 @@ def test_unknown_option_warns_and_bad_values_raise():
     for options, exc, match in [({"lr": -1.0}, ValueError, "lr"),
                                 ({"momentum": "x"}, TypeError, "momentum"),
                                 ({"maxiter": -1}, ValueError, "maxiter"),
+                                ({"maxiter": 2.5}, TypeError, "maxiter"),
+                                ({"gtol": float("nan")}, ValueError, "gtol"),
                                 ({"gtol": -1.0}, ValueError, "gtol"),
                                 ({"ftol": "a"}, TypeError, "ftol"),
                                 ({"norm": 0}, ValueError, "norm"),
