@@ -316,7 +316,7 @@ def _method(cls: type[optimizers.Optimizer]) -> Callable[..., OptimizeResult]:
              for k, v in _OWN.items()]
     hyper_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in hypers]
     setattr(method, "__signature__", inspect.Signature(own_params + hyper_params + extra))
-    method.__doc__ = f"""Minimise ``fun`` with {cls.__name__} (``torch.optim.{cls.__name__}``'s rule).
+    method.__doc__ = f"""Minimise ``fun`` with {cls.__name__} (torch.optim.{cls.__name__}'s rule).
 
     A method for ``scipy.optimize.minimize``: pass ``jac=True``,
     ``method=fastopt.scipy.{name}`` and the options in ``options={{...}}``; or
