@@ -35,6 +35,11 @@ CASES = {
         ["tqdm"], False,
         lambda r: r["loss_reduction"] >= 10 and r["n"] == 1_000_000
         and r["gbps"] > 0 and r["roofline_gbps"] > 0),
+    "scipy_fit.py": (
+        ["scipy"], False,
+        lambda r: all(r["methods"][m]["success"] and r["methods"][m]["max_diff_in_se"] <= 0.01
+                      for m in ("fastopt.scipy.adam", "fastopt.scipy.sgd"))
+        and r["methods"]["BFGS"]["success"] and r["iteration_us_by_hand"] > 0),
     "optimizer_paths.py": (
         ["matplotlib"], True,
         lambda r: all(r["checks"].values()) and len(r["checks"]) == 4),
