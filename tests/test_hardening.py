@@ -564,7 +564,8 @@ def test_a_parameter_shared_with_another_live_optimizer_warns():
 
 def test_hyperparameters_mutated_in_place_are_checked_again():
     p = np.ones(3)
-    opt = fastopt.Adam([p], lr=0.1, betas=[0.9, 0.999])
+    opt = fastopt.Adam([p], lr=0.1)
+    opt.param_groups[0]["betas"] = [0.9, 0.999]  # a list, set by the user
     opt.step([np.ones(3)])
     opt.param_groups[0]["betas"][1] = 1.5  # the same list object, a new value
     with pytest.raises(ValueError, match=r"betas\[1\]"):
