@@ -178,7 +178,7 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
     if isinstance(module_or_parameters, torch.nn.Module):
         params = list(module_or_parameters.parameters())
     elif isinstance(module_or_parameters, torch.Tensor):
-        params = [module_or_parameters]
+        params = [module_or_parameters]  # type: ignore[list-item]
     else:
         try:
             params = list(module_or_parameters)
@@ -206,8 +206,13 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
         buffers = [_Buffer(ps, dtype, device) for (dtype, device), ps in groups.items()]
         for b in buffers:
             for k, p in enumerate(b.params):
-                _FLAT[id(p)] = (weakref.ref(p, lambda _, key=id(p): _FLAT.pop(key, None)), b, k)
+                _FLAT[id(p)] = (weakref.ref(p, _forget(id(p))), b, k)
     return FlatModel(buffers)
+
+
+def _forget(key: int) -> Callable[[Any], Any]:
+    """The callback that drops a dead parameter's entry."""
+    return lambda _: _FLAT.pop(key, None)
 
 
 def _check_in_place(b: _Buffer) -> None:
@@ -241,7 +246,7 @@ class _Optimizer(torch.optim.Optimizer):
     """The common part: the constructor, the checks and the step."""
 
     spec: _spec.Spec
-    _numpy_cls: type
+    _numpy_cls: Any  # the NumPy class whose state and update hooks are used
     _torch_cls: type
     _extra: dict[str, Any]
     target = None  # read by the NumPy classes' update hooks
@@ -345,7 +350,7 @@ class _Optimizer(torch.optim.Optimizer):
         return hypers
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, *,  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None, *,
              max_grad_norm: float | None = None, norm_type: float = 2.0) -> Any:
         """One step of every parameter with a ``.grad``.
 
@@ -378,7 +383,7 @@ class _Optimizer(torch.optim.Optimizer):
         if clip is not None:
             grads = [g for _, g, _, _, _ in work]
             on_gpu = bool(grads) and not isinstance(grads[0], np.ndarray)
-            inv_scale, self.last_grad_norm, _ = U.clip_scale(grads, 1.0, *clip,
+            inv_scale, self.last_grad_norm, _ = U.clip_scale(grads, 1.0, clip[0], clip[1],
                                                              "cuda" if on_gpu else None)
         for p, g, shadow, hyper, commit in work:
             self._numpy_cls._update(self, p, g, inv_scale, shadow, hyper)
@@ -426,10 +431,12 @@ class _Optimizer(torch.optim.Optimizer):
 
     def _single(self, name: str, p: torch.Tensor, hyper: dict) -> tuple:
         """The plan entry of a parameter stepped alone."""
-        if p.grad.is_sparse:
+        grad = p.grad
+        assert grad is not None
+        if grad.is_sparse:
             raise TypeError(f"{name} has a sparse gradient; fastopt.torch steps dense ones")
         pv = C.check_param(name, _view(name, p))
-        gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", p.grad), pv, name)
+        gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", grad), pv, name)
         state = self.state[p]
         if not state:
             state.update(self._new_state(p, hyper))
@@ -569,34 +576,43 @@ def _adopt_grad(b: _Buffer, k: int, g: torch.Tensor) -> None:
                       RuntimeWarning, stacklevel=4)
 
 
-def _optimizer_class(numpy_cls: type, torch_cls: type, doc: str) -> type:
-    return type(numpy_cls.__name__, (_Optimizer,), {
-        "spec": numpy_cls.spec, "_numpy_cls": numpy_cls, "_torch_cls": torch_cls,
-        "__doc__": doc, "__module__": __name__})
-
-
 _DOC = """``torch.optim.{name}`` with fastopt's fused kernels (a ``torch.optim.Optimizer``).
 
-Built like torch's: ``{name}(params, ...)`` with torch's arguments and
-defaults (``foreach``, ``fused`` are accepted and ignored; ``capturable``
-and ``differentiable`` must stay False), parameter groups,
-``add_param_group``, ``zero_grad``, ``state_dict``/``load_state_dict`` in
-torch's layout (state as torch tensors). ``step(closure=None, *,
-max_grad_norm=None, norm_type=2.0)``: see :meth:`_Optimizer.step`.
-"""
-
-SGD = _optimizer_class(_numpy_optimizers.SGD, torch.optim.SGD, _DOC.format(name="SGD"))
-Adagrad = _optimizer_class(_numpy_optimizers.Adagrad, torch.optim.Adagrad,
-                           _DOC.format(name="Adagrad"))
-Adam = _optimizer_class(_numpy_optimizers.Adam, torch.optim.Adam, _DOC.format(name="Adam"))
-AdamW = _optimizer_class(_numpy_optimizers.AdamW, torch.optim.AdamW, _DOC.format(name="AdamW"))
+    Built like torch's: ``{name}(params, ...)`` with torch's arguments and
+    defaults (``foreach`` and ``fused`` are accepted and ignored;
+    ``capturable`` and ``differentiable`` must stay False), parameter groups,
+    ``add_param_group``, ``zero_grad``, ``state_dict``/``load_state_dict`` in
+    torch's layout (state as torch tensors). ``step(closure=None, *,
+    max_grad_norm=None, norm_type=2.0)`` steps every parameter with a
+    ``.grad`` (see the module docstring).
+    """
 
 
-def _adagrad_group_added(self: Any, group: dict) -> None:
-    hyper = self._check_group(group, "the parameter group")
-    for p in group["params"]:
-        if not self.state[p]:
-            self.state[p].update(self._new_state(p, hyper))
+class SGD(_Optimizer):
+    __doc__ = _DOC.format(name="SGD")
+    _numpy_cls, _torch_cls = _numpy_optimizers.SGD, torch.optim.SGD
+    spec = _numpy_optimizers.SGD.spec
 
 
-setattr(Adagrad, "_group_added", _adagrad_group_added)
+class Adagrad(_Optimizer):
+    __doc__ = _DOC.format(name="Adagrad")
+    _numpy_cls, _torch_cls = _numpy_optimizers.Adagrad, torch.optim.Adagrad
+    spec = _numpy_optimizers.Adagrad.spec
+
+    def _group_added(self, group: dict) -> None:
+        hyper = self._check_group(group, "the parameter group")
+        for p in group["params"]:
+            if not self.state[p]:
+                self.state[p].update(self._new_state(p, hyper))
+
+
+class Adam(_Optimizer):
+    __doc__ = _DOC.format(name="Adam")
+    _numpy_cls, _torch_cls = _numpy_optimizers.Adam, torch.optim.Adam
+    spec = _numpy_optimizers.Adam.spec
+
+
+class AdamW(_Optimizer):
+    __doc__ = _DOC.format(name="AdamW")
+    _numpy_cls, _torch_cls = _numpy_optimizers.AdamW, torch.optim.AdamW
+    spec = _numpy_optimizers.AdamW.spec
