@@ -210,9 +210,13 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
     return FlatModel(buffers)
 
 
-def _forget(key: int) -> Callable[[Any], Any]:
-    """The callback that drops a dead parameter's entry."""
-    return lambda _: _FLAT.pop(key, None)
+def _forget(key: int, table: dict = _FLAT) -> Callable[[Any], Any]:
+    """The callback that drops a dead parameter's entry (if still its own)."""
+    def forget(ref: Any) -> None:
+        entry = table.get(key)
+        if entry is not None and entry[0] is ref:
+            del table[key]
+    return forget
 
 
 def _check_in_place(b: _Buffer) -> None:
