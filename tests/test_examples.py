@@ -34,6 +34,10 @@ CASES = {
         ["tqdm"], False,
         lambda r: r["loss_reduction"] >= 10 and r["n"] == 1_000_000
         and r["gbps"] > 0 and r["roofline_gbps"] > 0),
+    "torch_digits.py": (
+        ["sklearn", "torch"], False,
+        lambda r: r["gap"] <= 0.02 and all(o["test_accuracy"] >= 0.95 and o["step_median_us"] > 0
+                                           for o in r["optimizers"].values())),
     "optimizer_paths.py": (
         ["matplotlib"], True,
         lambda r: all(r["checks"].values()) and len(r["checks"]) == 4),
