@@ -278,6 +278,8 @@ class _Optimizer(torch.optim.Optimizer):
         defaults = {**self.spec.defaults, **bound.arguments}
         self._check_group(defaults, "defaults")
         self._hyper_cache: dict = {}
+        self._plan_cache: dict = {}
+        self._state_version = 0
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict, where: str) -> dict:
@@ -400,38 +402,65 @@ class _Optimizer(torch.optim.Optimizer):
         """``[(param view, grad view, state as the NumPy classes take it, hyper,
         commit)]``, one per kernel call: a run of consecutive flattened
         parameters is one entry. ``commit(shadow)`` writes the step count
-        (and any state created) back into the torch state."""
+        (and any state created) back into the torch state.
+
+        A group's plan is kept while its parameters, the state's version and
+        every flattened parameter's data and gradient pointers are the same
+        (checked at every step: two pointer compares per parameter)."""
         work: list = []
         kinds = set()
+        cache = self._plan_cache
         for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-            run: list = []
-            for j, p in enumerate(group["params"]):
-                entry = _flat_entry(p)
-                if entry is not None:
-                    b, idx = entry
-                    _check_one_in_place(b, idx)
-                    g = p.grad
-                    if g is None:
-                        self._flush(run, hyper, work)
-                        continue
-                    if g.data_ptr() != b.grad_ptrs[idx]:
-                        _adopt_grad(b, idx, g)
-                    if run and (run[-1][0] is not b or run[-1][1] != idx - 1):
-                        self._flush(run, hyper, work)
-                    run.append((b, idx))
-                    kinds.add(b.data.device.type)
-                    continue
-                self._flush(run, hyper, work)
-                if p.grad is None:
-                    continue
-                name = f"param_groups[{k}]['params'][{j}]"
-                work.append(self._single(name, p, hyper))
-                kinds.add(p.device.type)
-            self._flush(run, hyper, work)
+            params = group["params"]
+            ids = tuple(map(id, params))
+            hit = cache.get(k)
+            if (hit is None or hit[0] != ids or hit[1] != self._state_version
+                    or not _still_in_place(hit[3])):
+                items, checks = self._group_plan(k, params, hyper)
+                hit = cache[k] = (ids, self._state_version, items, checks)
+            for item in hit[2]:
+                if isinstance(item, _Run):
+                    work.extend(item.entries(self, hyper))
+                    kinds.add(item.buffer.data.device.type)
+                else:
+                    name, p = item
+                    work.append(self._single(name, p, hyper))
+                    kinds.add(p.device.type)
         if len(kinds) > 1:
             raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
                             "or all on CUDA")
         return work
+
+    def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list | None]:
+        """A group's plan: its runs of flattened parameters and its single
+        parameters; and the pointer checks that keep it valid (None: not kept,
+        a flattened parameter has no gradient)."""
+        items: list = []
+        checks: list | None = []
+        run: list = []
+        for j, p in enumerate(params):
+            entry = _flat_entry(p)
+            if entry is not None:
+                b, idx = entry
+                _check_one_in_place(b, idx)
+                g = p.grad
+                if g is None:
+                    self._flush(run, hyper, items)
+                    checks = None
+                    continue
+                if g.data_ptr() != b.grad_ptrs[idx]:
+                    _adopt_grad(b, idx, g)
+                if run and (run[-1][0] is not b or run[-1][1] != idx - 1):
+                    self._flush(run, hyper, items)
+                run.append((b, idx))
+                if checks is not None:
+                    checks.append((p, b.data_ptrs[idx], b.grad_ptrs[idx]))
+                continue
+            self._flush(run, hyper, items)
+            if p.grad is not None:
+                items.append((f"param_groups[{k}]['params'][{j}]", p))
+        self._flush(run, hyper, items)
+        return items, checks
 
     def _single(self, name: str, p: torch.Tensor, hyper: dict) -> tuple:
         """The plan entry of a parameter stepped alone."""
@@ -459,9 +488,9 @@ class _Optimizer(torch.optim.Optimizer):
                     state[key] = _tensor(value)
         return pv, gv, shadow, hyper, commit
 
-    def _flush(self, run: list, hyper: dict, work: list) -> None:
+    def _flush(self, run: list, hyper: dict, items: list) -> None:
         """Turn ``run`` (consecutive ``(buffer, index)`` in one buffer) into plan
-        entries, and empty it."""
+        items, and empty it: their state made views of the flat state first."""
         if not run:
             return
         b, first = run[0]
@@ -470,8 +499,8 @@ class _Optimizer(torch.optim.Optimizer):
         store = b.owners.get(self)
         if store is None:
             store = b.owners[self] = {"views": {}, "flat": {}}
-        # Every parameter's state must be views of the flat state at its offset,
-        # with one step count; else it is adopted (copied in) first.
+        # Every parameter's state must be views of the flat state at its offset;
+        # else it is adopted (copied in) first.
         params = b.params[first:last + 1]
         keys = None
         for k, p in zip(range(first, last + 1), params):
@@ -486,39 +515,9 @@ class _Optimizer(torch.optim.Optimizer):
             if keys is None:
                 keys = here
             elif here != keys:  # state keys differ (amsgrad switched on midway): one at a time
-                work.extend(self._single("a flattened parameter", p, hyper) for p in params)
+                items.extend(("a flattened parameter", p) for p in params)
                 return
-        steps = store["flat"].get("step")
-        if steps is not None:
-            counts = steps[first:last + 1]
-            if not bool((counts == counts[0]).all()):
-                work.extend(self._single("a flattened parameter", p, hyper) for p in params)
-                return
-        a, z = b.offsets[first], b.offsets[last + 1]
-        pv = _view("a flat buffer", b.data)[a:z]
-        gv = _view("a flat gradient buffer", b.grad)[a:z]
-        shadow: dict = {}
-        for key in keys or ():
-            if key == "step":
-                shadow[key] = int(steps[first])
-            else:
-                shadow[key] = _view(key, store["flat"][key])[a:z]
-        passed = dict(shadow)
-
-        def commit(shadow: dict) -> None:
-            if "step" in shadow:
-                steps[first:last + 1] = shadow["step"]
-            for key, value in shadow.items():
-                if key != "step" and value is not passed.get(key):
-                    # created by the step (SGD's momentum buffer): into the flat state
-                    flat = store["flat"].get(key)
-                    if flat is None:
-                        flat = store["flat"][key] = torch.zeros_like(b.data)
-                    flat[a:z].copy_(_tensor(value))
-                    for k in range(first, last + 1):
-                        view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.params[k].shape)
-                        self.state[b.params[k]][key] = store["views"][k][key] = view
-        work.append((pv, gv, shadow, hyper, commit))
+        items.append(_Run(b, first, last, sorted(keys or ()), store))
 
     def _adopt_state(self, b: _Buffer, k: int, state: dict, store: dict) -> None:
         """Copy parameter ``k``'s state into the flat state tensors and make its
@@ -549,9 +548,68 @@ class _Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._hyper_cache = {}
+        self._plan_cache = {}
+        self._state_version = getattr(self, "_state_version", 0) + 1
         for group in self.param_groups:
             for key, value in self._extra.items():
                 group.setdefault(key, value)
+
+
+class _Run:
+    """Consecutive flattened parameters of one group, stepped as one array:
+    views of the flat parameter, gradient and state buffers."""
+
+    def __init__(self, b: _Buffer, first: int, last: int, keys: list, store: dict):
+        self.buffer, self.first, self.last, self.keys, self.store = b, first, last, keys, store
+        a, z = b.offsets[first], b.offsets[last + 1]
+        self.p = _view("a flat buffer", b.data)[a:z]
+        self.g = _view("a flat gradient buffer", b.grad)[a:z]
+        self.state = {key: _view(key, store["flat"][key])[a:z] for key in keys if key != "step"}
+        steps = store["flat"].get("step")
+        self.steps = None if steps is None else steps.numpy()[first:last + 1]
+
+    def entries(self, opt: _Optimizer, hyper: dict) -> list:
+        """This step's plan entries: one, or one per parameter when their
+        step counts differ."""
+        steps = self.steps
+        if steps is not None and steps.min() != steps.max():
+            b = self.buffer
+            return [opt._single("a flattened parameter", p, hyper)
+                    for p in b.params[self.first:self.last + 1]]
+        shadow: dict = dict(self.state)
+        if steps is not None:
+            shadow["step"] = int(steps[0])
+        return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow))]
+
+    def commit(self, opt: _Optimizer, shadow: dict) -> None:
+        if self.steps is not None:
+            self.steps[:] = shadow["step"]
+        b, store = self.buffer, self.store
+        a, z = b.offsets[self.first], b.offsets[self.last + 1]
+        for key, value in shadow.items():
+            if key != "step" and value is not self.state.get(key):
+                # created by the step (SGD's momentum buffer): into the flat state
+                flat = store["flat"].get(key)
+                if flat is None:
+                    flat = store["flat"][key] = torch.zeros_like(b.data)
+                flat[a:z].copy_(_tensor(value))
+                for k in range(self.first, self.last + 1):
+                    view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.params[k].shape)
+                    opt.state[b.params[k]][key] = store["views"][k][key] = view
+                opt._state_version += 1  # plans made before know nothing of it
+
+
+def _still_in_place(checks: list | None) -> bool:
+    """Whether every ``(parameter, data pointer, gradient pointer)`` still holds."""
+    if checks is None:
+        return False
+    for p, data, grad in checks:
+        if p.data_ptr() != data:
+            return False
+        g = p.grad
+        if g is None or g.data_ptr() != grad:
+            return False
+    return True
 
 
 def _check_one_in_place(b: _Buffer, k: int) -> None:

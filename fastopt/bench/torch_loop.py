@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 
-def _median_times(cases: dict[str, Callable[[], None]], rounds: int, sync: Callable[[], None]
+def _median_times(cases: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], object]
                   ) -> dict[str, float]:
     """Median seconds of each case, timed in interleaved rounds after a warm-up call."""
     for fn in cases.values():
@@ -89,7 +89,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         torch.nn.utils.clip_grad_norm_(theirs, 1.0)
         fused.step()
 
-    cases: dict[str, Callable[[], None]] = {
+    cases: dict[str, Callable[[], object]] = {
         "fastopt.torch clip": lambda: fast.step(max_grad_norm=1.0),
         "fastopt.torch plain": fast.step,
         "torch clip_grad_norm_+fused": torch_clip_step,
