@@ -92,7 +92,8 @@ class _Buffer:
                 if p.grad is not None:
                     self.grad[a:b].copy_(p.grad.detach().reshape(-1))
             p.data = self.data[a:b].view(p.shape)
-            p.grad = self.grad[a:b].view(p.shape)
+            if p.requires_grad:  # a frozen parameter keeps no gradient: optimizers skip it
+                p.grad = self.grad[a:b].view(p.shape)
         item = self.data.element_size()
         self.data_ptrs = [self.data.data_ptr() + item * o for o in self.offsets[:-1]]
         self.grad_ptrs = [self.grad.data_ptr() + item * o for o in self.offsets[:-1]]
@@ -125,7 +126,7 @@ class FlatModel:
             b.grad.zero_()
             for k, p in enumerate(b.params):
                 g = p.grad
-                if g is None or g.data_ptr() != b.grad_ptrs[k]:
+                if p.requires_grad and (g is None or g.data_ptr() != b.grad_ptrs[k]):
                     p.grad = b.grad_view(k)
 
 
@@ -328,6 +329,8 @@ class _Optimizer(torch.optim.Optimizer):
             for k in ks:
                 p = b.params[k]
                 g = p.grad
+                if not p.requires_grad and g is None:
+                    continue
                 if g is None or g.data_ptr() != b.grad_ptrs[k]:
                     p.grad = b.grad_view(k)
                 if len(ks) != len(b.params):
@@ -431,12 +434,12 @@ class _Optimizer(torch.optim.Optimizer):
                             "or all on CUDA")
         return work
 
-    def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list | None]:
+    def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list]:
         """A group's plan: its runs of flattened parameters and its single
-        parameters; and the pointer checks that keep it valid (None: not kept,
-        a flattened parameter has no gradient)."""
+        parameters; and the pointer checks that keep it valid (each flattened
+        parameter's data pointer and gradient pointer, None for no gradient)."""
         items: list = []
-        checks: list | None = []
+        checks: list = []
         run: list = []
         for j, p in enumerate(params):
             entry = _flat_entry(p)
@@ -444,17 +447,16 @@ class _Optimizer(torch.optim.Optimizer):
                 b, idx = entry
                 _check_one_in_place(b, idx)
                 g = p.grad
-                if g is None:
+                if g is None:  # skipped, as torch skips it
                     self._flush(run, hyper, items)
-                    checks = None
+                    checks.append((p, b.data_ptrs[idx], None))
                     continue
                 if g.data_ptr() != b.grad_ptrs[idx]:
                     _adopt_grad(b, idx, g)
                 if run and (run[-1][0] is not b or run[-1][1] != idx - 1):
                     self._flush(run, hyper, items)
                 run.append((b, idx))
-                if checks is not None:
-                    checks.append((p, b.data_ptrs[idx], b.grad_ptrs[idx]))
+                checks.append((p, b.data_ptrs[idx], b.grad_ptrs[idx]))
                 continue
             self._flush(run, hyper, items)
             if p.grad is not None:
@@ -483,7 +485,10 @@ class _Optimizer(torch.optim.Optimizer):
         def commit(shadow: dict) -> None:
             for key, value in shadow.items():
                 if key == "step":
-                    state["step"].fill_(value)
+                    if isinstance(state["step"], torch.Tensor):
+                        state["step"].fill_(value)
+                    else:  # loaded as a number (older state dicts): torch's layout again
+                        state["step"] = torch.tensor(float(value))
                 elif key not in state:
                     state[key] = _tensor(value)
         return pv, gv, shadow, hyper, commit
@@ -599,15 +604,16 @@ class _Run:
                 opt._state_version += 1  # plans made before know nothing of it
 
 
-def _still_in_place(checks: list | None) -> bool:
-    """Whether every ``(parameter, data pointer, gradient pointer)`` still holds."""
-    if checks is None:
-        return False
+def _still_in_place(checks: list) -> bool:
+    """Whether every ``(parameter, data pointer, gradient pointer or None)`` still holds."""
     for p, data, grad in checks:
         if p.data_ptr() != data:
             return False
         g = p.grad
-        if g is None or g.data_ptr() != grad:
+        if g is None:
+            if grad is not None:
+                return False
+        elif grad is None or g.data_ptr() != grad:
             return False
     return True
 

@@ -347,3 +347,21 @@ def test_float32_flat_training_is_close_to_torch_fused():
     for m, opt in zip(ms, opts):
         train(m, opt, 10)
     assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-5
+
+
+def test_frozen_and_unused_flattened_parameters_are_skipped_like_torch():
+    ms = [model(), model()]
+    for m in ms:
+        m[0].bias.requires_grad_(False)
+    ft.flatten_(ms[1])
+    assert ms[1][0].bias.grad is None
+    opts = [torch.optim.AdamW(ms[0].parameters(), foreach=False), ft.AdamW(ms[1].parameters())]
+    for step in range(4):
+        for m, opt in zip(ms, opts):
+            opt.zero_grad()
+            backward(m)
+            if step == 2:
+                m[2].weight.grad = None  # this step, this one has no gradient
+            opt.step()
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+    assert len(opts[1].state[ms[1][0].bias]) == 0
