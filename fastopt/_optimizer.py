@@ -8,6 +8,7 @@ state-dict conversion in ``_state_io.py``.
 from __future__ import annotations
 
 import inspect
+import operator
 import threading
 from typing import Any, Iterable, Sequence
 
@@ -183,20 +184,30 @@ class Optimizer:
             return self._apply(params, checked, inv_scale, check_finite, clip)
 
     def _checked_hypers(self) -> list[dict[str, Any]]:
-        """Every group's checked hyperparameters. A group whose values (and their
-        types) are the ones checked at the last step is not checked again."""
+        """Every group's checked hyperparameters. A group holding the very
+        objects checked at the last step (immutable ones), or values of the
+        same types that compare equal, is not checked again."""
         cache = self._hyper_cache
         hypers = []
         for k, group in enumerate(self.param_groups):
-            key = _spec.cache_key(group)
+            objects = tuple(group.values())
             cached = cache.get(k)
+            if (cached is not None and cached[2] is not None and len(objects) == len(cached[2])
+                    and all(map(operator.is_, objects, cached[2]))):
+                hypers.append(cached[1])
+                continue
+            key = _spec.cache_key(group)
             if key is None or cached is None or cached[0] != key:
                 try:
                     checked = self.spec.check(group)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{k}]: {e}") from None
-                cached = cache[k] = (key, checked)
-            hypers.append(cached[1])
+            else:
+                checked = cached[1]
+            # The identity test is safe only when no hyperparameter can change in place.
+            mutable = key is None or any(type(v) is list for n, v in group.items() if n != "params")
+            cache[k] = (key, checked, None if mutable else objects)
+            hypers.append(checked)
         return hypers
 
     def _apply(self, params: list, grads: list, inv_scale: float, check_finite: bool,

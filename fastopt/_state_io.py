@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _cuda
-from ._dispatch import host_array, place_like
+from ._arrays import host_array, place_like
 
 
 def build(optimizer: Any, to_host: bool = False, to_torch: bool = False) -> dict:

@@ -26,7 +26,7 @@ launches its kernels without copying or waiting (README, "CUDA").
 
 from . import _spec
 from . import _update as U
-from ._dispatch import new_like
+from ._arrays import new_like
 from ._optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]

@@ -560,3 +560,16 @@ def test_a_parameter_shared_with_another_live_optimizer_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastopt.SGD([p], lr=0.1)  # the first optimizer is gone: no warning
+
+
+def test_hyperparameters_mutated_in_place_are_checked_again():
+    p = np.ones(3)
+    opt = fastopt.Adam([p], lr=0.1)
+    opt.param_groups[0]["betas"] = [0.9, 0.999]  # a list, set by the user
+    opt.step([np.ones(3)])
+    opt.param_groups[0]["betas"][1] = 1.5  # the same list object, a new value
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        opt.step([np.ones(3)])
+    opt.param_groups[0]["betas"][1] = 0.99
+    opt.step([np.ones(3)])
+    assert opt.state[0]["step"] == 2
