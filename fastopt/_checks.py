@@ -82,6 +82,23 @@ def check_grad_scale(grad_scale, dtypes=()):
     return inv
 
 
+def check_clip(max_grad_norm, norm_type):
+    """``(max_grad_norm, norm_type)`` as floats, or None without clipping.
+
+    ``max_grad_norm``: None or a finite number >= 0; ``norm_type``: 2 or
+    infinity (a number, or the string "inf" as torch takes it).
+    """
+    if norm_type == "inf":
+        norm_type = math.inf
+    if isinstance(norm_type, (bool, np.bool_)) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(f"norm_type must be 2 or math.inf, got {_type_name(norm_type)}")
+    if float(norm_type) not in (2.0, math.inf):
+        raise ValueError(f"norm_type must be 2 or math.inf, got {norm_type}")
+    if max_grad_norm is None:
+        return None
+    return check_real("max_grad_norm", max_grad_norm, low=0.0), float(norm_type)
+
+
 def check_step(step):
     if type(step) is not int:  # fast path first: the functional API runs this at every step
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):

@@ -187,3 +187,33 @@ def any_nonfinite(grads, inv_scales):
 def _handle(stream):
     handle = getattr(stream, "handle", None)
     return getattr(handle, "value", handle)
+
+
+def grad_norm(grads, inv_scale, inf):
+    """The 2-norm (``inf`` False) or inf-norm of all of ``grads`` together
+    (device arrays, each times ``inv_scale`` cast to its dtype); see
+    ``_update.grad_norm``. One launch per gradient into one accumulator per
+    dtype, one copy back: this waits once."""
+    import math
+    from ._update import _BITS, max_abs_norm
+    grads = [g for g in grads if g.shape[0]]
+    if not grads:
+        return 0.0
+    stream = grads[0].stream
+    dtypes = sorted({g.dtype for g in grads}, key=str)
+    acc = cuda().to_device(np.zeros(len(dtypes), np.float64 if not inf else np.int64), stream=stream)
+    for g in grads:
+        slot = acc[dtypes.index(g.dtype):][:1]
+        if inf:
+            ints, mask = _BITS[g.dtype]
+            launcher("max_abs_bits_cuda")(g.view(ints), mask, slot)
+        else:
+            launcher("sq_norm_cuda")(g, g.dtype.type(inv_scale), slot)
+    if any(_handle(g.stream) != _handle(stream) for g in grads):
+        cuda().synchronize()
+    values = acc.copy_to_host(stream=stream)
+    if hasattr(stream, "synchronize"):
+        stream.synchronize()
+    if inf:
+        return max_abs_norm(list(zip(dtypes, values)), inv_scale)
+    return math.sqrt(float(values.sum()))

@@ -111,8 +111,11 @@ class Optimizer:
 
     # --- stepping ------------------------------------------------------------
 
+    last_grad_norm: float | None = None
+
     def step(self, grads: Sequence[Any] | None = None, *, check_finite: bool = False,
-             grad_scale: float | None = None) -> bool | None:
+             grad_scale: float | None = None, max_grad_norm: float | None = None,
+             norm_type: float = 2.0) -> bool | None:
         """Update every parameter in place from ``grads`` (one per parameter, or None).
 
         Parameters
@@ -129,6 +132,17 @@ class Optimizer:
         grad_scale : float, optional
             Divide every gradient by it first, fused into the step
             (mixed-precision loss scaling).
+        max_grad_norm : float, optional
+            Clip the gradients by their global norm, as
+            ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type)``
+            before the step would: the norm of all the (unscaled) gradients
+            together is taken in one pass over them, and each gradient is
+            multiplied by ``min(1, max_grad_norm / (norm + 1e-6))`` inside
+            the update (the gradients are not written). The norm, before
+            clipping, is kept in ``last_grad_norm``. With ``check_finite``,
+            one pass serves both: a NaN or infinite norm skips the step.
+        norm_type : float
+            2 (the default) or ``math.inf`` (the largest absolute value).
 
         Returns
         -------
@@ -139,6 +153,7 @@ class Optimizer:
         with self._lock:
             self._sync()
             check_finite = C.check_flag("check_finite", check_finite)
+            clip = C.check_clip(max_grad_norm, norm_type)
             params = self._plist.current_views(self.state)
             inv_scale = C.check_grad_scale(grad_scale, {p.dtype for p in params})
             if grads is None:
@@ -167,7 +182,7 @@ class Optimizer:
                         raise ValueError(f"{names.format(i)} shares memory with params[{i}]")
                 else:
                     C.check_no_overlap([(names.format(i), g), (f"params[{i}]", p)])
-            return self._apply(params, checked, inv_scale, check_finite)
+            return self._apply(params, checked, inv_scale, check_finite, clip)
 
     def _checked_hypers(self) -> list[dict[str, Any]]:
         """Every group's checked hyperparameters. A group holding the very
@@ -196,12 +211,19 @@ class Optimizer:
             hypers.append(checked)
         return hypers
 
-    def _apply(self, params: list, grads: list, inv_scale: float, check_finite: bool) -> bool | None:
+    def _apply(self, params: list, grads: list, inv_scale: float, check_finite: bool,
+               clip: tuple[float, float] | None = None) -> bool | None:
         """Check the hyperparameters (and the gradients' values, with
-        ``check_finite``), then step every parameter with a gradient."""
+        ``check_finite``; their norm, with ``clip``), then step every
+        parameter with a gradient."""
         hypers = self._checked_hypers()
-        if check_finite and U.any_nonfinite([g for g in grads if g is not None], inv_scale,
-                                            self.target):
+        present = [g for g in grads if g is not None]
+        if clip is not None:
+            inv_scale, self.last_grad_norm, finite = U.clip_scale(present, inv_scale, *clip,
+                                                                  self.target)
+            if check_finite and not finite:
+                return False
+        elif check_finite and U.any_nonfinite(present, inv_scale, self.target):
             return False
         # Everything is checked: from here on, nothing raises. ``params`` are
         # the arrays as the kernels take them (GPU arrays as numba views).

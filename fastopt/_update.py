@@ -63,6 +63,56 @@ def any_nonfinite(grads, inv_scale, target):
                for g in grads)
 
 
+# The integer view of each float dtype, and the mask that clears its sign bit.
+_BITS = {np.dtype(np.float32): (np.int32, np.int32(0x7FFFFFFF)),
+         np.dtype(np.float64): (np.int64, np.int64(0x7FFFFFFFFFFFFFFF))}
+
+
+def grad_norm(grads, inv_scale, norm_type, target):
+    """The ``norm_type`` (2 or inf) norm of all of ``grads`` together, each
+    times ``inv_scale`` (cast to its dtype), as a Python float: one pass over
+    each gradient. NaN if any element is NaN; infinite if any is infinite
+    (or, for the 2-norm, if the sum of squares overflows float64); 0.0 for
+    no gradients."""
+    if not grads:
+        return 0.0
+    inf = norm_type == math.inf
+    if target == "cuda" or not isinstance(grads[0], np.ndarray):
+        from . import _cuda
+        return _cuda.grad_norm([_flat(g) for g in grads], inv_scale, inf)
+    if not inf:
+        return math.sqrt(sum(kernel("sq_norm", target, g)(_flat(g), g.dtype.type(inv_scale))
+                             for g in grads))
+    return max_abs_norm([(g.dtype, kernel("max_abs_bits", target, g)(_flat(g).view(_BITS[g.dtype][0]),
+                                                                      _BITS[g.dtype][1]))
+                         for g in grads], inv_scale)
+
+
+def clip_scale(grads, inv_scale, max_norm, norm_type, target):
+    """``(inv_scale times the clipping coefficient, norm, whether the norm is
+    finite)`` for clipping ``grads`` (times ``inv_scale``) to ``max_norm``:
+    the coefficient is ``torch.nn.utils.clip_grad_norm_``'s,
+    ``min(1, max_norm / (norm + 1e-6))``, computed in float64 (NaN for a
+    NaN norm, 0 for an infinite one, as in torch)."""
+    norm = grad_norm(grads, inv_scale, norm_type, target)
+    coefficient = min(max_norm / (norm + 1e-6), 1.0)  # min keeps a NaN first argument
+    return inv_scale * coefficient, norm, math.isfinite(norm)
+
+
+def max_abs_norm(largest, inv_scale):
+    """The inf-norm from ``[(dtype, largest sign-masked bits of a gradient)]``:
+    the largest |g| times ``inv_scale``, computed in each dtype (rounding is
+    monotonic, so this is the largest |g * inv_scale|); NaN if any is NaN."""
+    norms = []
+    for dtype, bits in largest:
+        ints = _BITS[np.dtype(dtype)][0]
+        value = np.array(bits, dtype=ints).view(dtype)[()]
+        norms.append(float(value * dtype.type(inv_scale)))
+    if any(math.isnan(x) for x in norms):
+        return math.nan
+    return max(norms)
+
+
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
         first_step, target):
     T = SCALARS[p.dtype]

@@ -19,6 +19,15 @@ nothing and returns False; otherwise it steps and returns True (on the GPU
 this scan waits for its result). Without it a function returns None and
 non-finite values propagate, as in torch.
 
+Gradient clipping, on every function: ``max_grad_norm`` clips the gradient
+by its norm (``norm_type`` 2, the default, or ``math.inf``) as
+``torch.nn.utils.clip_grad_norm_([param], max_grad_norm, norm_type)`` would:
+one pass over the (unscaled) gradient takes its norm, and the update
+multiplies the gradient by ``min(1, max_grad_norm / (norm + 1e-6))`` (the
+gradient is not written). The function then returns that norm, before
+clipping, as a float; with ``check_finite`` too, the same pass is the scan,
+and the step was taken if and only if the returned norm is finite.
+
 ``target`` picks the kernel: None (for NumPy arrays, serial below
 ``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above; for GPU
 arrays, CUDA), "serial", "parallel" or "cuda".
@@ -99,15 +108,25 @@ def _check_arrays(param, grad, states, target, grad_scale):
     return param, grad, states, C.check_grad_scale(grad_scale, (param.dtype,))
 
 
-def _skip(grad, inv_scale, check_finite, target):
-    """Whether a step with ``check_finite`` must be skipped (a non-finite gradient)."""
-    return C.check_flag("check_finite", check_finite) and U.any_nonfinite([grad], inv_scale, target)
+def _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target):
+    """``(skip, inv_scale, result)``: whether ``check_finite`` skips the step (a
+    non-finite gradient), the gradient's multiplier with clipping folded in,
+    and what the function returns when it steps."""
+    check_finite = C.check_flag("check_finite", check_finite)
+    clip = C.check_clip(max_grad_norm, norm_type)
+    if clip is not None:
+        inv_scale, norm, finite = U.clip_scale([grad], inv_scale, *clip, target)
+        return check_finite and not finite, inv_scale, norm
+    if check_finite and U.any_nonfinite([grad], inv_scale, target):
+        return True, inv_scale, False
+    return False, inv_scale, True if check_finite else None
 
 
 @_signature(_spec.SGD)
 def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
         first_step: bool = False, grad_scale: float | None = None, check_finite: bool = False,
-        target: str | None = None, **hyperparameters: Any) -> bool | None:
+        max_grad_norm: float | None = None, norm_type: float = 2.0,
+        target: str | None = None, **hyperparameters: Any) -> bool | float | None:
     r"""One SGD step on ``param``, in place (``torch.optim.SGD``'s rule).
 
     {update_rule}
@@ -132,18 +151,20 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
     param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
-    if _skip(grad, inv_scale, check_finite, target):
-        return False
+    skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
+    if skip:
+        return result
     U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
           momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
           nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target)
-    return True if check_finite else None
+    return result
 
 
 @_signature(_spec.ADAGRAD)
 def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
-            grad_scale: float | None = None, check_finite: bool = False, target: str | None = None,
-            **hyperparameters: Any) -> bool | None:
+            grad_scale: float | None = None, check_finite: bool = False,
+            max_grad_norm: float | None = None, norm_type: float = 2.0, target: str | None = None,
+            **hyperparameters: Any) -> bool | float | None:
     r"""One Adagrad step on ``param``, in place (``torch.optim.Adagrad``'s rule).
 
     {update_rule}
@@ -164,16 +185,17 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
     h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
     param, grad, states, inv_scale = _check_arrays(param, grad, [("state_sum", state_sum)],
                                                    target, grad_scale)
-    if _skip(grad, inv_scale, check_finite, target):
-        return False
+    skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
+    if skip:
+        return result
     U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step,
               lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
               maximize=h["maximize"], target=target)
-    return True if check_finite else None
+    return result
 
 
 def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad_scale,
-          check_finite, target, hyperparameters):
+          check_finite, max_grad_norm, norm_type, target, hyperparameters):
     step = C.check_step(step)
     h = _hypers(spec, fn, hyperparameters)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
@@ -182,22 +204,23 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
-    if _skip(grad, inv_scale, check_finite, target):
-        return False
+    skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
+    if skip:
+        return result
     beta1, beta2 = h["betas"]
     U.adam(p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
            max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step,
            lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
            amsgrad=h["amsgrad"], maximize=h["maximize"],
            decoupled_weight_decay=h["decoupled_weight_decay"], target=target)
-    return True if check_finite else None
+    return result
 
 
 @_signature(_spec.ADAM)
 def adam(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
          max_exp_avg_sq: Array | None = None, *, step: int, grad_scale: float | None = None,
-         check_finite: bool = False, target: str | None = None,
-         **hyperparameters: Any) -> bool | None:
+         check_finite: bool = False, max_grad_norm: float | None = None, norm_type: float = 2.0,
+         target: str | None = None, **hyperparameters: Any) -> bool | float | None:
     r"""One Adam step on ``param``, in place (``torch.optim.Adam``'s rule).
 
     {update_rule}
@@ -215,18 +238,18 @@ def adam(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
         array([0.9, 1.1], dtype=float32)
     """
     return _adam(_spec.ADAM, "adam", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
-                 grad_scale, check_finite, target, hyperparameters)
+                 grad_scale, check_finite, max_grad_norm, norm_type, target, hyperparameters)
 
 
 @_signature(_spec.ADAMW)
 def adamw(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
           max_exp_avg_sq: Array | None = None, *, step: int, grad_scale: float | None = None,
-          check_finite: bool = False, target: str | None = None,
-          **hyperparameters: Any) -> bool | None:
+          check_finite: bool = False, max_grad_norm: float | None = None, norm_type: float = 2.0,
+          target: str | None = None, **hyperparameters: Any) -> bool | float | None:
     r"""One AdamW step: :func:`adam` with decoupled weight decay (default 1e-2).
 
     The parameter is first scaled by :math:`1 - \eta\lambda`, then takes the
     Adam step without weight decay in the gradient (``torch.optim.AdamW``).
     """
     return _adam(_spec.ADAMW, "adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
-                 grad_scale, check_finite, target, hyperparameters)
+                 grad_scale, check_finite, max_grad_norm, norm_type, target, hyperparameters)

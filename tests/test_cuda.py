@@ -130,8 +130,11 @@ def kernels():
 
 
 INSTRUCTION = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)", re.M)
-# Every declared kernel with a CUDA implementation (any_nonfinite is the CPU's).
-KERNEL_NAMES = [name for name in spec.KERNELS if name != "any_nonfinite"]
+# Every declared kernel with a CUDA implementation (these three are the CPU's).
+KERNEL_NAMES = [name for name in spec.KERNELS
+                if name not in ("any_nonfinite", "sq_norm", "max_abs_bits")]
+# The norm kernels accumulate (atomically, in float64 or int64 whatever the dtype).
+REDUCTIONS = ("sq_norm_cuda", "max_abs_bits_cuda")
 
 
 def instructions(ptx):
@@ -147,10 +150,11 @@ def test_kernel_compiles_to_ptx(kernels, name, dtype, cc):
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
     assert ".visible .entry" in ptx
     ops = instructions(ptx)
-    assert any(op.startswith("st.global") for op in ops), "the kernel stores nothing"
+    stores = ("atom.global", "red.global") if name in REDUCTIONS else ("st.global",)
+    assert any(op.startswith(stores) for op in ops), "the kernel stores nothing"
     # IEEE arithmetic: no approximate or flush-to-zero instructions (fastmath is off).
     assert not [op for op in ops if ".approx" in op or ".ftz" in op]
-    if dtype == "float32":
+    if dtype == "float32" and name not in REDUCTIONS:
         # float32 stays float32: no float64 arithmetic or conversion anywhere.
         assert not [op for op in ops if ".f64" in op], "float64 instructions in a float32 kernel"
     if name in ("adagrad", "adam"):

@@ -35,6 +35,10 @@ CASES = {
         ["tqdm"], False,
         lambda r: r["loss_reduction"] >= 10 and r["n"] == 1_000_000
         and r["gbps"] > 0 and r["roofline_gbps"] > 0),
+    "torch_digits.py": (
+        ["sklearn", "torch"], False,
+        lambda r: r["gap"] <= 0.02 and all(o["test_accuracy"] >= 0.95 and o["step_median_us"] > 0
+                                           for o in r["optimizers"].values())),
     "scipy_fit.py": (
         ["scipy"], False,
         lambda r: all(r["methods"][m]["success"] and r["methods"][m]["max_diff_in_se"] <= 0.01

@@ -14,22 +14,29 @@ RULE: dict[str, Any] = dict(error_model="numpy", fastmath=False, boundscheck=Fal
 _warned = False
 
 
-def loop(parallel=False):
+def loop(parallel=False, reassoc=False):
     """Decorator: compile a loop with ``RULE``'s options, ``nogil`` and a disk cache.
+
+    ``reassoc=True`` lets LLVM reorder the loop's additions (fastmath's
+    ``reassoc`` flag alone: NaN and infinities keep their meaning), which a
+    sum needs to be vectorised; only reductions whose order does not matter
+    to their callers (a gradient's norm) ask for it.
 
     numba refuses ``cache=True`` at decoration time when no cache folder is
     writable (a read-only install with no writable home). Then the loop is
     compiled without a cache, once per process, and a warning says how to
     get the cache back.
     """
+    options = {**RULE, "fastmath": {"reassoc"}} if reassoc else RULE
+
     def decorate(fn):
         try:
-            return njit(parallel=parallel, cache=True, nogil=True, **RULE)(fn)
+            return njit(parallel=parallel, cache=True, nogil=True, **options)(fn)
         except RuntimeError as e:
             if "cannot cache" not in str(e):
                 raise
             _warn_no_cache()
-            return njit(parallel=parallel, cache=False, nogil=True, **RULE)(fn)
+            return njit(parallel=parallel, cache=False, nogil=True, **options)(fn)
     return decorate
 
 

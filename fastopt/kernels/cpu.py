@@ -14,7 +14,7 @@ Serial and parallel loops are separate Python functions, not one function
 jitted twice, so each has its own entry in numba's on-disk cache.
 """
 
-from numba import prange
+from numba import float64, prange
 
 from . import _cpu_loops, spec
 from ._jit import loop
@@ -41,8 +41,72 @@ def any_nonfinite_parallel(g, inv_scale):
     return n
 
 
+# A gradient's norm (see ``spec.py``): the sum of squares in float64, its
+# additions reordered (``reassoc``) so that the loop is vectorised; the largest
+# |g| as the largest sign-masked integer view (an integer max vectorises, and
+# a NaN, whose bits lie above infinity's, is not lost). Each loop reads four
+# streams a quarter of the array apart: a lone read stream leaves a core
+# waiting on memory, four keep more reads in flight (a third faster, measured
+# on Zen 3), and the pass costs about a plain read of the gradient.
+_STREAMS = 4
+
+
+@loop(reassoc=True)
+def sq_norm_serial(g, inv_scale):
+    q = g.shape[0] // _STREAMS
+    total = 0.0
+    for i in range(q):
+        for k in range(_STREAMS):
+            x = float64(g[i + k * q] * inv_scale)
+            total += x * x
+    for i in range(_STREAMS * q, g.shape[0]):
+        x = float64(g[i] * inv_scale)
+        total += x * x
+    return total
+
+
+@loop(parallel=True, reassoc=True)
+def sq_norm_parallel(g, inv_scale):
+    q = g.shape[0] // _STREAMS
+    total = 0.0
+    for i in prange(q):
+        for k in range(_STREAMS):
+            x = float64(g[i + k * q] * inv_scale)
+            total += x * x
+    for i in range(_STREAMS * q, g.shape[0]):
+        x = float64(g[i] * inv_scale)
+        total += x * x
+    return total
+
+
+@loop()
+def max_abs_bits_serial(bits, mask):
+    q = bits.shape[0] // _STREAMS
+    largest = 0
+    for i in range(q):
+        for k in range(_STREAMS):
+            largest = max(largest, bits[i + k * q] & mask)
+    for i in range(_STREAMS * q, bits.shape[0]):
+        largest = max(largest, bits[i] & mask)
+    return largest
+
+
+@loop(parallel=True)
+def max_abs_bits_parallel(bits, mask):
+    q = bits.shape[0] // _STREAMS
+    largest = 0
+    for i in prange(q):
+        for k in range(_STREAMS):
+            largest = max(largest, bits[i + k * q] & mask)
+    for i in range(_STREAMS * q, bits.shape[0]):
+        largest = max(largest, bits[i] & mask)
+    return largest
+
+
 KERNELS = {
     **{k.name: {"serial": getattr(_cpu_loops, f"{k.name}_serial"),
                 "parallel": getattr(_cpu_loops, f"{k.name}_parallel")} for k in spec.RULE_KERNELS},
     "any_nonfinite": {"serial": any_nonfinite_serial, "parallel": any_nonfinite_parallel},
+    "sq_norm": {"serial": sq_norm_serial, "parallel": sq_norm_parallel},
+    "max_abs_bits": {"serial": max_abs_bits_serial, "parallel": max_abs_bits_parallel},
 }

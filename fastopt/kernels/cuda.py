@@ -21,7 +21,7 @@ nvcc does by default, so results agree with the CPU kernels to rounding (a few
 units in the last place; tested), not bit for bit.
 """
 
-from numba import cuda
+from numba import cuda, float64, int64
 
 from . import spec
 from ._cuda_loops import adagrad, adam, sgd
@@ -43,6 +43,52 @@ def fill(a, value):
     """Set every element of the 1-D array ``a`` to ``value`` (state initialisation)."""
     for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
         a[i] = value
+
+
+# --- a gradient's norm: per-thread partials, a tree in shared memory, one atomic per block ---
+
+_BLOCK_MAX = 1024  # the most threads a block may have: the shared partials' size
+
+
+@cuda.jit(**_KERNEL)
+def sq_norm_cuda(g, inv_scale, total):
+    """Add the sum of the squares of ``g * inv_scale`` (in float64) to ``total[0]``."""
+    acc = 0.0
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        x = float64(g[i] * inv_scale)
+        acc += x * x
+    partial = cuda.shared.array(_BLOCK_MAX, float64)
+    t, n = cuda.threadIdx.x, cuda.blockDim.x
+    partial[t] = acc
+    cuda.syncthreads()
+    step = 1
+    while step < n:
+        if t % (2 * step) == 0 and t + step < n:
+            partial[t] += partial[t + step]
+        step *= 2
+        cuda.syncthreads()
+    if t == 0:
+        cuda.atomic.add(total, 0, partial[0])
+
+
+@cuda.jit(**_KERNEL)
+def max_abs_bits_cuda(bits, mask, largest):
+    """Raise ``largest[0]`` to the largest ``bits[i] & mask`` (see ``spec.py``)."""
+    acc = int64(0)
+    for i in range(cuda.grid(1), bits.shape[0], cuda.gridsize(1)):
+        acc = max(acc, int64(bits[i] & mask))
+    partial = cuda.shared.array(_BLOCK_MAX, int64)
+    t, n = cuda.threadIdx.x, cuda.blockDim.x
+    partial[t] = acc
+    cuda.syncthreads()
+    step = 1
+    while step < n:
+        if t % (2 * step) == 0 and t + step < n:
+            partial[t] = max(partial[t], partial[t + step])
+        step *= 2
+        cuda.syncthreads()
+    if t == 0:
+        cuda.atomic.max(largest, 0, partial[0])
 
 
 # --- roofline: an optimizer's memory traffic with almost no arithmetic --------
@@ -83,7 +129,8 @@ def roofline_4(g, s, a, b, c, d):
 
 # Every kernel, by its name in ``spec.KERNELS``.
 ALL = {"sgd": sgd, "adagrad": adagrad, "adam": adam, "any_nonfinite_cuda": any_nonfinite_cuda,
-       "fill": fill, "roofline_1": roofline_1, "roofline_2": roofline_2,
+       "fill": fill,
+       "sq_norm_cuda": sq_norm_cuda, "max_abs_bits_cuda": max_abs_bits_cuda, "roofline_1": roofline_1, "roofline_2": roofline_2,
        "roofline_3": roofline_3, "roofline_4": roofline_4}
 
 

@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 ARRAY, SCALAR, FLAG, FOUND = "array", "scalar", "flag", "found"
+# The norm kernels': a float array's elements as same-width signed integers
+# (and a scalar of that integer type), and the CUDA kernels' accumulators.
+BITS, BITS_SCALAR, SUM, MAX_BITS = "bits", "bits_scalar", "sum", "max_bits"
 
 
 class Kernel(NamedTuple):
@@ -105,6 +108,15 @@ KERNELS = {k.name: k for k in [
     Kernel("any_nonfinite", _args(ARRAY, "g") + _args(SCALAR, "inv_scale")),
     Kernel("any_nonfinite_cuda", _args(ARRAY, "g") + _args(SCALAR, "inv_scale") + (("found", FOUND),)),
     Kernel("fill", _args(ARRAY, "a") + _args(SCALAR, "value")),
+    # A gradient's norm, for clipping: the sum of the squares of g * inv_scale
+    # (accumulated in float64), and the largest |g| as the bits of g with the
+    # sign bit masked off (``mask``): for floats >= 0 the integer order is the
+    # float order, NaN above infinity. CPU: returned; CUDA: added to sum[0],
+    # max-ed into max_bits[0] (one atomic per block).
+    Kernel("sq_norm", _args(ARRAY, "g") + _args(SCALAR, "inv_scale")),
+    Kernel("sq_norm_cuda", _args(ARRAY, "g") + _args(SCALAR, "inv_scale") + (("total", SUM),)),
+    Kernel("max_abs_bits", (("bits", BITS), ("mask", BITS_SCALAR))),
+    Kernel("max_abs_bits_cuda", (("bits", BITS), ("mask", BITS_SCALAR), ("largest", MAX_BITS))),
     *[_roofline(k) for k in (1, 2, 3, 4)],
 ]}
 
@@ -130,8 +142,11 @@ def signature(name, dtype):
     """The numba argument types of kernel ``name`` for arrays of ``dtype``."""
     from numba import types
     scalar = types.float32 if str(dtype) == "float32" else types.float64
+    integer = types.int32 if str(dtype) == "float32" else types.int64
     numba_type = {ARRAY: types.Array(scalar, 1, "C"), SCALAR: scalar, FLAG: types.boolean,
-                  FOUND: types.Array(types.int32, 1, "C")}
+                  FOUND: types.Array(types.int32, 1, "C"), BITS: types.Array(integer, 1, "C"),
+                  BITS_SCALAR: integer, SUM: types.Array(types.float64, 1, "C"),
+                  MAX_BITS: types.Array(types.int64, 1, "C")}
     return tuple(numba_type[kind] for _, kind in KERNELS[name].args)
 
 

@@ -1,0 +1,686 @@
+"""fastopt's kernels in PyTorch training loops: ``torch.optim`` optimizers and flat models.
+
+``SGD``, ``Adagrad``, ``Adam`` and ``AdamW`` here are ``torch.optim.Optimizer``
+subclasses, built like torch's (the same arguments and defaults, parameter
+groups, ``add_param_group``, ``zero_grad``, ``state_dict`` in torch's layout,
+every ``torch.optim.lr_scheduler``), whose ``step(closure=None)`` reads each
+parameter's ``.grad`` and updates it with fastopt's fused kernels: CPU
+tensors through zero-copy NumPy views, CUDA tensors through
+``__cuda_array_interface__``. Their state is torch tensors, so ``torch.save``
+works and a state dict moves between ``fastopt.torch.AdamW`` and
+``torch.optim.AdamW`` both ways. ``step(max_grad_norm=...)`` clips the
+gradients by their global norm inside the update, as
+``torch.nn.utils.clip_grad_norm_`` then ``step`` would, and keeps the norm in
+``last_grad_norm``.
+
+``flatten_(model)`` moves a model's parameters and gradients into one buffer
+per dtype and device, so that a step is one kernel call per run of
+consecutive parameters in a group instead of one per tensor.
+
+This module needs PyTorch (``pip install torch``, or fastopt's ``torch``
+extra); ``import fastopt`` does not import it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import warnings
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:
+    raise ImportError('fastopt.torch needs PyTorch, which is not installed: pip install torch '
+                      '(or pip install "fastopt[torch]")') from None
+
+from . import _checks as C
+from . import _cuda
+from . import _spec
+from . import _update as U
+from . import optimizers as _numpy_optimizers
+
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "flatten_", "FlatModel"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _view(name: str, t: torch.Tensor) -> Any:
+    """A CPU tensor as a NumPy array, a CUDA tensor as a numba device array:
+    the same memory, no copy."""
+    t = t.detach()
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name} is {t.dtype}; fastopt.torch steps float32 and float64 tensors")
+    if t.device.type == "cuda":
+        return _cuda.as_array(name, t)
+    if t.device.type != "cpu":
+        raise TypeError(f"{name} is on {t.device}; fastopt.torch steps CPU and CUDA tensors")
+    return t.numpy()
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    """A NumPy or numba device array as a torch tensor over the same memory."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.as_tensor(a, device="cuda")
+
+
+# --- flat models ------------------------------------------------------------------
+
+class _Buffer:
+    """One flat buffer: its parameters (in order), their offsets, and the
+    data and gradient tensors they are views of; with ``state[key]`` the
+    optimizers' flat state tensors (created on a first step) and ``steps``
+    (float32, one per parameter) whose elements are the parameters' steps."""
+
+    def __init__(self, params: list, dtype: torch.dtype, device: torch.device):
+        self.params = params
+        sizes = [p.numel() for p in params]
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        total = self.offsets[-1]
+        self.data = torch.empty(total, dtype=dtype, device=device)
+        self.grad = torch.zeros(total, dtype=dtype, device=device)
+        for k, p in enumerate(params):
+            a, b = self.offsets[k], self.offsets[k + 1]
+            with torch.no_grad():
+                self.data[a:b].copy_(p.detach().reshape(-1))
+                if p.grad is not None:
+                    self.grad[a:b].copy_(p.grad.detach().reshape(-1))
+            p.data = self.data[a:b].view(p.shape)
+            if p.requires_grad:  # a frozen parameter keeps no gradient: optimizers skip it
+                p.grad = self.grad[a:b].view(p.shape)
+        item = self.data.element_size()
+        self.data_ptrs = [self.data.data_ptr() + item * o for o in self.offsets[:-1]]
+        self.grad_ptrs = [self.grad.data_ptr() + item * o for o in self.offsets[:-1]]
+        self.owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> state
+
+    def grad_view(self, k: int) -> torch.Tensor:
+        p = self.params[k]
+        return self.grad[self.offsets[k]:self.offsets[k + 1]].view(p.shape)
+
+
+class FlatModel:
+    """What :func:`flatten_` returns: the flat buffers of a set of parameters.
+
+    ``buffers`` maps ``(dtype, device)`` to ``(data, grad)``, the 1-D tensors
+    the parameters' ``.data`` and ``.grad`` are views of. ``zero_grad()``
+    zeroes every gradient buffer (one fill per buffer), re-attaching any
+    gradient that was set to None or replaced.
+    """
+
+    def __init__(self, buffers: list[_Buffer]):
+        self._buffers = buffers
+
+    @property
+    def buffers(self) -> dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]:
+        return {(b.data.dtype, b.data.device): (b.data, b.grad) for b in self._buffers}
+
+    def zero_grad(self) -> None:
+        for b in self._buffers:
+            _check_in_place(b)
+            b.grad.zero_()
+            for k, p in enumerate(b.params):
+                g = p.grad
+                if p.requires_grad and (g is None or g.data_ptr() != b.grad_ptrs[k]):
+                    p.grad = b.grad_view(k)
+
+
+# id(parameter) -> (weak reference to it, its buffer, its index there): one buffer
+# per parameter at most (a tensor's == is elementwise, so no WeakKeyDictionary)
+_FLAT: dict[int, tuple] = {}
+_flat_lock = threading.Lock()
+
+
+def _flat_entry(p: torch.Tensor) -> tuple | None:
+    """``(buffer, index)`` of a flattened parameter, else None."""
+    entry = _FLAT.get(id(p))
+    if entry is None or entry[0]() is not p:
+        return None
+    return entry[1], entry[2]
+
+
+def flatten_(module_or_parameters: Any) -> FlatModel:
+    """Move parameters (and their gradients) into one contiguous buffer per dtype and device.
+
+    Parameters
+    ----------
+    module_or_parameters : torch.nn.Module or iterable of tensors
+        A module's ``parameters()`` are taken; a parameter listed twice (tied
+        weights) is moved once.
+
+    Returns
+    -------
+    FlatModel
+        The buffers. Each parameter's ``.data`` becomes a view of its
+        buffer, and its ``.grad`` a view of the matching gradient buffer
+        (zeros, or the gradient it had): backward passes accumulate into it
+        in place, so a fastopt optimizer steps each run of consecutive
+        parameters of a group with one kernel call.
+
+    What keeps working: ``optimizer.zero_grad()`` of a fastopt optimizer
+    zeroes its flattened gradients in place; gradient accumulation;
+    ``model.load_state_dict`` (it copies in place); ``clip_grad_norm_``.
+    ``model.zero_grad()`` sets the gradients to None: the next backward
+    creates new gradient tensors, which the next fastopt step copies into
+    the buffer (an extra pass over them; it warns once) and re-attaches, and
+    a parameter left without a gradient is skipped, as torch skips it.
+    What raises: a parameter whose data moved (``model.to(...)`` to another
+    dtype or device, ``p.data = ...``): the step raises a RuntimeError
+    instead of stepping a stale buffer; call ``flatten_`` again (and make a
+    new optimizer, as torch's optimizers need after a dtype change).
+    Parameters that need a gradient of another layout (sparse) or dtype
+    (not float32 or float64) are refused.
+    """
+    if isinstance(module_or_parameters, torch.nn.Module):
+        params = list(module_or_parameters.parameters())
+    elif isinstance(module_or_parameters, torch.Tensor):
+        params = [module_or_parameters]  # type: ignore[list-item]
+    else:
+        try:
+            params = list(module_or_parameters)
+        except TypeError:
+            raise TypeError("flatten_ takes a torch.nn.Module or an iterable of tensors, got "
+                            f"{type(module_or_parameters).__name__}") from None
+    unique: list = []
+    seen: set = set()
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"parameters[{i}] is {type(p).__name__}, not a torch.Tensor")
+        if p.dtype not in _DTYPES:
+            raise TypeError(f"parameters[{i}] is {p.dtype}; flatten_ takes float32 and float64")
+        if p.is_sparse or (p.grad is not None and p.grad.is_sparse):
+            raise TypeError(f"parameters[{i}] is sparse or has a sparse gradient")
+        if id(p) not in seen:
+            seen.add(id(p))
+            unique.append(p)
+    if not unique:
+        raise ValueError("flatten_ got no parameters")
+    groups: dict = {}
+    for p in unique:
+        groups.setdefault((p.dtype, p.device), []).append(p)
+    with _flat_lock:
+        buffers = [_Buffer(ps, dtype, device) for (dtype, device), ps in groups.items()]
+        for b in buffers:
+            for k, p in enumerate(b.params):
+                _FLAT[id(p)] = (weakref.ref(p, _forget(id(p))), b, k)
+    return FlatModel(buffers)
+
+
+def _forget(key: int, table: dict = _FLAT) -> Callable[[Any], Any]:
+    """The callback that drops a dead parameter's entry (if still its own)."""
+    def forget(ref: Any) -> None:
+        entry = table.get(key)
+        if entry is not None and entry[0] is ref:
+            del table[key]
+    return forget
+
+
+def _check_in_place(b: _Buffer) -> None:
+    for k, p in enumerate(b.params):
+        if p.data_ptr() != b.data_ptrs[k]:
+            raise RuntimeError(
+                f"a flattened parameter (shape {tuple(p.shape)}, {p.dtype}, {p.device}) no longer "
+                "lies in its flat buffer: its data was replaced (model.to(...) to another dtype or "
+                "device, or p.data = ...). Call fastopt.torch.flatten_ again, and make a new "
+                "optimizer if the dtype or device changed")
+
+
+# --- optimizers ---------------------------------------------------------------------
+
+def _torch_only(torch_cls: type, spec: _spec.Spec) -> dict[str, Any]:
+    """torch's constructor arguments that choose its implementation (foreach,
+    fused, ...), not the update: kept in the groups so state dicts have
+    torch's layout, with torch's defaults."""
+    params = inspect.signature(torch_cls).parameters
+    return {name: p.default for name, p in params.items()
+            if name != "params" and name not in spec.defaults}
+
+
+# torch-only flags fastopt cannot honour when set
+_REFUSED = ("capturable", "differentiable")
+
+_warned_copy = False
+
+
+class _Optimizer(torch.optim.Optimizer):
+    """The common part: the constructor, the checks and the step."""
+
+    spec: _spec.Spec
+    _numpy_cls: Any  # the NumPy class whose state and update hooks are used
+    _torch_cls: type
+    _extra: dict[str, Any]
+    target = None  # read by the NumPy classes' update hooks
+    last_grad_norm: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls._extra = _torch_only(cls._torch_cls, cls.spec)
+            params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+                     for k, v in cls._extra.items()]
+            setattr(cls, "__signature__",
+                    inspect.Signature([params, *cls.spec.parameters(), *extra]))
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any):
+        sig = inspect.Signature(self.spec.parameters()
+                                + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+                                   for k, v in self._extra.items()])
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}(): {e}") from None
+        bound.apply_defaults()
+        defaults = {**self.spec.defaults, **bound.arguments}
+        self._check_group(defaults, "defaults")
+        self._hyper_cache: dict = {}
+        self._plan_cache: dict = {}
+        self._state_version = 0
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict, where: str) -> dict:
+        for name in _REFUSED:
+            if group.get(name):
+                raise ValueError(f"{where}: {name}=True is not supported by fastopt.torch")
+        try:
+            return self.spec.check(group)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, as torch's does; its hyperparameters are checked first."""
+        if isinstance(param_group, dict):
+            self._check_group({**self.defaults, **param_group}, "the new parameter group")
+        super().add_param_group(param_group)
+        self._group_added(self.param_groups[-1])
+
+    def _group_added(self, group: dict) -> None:
+        """Adagrad creates its state with the group, as torch's does."""
+
+    def _new_state(self, p: torch.Tensor, hyper: dict) -> dict[str, Any]:
+        """A parameter's state before its first step, as torch tensors."""
+        state = self._numpy_cls._new_state(self, _view("a parameter", p), hyper)
+        return {k: torch.tensor(float(v)) if k == "step" else _tensor(v) for k, v in state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; the gradients of flattened parameters (``flatten_``) are
+        zeroed in place instead of set to None, so they stay in their buffer."""
+        flat = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if _flat_entry(p) is not None:
+                    flat.append(p)
+        if not flat:
+            return super().zero_grad(set_to_none)
+        flat_ids = {id(p) for p in flat}
+        buffers: dict = {}
+        for p in flat:
+            b, k = _flat_entry(p)  # type: ignore[misc]
+            buffers.setdefault(id(b), (b, []))[1].append(k)
+        for b, ks in buffers.values():
+            _check_in_place(b)
+            if len(ks) == len(b.params):
+                b.grad.zero_()
+            for k in ks:
+                p = b.params[k]
+                g = p.grad
+                if not p.requires_grad and g is None:
+                    continue
+                if g is None or g.data_ptr() != b.grad_ptrs[k]:
+                    p.grad = b.grad_view(k)
+                if len(ks) != len(b.params):
+                    p.grad.zero_()
+        for group in self.param_groups:  # the others as torch does it
+            for p in group["params"]:
+                if id(p) not in flat_ids and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        if p.grad.grad_fn is not None:
+                            p.grad.detach_()
+                        else:
+                            p.grad.requires_grad_(False)
+                        p.grad.zero_()
+
+    def _hypers(self) -> list[dict]:
+        cache = self._hyper_cache
+        hypers = []
+        for k, group in enumerate(self.param_groups):
+            key = _spec.cache_key(group)
+            hit = cache.get(k)
+            if key is None or hit is None or hit[0] != key:
+                hit = cache[k] = (key, self._check_group(group, f"param_groups[{k}]"))
+            hypers.append(hit[1])
+        return hypers
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *,
+             max_grad_norm: float | None = None, norm_type: float = 2.0) -> Any:
+        """One step of every parameter with a ``.grad``.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with gradients
+            enabled), as in torch.
+        max_grad_norm : float, optional
+            Clip the gradients by their global norm first, as
+            ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type)``
+            would, but inside the update: the gradients are read once more
+            (for the norm) and not written. The norm, before clipping, is
+            kept in ``last_grad_norm``.
+        norm_type : float
+            2 or ``math.inf``.
+
+        Returns
+        -------
+        The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        clip = C.check_clip(max_grad_norm, norm_type)
+        hypers = self._hypers()
+        work = self._plan(hypers)  # everything checked; from here on nothing raises
+        inv_scale = 1.0
+        if clip is not None:
+            grads = [g for _, g, _, _, _ in work]
+            on_gpu = bool(grads) and not isinstance(grads[0], np.ndarray)
+            inv_scale, self.last_grad_norm, _ = U.clip_scale(grads, 1.0, clip[0], clip[1],
+                                                             "cuda" if on_gpu else None)
+        for p, g, shadow, hyper, commit in work:
+            self._numpy_cls._update(self, p, g, inv_scale, shadow, hyper)
+            commit(shadow)
+        return loss
+
+    # --- the plan of a step: which kernel calls, over which views ------------------
+
+    def _plan(self, hypers: list[dict]) -> list:
+        """``[(param view, grad view, state as the NumPy classes take it, hyper,
+        commit)]``, one per kernel call: a run of consecutive flattened
+        parameters is one entry. ``commit(shadow)`` writes the step count
+        (and any state created) back into the torch state.
+
+        A group's plan is kept while its parameters, the state's version and
+        every flattened parameter's data and gradient pointers are the same
+        (checked at every step: two pointer compares per parameter)."""
+        work: list = []
+        kinds = set()
+        cache = self._plan_cache
+        for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            params = group["params"]
+            ids = tuple(map(id, params))
+            hit = cache.get(k)
+            if (hit is None or hit[0] != ids or hit[1] != self._state_version
+                    or not _still_in_place(hit[3])):
+                items, checks = self._group_plan(k, params, hyper)
+                hit = cache[k] = (ids, self._state_version, items, checks)
+            for item in hit[2]:
+                if isinstance(item, _Run):
+                    work.extend(item.entries(self, hyper))
+                    kinds.add(item.buffer.data.device.type)
+                else:
+                    name, p = item
+                    work.append(self._single(name, p, hyper))
+                    kinds.add(p.device.type)
+        if len(kinds) > 1:
+            raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
+                            "or all on CUDA")
+        return work
+
+    def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list]:
+        """A group's plan: its runs of flattened parameters and its single
+        parameters; and the pointer checks that keep it valid (each flattened
+        parameter's data pointer and gradient pointer, None for no gradient)."""
+        items: list = []
+        checks: list = []
+        run: list = []
+        for j, p in enumerate(params):
+            entry = _flat_entry(p)
+            if entry is not None:
+                b, idx = entry
+                _check_one_in_place(b, idx)
+                g = p.grad
+                if g is None:  # skipped, as torch skips it
+                    self._flush(run, hyper, items)
+                    checks.append((p, b.data_ptrs[idx], None))
+                    continue
+                if g.data_ptr() != b.grad_ptrs[idx]:
+                    _adopt_grad(b, idx, g)
+                if run and (run[-1][0] is not b or run[-1][1] != idx - 1):
+                    self._flush(run, hyper, items)
+                run.append((b, idx))
+                checks.append((p, b.data_ptrs[idx], b.grad_ptrs[idx]))
+                continue
+            self._flush(run, hyper, items)
+            if p.grad is not None:
+                items.append((f"param_groups[{k}]['params'][{j}]", p))
+        self._flush(run, hyper, items)
+        return items, checks
+
+    def _single(self, name: str, p: torch.Tensor, hyper: dict) -> tuple:
+        """The plan entry of a parameter stepped alone."""
+        grad = p.grad
+        assert grad is not None
+        if grad.is_sparse:
+            raise TypeError(f"{name} has a sparse gradient; fastopt.torch steps dense ones")
+        pv = C.check_param(name, _view(name, p))
+        gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", grad), pv, name)
+        state = self.state[p]
+        if not state:
+            state.update(self._new_state(p, hyper))
+        shadow: dict = {}
+        for key, value in state.items():
+            if key == "step":
+                shadow[key] = int(value)
+            elif value is not None:
+                shadow[key] = C.check_state(f"state {key!r} of {name}", _view(key, value), pv, name)
+
+        def commit(shadow: dict) -> None:
+            for key, value in shadow.items():
+                if key == "step":
+                    if isinstance(state["step"], torch.Tensor):
+                        state["step"].fill_(value)
+                    else:  # loaded as a number (older state dicts): torch's layout again
+                        state["step"] = torch.tensor(float(value))
+                elif key not in state:
+                    state[key] = _tensor(value)
+        return pv, gv, shadow, hyper, commit
+
+    def _flush(self, run: list, hyper: dict, items: list) -> None:
+        """Turn ``run`` (consecutive ``(buffer, index)`` in one buffer) into plan
+        items, and empty it: their state made views of the flat state first."""
+        if not run:
+            return
+        b, first = run[0]
+        last = run[-1][1]
+        run.clear()
+        store = b.owners.get(self)
+        if store is None:
+            store = b.owners[self] = {"views": {}, "flat": {}}
+        # Every parameter's state must be views of the flat state at its offset;
+        # else it is adopted (copied in) first.
+        params = b.params[first:last + 1]
+        keys = None
+        for k, p in zip(range(first, last + 1), params):
+            state = self.state[p]
+            if not state:
+                state.update(self._new_state(p, hyper))
+            mine = store["views"].get(k)
+            if mine is None or any(state.get(key) is not v for key, v in mine.items()) \
+                    or len(state) != len(mine):
+                self._adopt_state(b, k, state, store)
+            here = frozenset(state)
+            if keys is None:
+                keys = here
+            elif here != keys:  # state keys differ (amsgrad switched on midway): one at a time
+                items.extend(("a flattened parameter", p) for p in params)
+                return
+        items.append(_Run(b, first, last, sorted(keys or ()), store))
+
+    def _adopt_state(self, b: _Buffer, k: int, state: dict, store: dict) -> None:
+        """Copy parameter ``k``'s state into the flat state tensors and make its
+        entries views of them."""
+        p = b.params[k]
+        views = {}
+        for key, value in list(state.items()):
+            if value is None:
+                continue
+            if key == "step":
+                flat = store["flat"].get("step")
+                if flat is None:
+                    flat = store["flat"]["step"] = torch.zeros(len(b.params), dtype=torch.float32)
+                flat[k] = float(value)
+                view = flat[k]
+            else:
+                flat = store["flat"].get(key)
+                if flat is None:
+                    flat = store["flat"][key] = torch.zeros_like(b.data)
+                view = flat[b.offsets[k]:b.offsets[k + 1]].view(p.shape)
+                if tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(f"state {key!r} of a flattened parameter has shape "
+                                     f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
+                view.copy_(value)
+            state[key] = views[key] = view
+        store["views"][k] = views
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._hyper_cache = {}
+        self._plan_cache = {}
+        self._state_version = getattr(self, "_state_version", 0) + 1
+        for group in self.param_groups:
+            for key, value in self._extra.items():
+                group.setdefault(key, value)
+
+
+class _Run:
+    """Consecutive flattened parameters of one group, stepped as one array:
+    views of the flat parameter, gradient and state buffers."""
+
+    def __init__(self, b: _Buffer, first: int, last: int, keys: list, store: dict):
+        self.buffer, self.first, self.last, self.keys, self.store = b, first, last, keys, store
+        a, z = b.offsets[first], b.offsets[last + 1]
+        self.p = _view("a flat buffer", b.data)[a:z]
+        self.g = _view("a flat gradient buffer", b.grad)[a:z]
+        self.state = {key: _view(key, store["flat"][key])[a:z] for key in keys if key != "step"}
+        steps = store["flat"].get("step")
+        self.steps = None if steps is None else steps.numpy()[first:last + 1]
+
+    def entries(self, opt: _Optimizer, hyper: dict) -> list:
+        """This step's plan entries: one, or one per parameter when their
+        step counts differ."""
+        steps = self.steps
+        if steps is not None and steps.min() != steps.max():
+            b = self.buffer
+            return [opt._single("a flattened parameter", p, hyper)
+                    for p in b.params[self.first:self.last + 1]]
+        shadow: dict = dict(self.state)
+        if steps is not None:
+            shadow["step"] = int(steps[0])
+        return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow))]
+
+    def commit(self, opt: _Optimizer, shadow: dict) -> None:
+        if self.steps is not None:
+            self.steps[:] = shadow["step"]
+        b, store = self.buffer, self.store
+        a, z = b.offsets[self.first], b.offsets[self.last + 1]
+        for key, value in shadow.items():
+            if key != "step" and value is not self.state.get(key):
+                # created by the step (SGD's momentum buffer): into the flat state
+                flat = store["flat"].get(key)
+                if flat is None:
+                    flat = store["flat"][key] = torch.zeros_like(b.data)
+                flat[a:z].copy_(_tensor(value))
+                for k in range(self.first, self.last + 1):
+                    view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.params[k].shape)
+                    opt.state[b.params[k]][key] = store["views"][k][key] = view
+                opt._state_version += 1  # plans made before know nothing of it
+
+
+def _still_in_place(checks: list) -> bool:
+    """Whether every ``(parameter, data pointer, gradient pointer or None)`` still holds."""
+    for p, data, grad in checks:
+        if p.data_ptr() != data:
+            return False
+        g = p.grad
+        if g is None:
+            if grad is not None:
+                return False
+        elif grad is None or g.data_ptr() != grad:
+            return False
+    return True
+
+
+def _check_one_in_place(b: _Buffer, k: int) -> None:
+    if b.params[k].data_ptr() != b.data_ptrs[k]:
+        _check_in_place(b)
+
+
+def _adopt_grad(b: _Buffer, k: int, g: torch.Tensor) -> None:
+    """A flattened parameter's gradient that is not its buffer view (a backward
+    after ``model.zero_grad()`` made a new one): copy it in, re-attach the view."""
+    global _warned_copy
+    p = b.params[k]
+    if g.is_sparse or g.dtype != p.dtype or tuple(g.shape) != tuple(p.shape):
+        raise TypeError(f"the gradient of a flattened parameter (shape {tuple(p.shape)}, "
+                        f"{p.dtype}) is {'sparse' if g.is_sparse else g.dtype} of shape "
+                        f"{tuple(g.shape)}")
+    view = b.grad_view(k)
+    view.copy_(g)
+    p.grad = view
+    if not _warned_copy:
+        _warned_copy = True
+        warnings.warn("fastopt.torch: a flattened parameter's .grad was replaced (model.zero_grad() "
+                      "sets gradients to None, and backward then makes new ones): each step copies "
+                      "them back into the flat buffer. Use the optimizer's zero_grad() (or "
+                      "model.zero_grad(set_to_none=False)) to keep them in place.",
+                      RuntimeWarning, stacklevel=4)
+
+
+_DOC = """``torch.optim.{name}`` with fastopt's fused kernels (a ``torch.optim.Optimizer``).
+
+    Built like torch's: ``{name}(params, ...)`` with torch's arguments and
+    defaults (``foreach`` and ``fused`` are accepted and ignored;
+    ``capturable`` and ``differentiable`` must stay False), parameter groups,
+    ``add_param_group``, ``zero_grad``, ``state_dict``/``load_state_dict`` in
+    torch's layout (state as torch tensors). ``step(closure=None, *,
+    max_grad_norm=None, norm_type=2.0)`` steps every parameter with a
+    ``.grad`` (see the module docstring).
+    """
+
+
+class SGD(_Optimizer):
+    __doc__ = _DOC.format(name="SGD")
+    _numpy_cls, _torch_cls = _numpy_optimizers.SGD, torch.optim.SGD
+    spec = _numpy_optimizers.SGD.spec
+
+
+class Adagrad(_Optimizer):
+    __doc__ = _DOC.format(name="Adagrad")
+    _numpy_cls, _torch_cls = _numpy_optimizers.Adagrad, torch.optim.Adagrad
+    spec = _numpy_optimizers.Adagrad.spec
+
+    def _group_added(self, group: dict) -> None:
+        hyper = self._check_group(group, "the parameter group")
+        for p in group["params"]:
+            if not self.state[p]:
+                self.state[p].update(self._new_state(p, hyper))
+
+
+class Adam(_Optimizer):
+    __doc__ = _DOC.format(name="Adam")
+    _numpy_cls, _torch_cls = _numpy_optimizers.Adam, torch.optim.Adam
+    spec = _numpy_optimizers.Adam.spec
+
+
+class AdamW(_Optimizer):
+    __doc__ = _DOC.format(name="AdamW")
+    _numpy_cls, _torch_cls = _numpy_optimizers.AdamW, torch.optim.AdamW
+    spec = _numpy_optimizers.AdamW.spec

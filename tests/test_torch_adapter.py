@@ -1,0 +1,367 @@
+"""fastopt.torch: torch.optim-compatible optimizers and flatten_, against torch."""
+
+import copy
+import inspect
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fastopt.torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [("SGD", dict(lr=0.1)),
+         ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+         ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+         ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1)),
+         ("Adagrad", dict(lr=0.1, maximize=True, eps=1e-6)),
+         ("Adam", dict(lr=0.01)),
+         ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, betas=(0.8, 0.95))),
+         ("Adam", dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.1, maximize=True)),
+         ("AdamW", dict(lr=0.01)),
+         ("AdamW", dict(lr=0.01, amsgrad=True, maximize=True, weight_decay=0.3))]
+IDS = [f"{name}-{'-'.join(kw)}" for name, kw in CASES]
+
+X = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+Y = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def model(dtype=torch.float64):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 3)).to(dtype)
+
+
+def backward(m):
+    loss = ((m(X.to(next(m.parameters()).dtype)) - Y.to(next(m.parameters()).dtype)) ** 2).mean()
+    loss.backward()
+    return loss
+
+
+def groups(m, **kw):
+    """Two groups: the weights, the biases (without weight decay where it applies)."""
+    ps = list(m.parameters())
+    bias = {"params": ps[1::2]}
+    if "weight_decay" in kw:
+        bias["weight_decay"] = 0.0
+    return [{"params": ps[0::2]}, bias]
+
+
+def rel(a, b):
+    return max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(a, b))
+
+
+def train(m, opt, steps, clip=None, scheduler=None):
+    for _ in range(steps):
+        opt.zero_grad()
+        backward(m)
+        if isinstance(opt, ft._Optimizer):
+            opt.step(max_grad_norm=clip)
+        else:
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), clip, foreach=False)
+            opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_twelve_steps_with_cosine_schedule_and_clipping_match_torch(name, kw, flat):
+    ms = [model(), model()]
+    if flat:
+        ft.flatten_(ms[1])
+    opts = [getattr(torch.optim, name)(groups(ms[0], **kw), foreach=False, **kw),
+            getattr(ft, name)(groups(ms[1], **kw), **kw)]
+    for m, opt in zip(ms, opts):
+        train(m, opt, 12, clip=0.5, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, 12))
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-10
+    assert opts[1].last_grad_norm is not None
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+@pytest.mark.parametrize("name,kw", [CASES[1], CASES[3], CASES[6], CASES[9]], ids=IDS[1:10:3][:1] + [IDS[3], IDS[6], IDS[9]])
+def test_state_dicts_swap_both_ways(name, kw, flat):
+    ref, a, b = model(), model(), model()
+    if flat:
+        ft.flatten_(a)
+        ft.flatten_(b)
+    ref_opt = getattr(torch.optim, name)(ref.parameters(), foreach=False, **kw)
+    fast = getattr(ft, name)(a.parameters(), **kw)
+    train(ref, ref_opt, 3, clip=0.5)
+    train(a, fast, 3, clip=0.5)
+    # fastopt -> torch (through torch.save), and torch -> fastopt
+    buffer = io.BytesIO()
+    torch.save(fast.state_dict(), buffer)
+    buffer.seek(0)
+    b.load_state_dict(a.state_dict())
+    to_torch = getattr(torch.optim, name)(b.parameters(), foreach=False, **kw)
+    to_torch.load_state_dict(torch.load(buffer))
+    c = model()
+    if flat:
+        ft.flatten_(c)
+    c.load_state_dict(ref.state_dict())
+    to_fast = getattr(ft, name)(c.parameters(), **kw)
+    to_fast.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # torch's state dicts alias
+    for m, opt in [(ref, ref_opt), (a, fast), (b, to_torch), (c, to_fast)]:
+        train(m, opt, 4, clip=0.5)
+    for m in (a, b, c):
+        assert rel(m.parameters(), ref.parameters()) < 1e-10
+
+
+def test_state_layout_is_torch_s():
+    m = model()
+    fast, ref = ft.AdamW(m.parameters(), amsgrad=True), torch.optim.AdamW(model().parameters(),
+                                                                          amsgrad=True)
+    backward(m)
+    fast.step()
+    sd, ref_sd = fast.state_dict(), ref.state_dict()
+    assert sd["param_groups"][0].keys() == ref_sd["param_groups"][0].keys()
+    assert sd["param_groups"] == ref_sd["param_groups"]
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert all(isinstance(v, torch.Tensor) for v in sd["state"][0].values())
+    assert sd["state"][0]["step"].dtype == torch.float32 and sd["state"][0]["step"].item() == 1
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adam", "AdamW"])
+def test_constructed_like_torch(name):
+    mine = inspect.signature(getattr(ft, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim, name)).parameters
+    assert set(mine) == set(theirs)
+    for key, p in theirs.items():
+        if key != "params":
+            assert mine[key].default == p.default, key
+    a, b = getattr(ft, name)(model().parameters()), getattr(torch.optim, name)(model().parameters())
+    assert a.defaults == b.defaults
+    assert isinstance(a, torch.optim.Optimizer)
+
+
+SCHEDULERS = [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
+    lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + e)),
+    lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.05, total_steps=10),
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 3),
+    lambda o: torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=4),
+    lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=2),
+            torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], milestones=[2]),
+    lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.001, 0.01, step_size_up=2),
+]
+
+
+@pytest.mark.parametrize("make", SCHEDULERS, ids=["step", "lambda", "onecycle", "warm-restarts",
+                                                  "linear", "sequential", "cyclic"])
+def test_schedulers_match_torch(make):
+    ms = [model(), model()]
+    opts = [torch.optim.Adam(ms[0].parameters(), lr=0.01, foreach=False),
+            ft.Adam(ms[1].parameters(), lr=0.01)]
+    for m, opt in zip(ms, opts):
+        train(m, opt, 8, scheduler=make(opt))
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-10
+
+
+def test_plateau_scheduler_and_closure():
+    m = model()
+    opt = ft.SGD(m.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+
+    def closure():
+        opt.zero_grad()
+        return backward(m)
+    for _ in range(3):
+        loss = opt.step(closure)
+        sched.step(loss.item())
+    assert isinstance(loss, torch.Tensor)
+
+
+def test_add_param_group_and_parameters_without_grad():
+    a, b = model(), model()
+    fast = ft.Adagrad(list(a.parameters())[:2], lr=0.1)
+    ref = torch.optim.Adagrad(list(b.parameters())[:2], lr=0.1, foreach=False)
+    fast.add_param_group({"params": list(a.parameters())[2:], "lr": 0.05})
+    ref.add_param_group({"params": list(b.parameters())[2:], "lr": 0.05})
+    for m, opt in ((a, fast), (b, ref)):
+        opt.zero_grad()
+        backward(m)
+        list(m.parameters())[1].grad = None  # skipped: parameter and state untouched
+        opt.step()
+    assert rel(a.parameters(), b.parameters()) < 1e-12
+    assert fast.state_dict()["state"][1]["step"].item() == 0
+
+
+def test_bad_hyperparameters_and_tensors_are_refused():
+    with pytest.raises(ValueError, match="lr"):
+        ft.Adam(model().parameters(), lr=-1)
+    with pytest.raises(ValueError, match="capturable"):
+        ft.Adam(model().parameters(), capturable=True)
+    with pytest.raises(TypeError, match="unexpected|got an"):
+        ft.SGD(model().parameters(), betas=(0.9, 0.9))
+    opt = ft.Adam(model().parameters())
+    with pytest.raises(ValueError, match="betas"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "betas": (1.5, 0.9)})
+    p = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
+    p.grad = torch.ones(3, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ft.SGD([p]).step()
+
+
+def test_a_step_that_raises_changes_nothing():
+    m = model()
+    opt = ft.Adam(m.parameters(), lr=0.1)
+    backward(m)
+    opt.step()
+    before = [p.detach().clone() for p in m.parameters()]
+    last = list(m.parameters())[-1]
+    opt.state[last]["exp_avg"] = torch.zeros(99, dtype=torch.float64)  # a broken state
+    with pytest.raises(ValueError):
+        opt.step()
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        opt.step(max_grad_norm=-1.0)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
+    assert opt.state[list(m.parameters())[0]]["step"].item() == 1
+
+
+# --- flatten_ ----------------------------------------------------------------------------
+
+def test_flatten_makes_views_of_one_buffer_per_dtype():
+    m = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 4), "b": torch.nn.Linear(2, 2).double()})
+    flat = ft.flatten_(m)
+    assert len(flat.buffers) == 2
+    data, grad = flat.buffers[(torch.float32, torch.device("cpu"))]
+    assert data.numel() == 16 and grad.numel() == 16
+    w = m["a"].weight
+    assert w.data_ptr() == data.data_ptr() and w.grad.data_ptr() == grad.data_ptr()
+    assert torch.all(w.grad == 0)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        ft.flatten_([torch.zeros(2, dtype=torch.float16)])
+
+
+def test_flatten_steps_one_kernel_call_per_run(monkeypatch):
+    from fastopt import _update as U
+    m = model()
+    ft.flatten_(m)
+    opt = ft.Adam(groups(m), lr=0.1)
+    calls = []
+    real = U.adam
+    monkeypatch.setattr(U, "adam", lambda **kw: (calls.append(kw["p"].size), real(**kw))[1])
+    backward(m)
+    opt.step()
+    assert calls == [5 * 7, 7 * 3, 7, 3]  # groups take every other tensor: runs of one
+    calls.clear()
+    opt2 = ft.Adam(m.parameters(), lr=0.1)
+    opt2.step()
+    assert calls == [sum(p.numel() for p in m.parameters())]
+
+
+def test_flatten_survives_model_zero_grad_and_accumulation():
+    ms = [model(), model(), model()]
+    ft.flatten_(ms[1])
+    ft.flatten_(ms[2])
+    opts = [torch.optim.AdamW(ms[0].parameters(), foreach=False),
+            ft.AdamW(ms[1].parameters()), ft.AdamW(ms[2].parameters())]
+    with pytest.warns(RuntimeWarning, match="zero_grad"):
+        for _ in range(3):
+            for i, (m, opt) in enumerate(zip(ms, opts)):
+                if i == 2:
+                    m.zero_grad()  # sets the gradients to None: new ones are copied back
+                else:
+                    opt.zero_grad()
+                backward(m)
+                backward(m)  # accumulation over two micro-batches
+                if i == 0:
+                    torch.nn.utils.clip_grad_norm_(m.parameters(), 0.1, foreach=False)
+                    opt.step()
+                else:
+                    opt.step(max_grad_norm=0.1)
+    for m in ms[1:]:
+        assert rel(m.parameters(), ms[0].parameters()) < 1e-10
+    assert all(p.grad.data_ptr() for p in ms[2].parameters())
+
+
+def test_flatten_with_load_state_dict_into_the_model():
+    a, b = model(), model()
+    ft.flatten_(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.mul_(2)
+    a.load_state_dict(b.state_dict())
+    opt = ft.SGD(a.parameters(), lr=0.1)
+    backward(a)
+    opt.step()
+    ref = torch.optim.SGD(b.parameters(), lr=0.1)
+    backward(b)
+    ref.step()
+    assert rel(a.parameters(), b.parameters()) < 1e-12
+
+
+def test_moved_parameters_raise_instead_of_stepping_a_stale_buffer():
+    m = model()
+    ft.flatten_(m)
+    opt = ft.Adam(m.parameters())
+    backward(m)
+    opt.step()
+    m.to(torch.float32)
+    backward(m)
+    with pytest.raises(RuntimeError, match="flatten_ again"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="flatten_ again"):
+        opt.zero_grad()
+    m2 = model()
+    ft.flatten_(m2)
+    list(m2.parameters())[0].data = torch.zeros(7, 5, dtype=torch.float64)
+    backward(m2)
+    with pytest.raises(RuntimeError, match="no longer lies"):
+        ft.SGD(m2.parameters()).step()
+
+
+def test_import_fastopt_does_not_import_torch_and_the_adapter_says_what_to_install():
+    code = textwrap.dedent("""
+        import sys
+        import fastopt
+        assert "torch" not in sys.modules, "import fastopt imported torch"
+        sys.modules["torch"] = None  # as if torch were not installed
+        try:
+            import fastopt.torch
+        except ImportError as e:
+            assert "pip install torch" in str(e), e
+        else:
+            raise AssertionError("no ImportError")
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True,
+                            capture_output=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_float32_flat_training_is_close_to_torch_fused():
+    ms = [model(torch.float32), model(torch.float32)]
+    ft.flatten_(ms[1])
+    opts = [torch.optim.AdamW(ms[0].parameters(), lr=0.01, fused=True),
+            ft.AdamW(ms[1].parameters(), lr=0.01)]
+    for m, opt in zip(ms, opts):
+        train(m, opt, 10)
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-5
+
+
+def test_frozen_and_unused_flattened_parameters_are_skipped_like_torch():
+    ms = [model(), model()]
+    for m in ms:
+        m[0].bias.requires_grad_(False)
+    ft.flatten_(ms[1])
+    assert ms[1][0].bias.grad is None
+    opts = [torch.optim.AdamW(ms[0].parameters(), foreach=False), ft.AdamW(ms[1].parameters())]
+    for step in range(4):
+        for m, opt in zip(ms, opts):
+            opt.zero_grad()
+            backward(m)
+            if step == 2:
+                m[2].weight.grad = None  # this step, this one has no gradient
+            opt.step()
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+    assert len(opts[1].state[ms[1][0].bias]) == 0
