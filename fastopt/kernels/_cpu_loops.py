@@ -154,7 +154,7 @@ def sgd_int8_serial(
             lo = b * 256
             hi = min(lo + 256, n)
             s_buf = buf_absmax[b]
-            a_buf = np.float32(0)
+            a_buf = np.uint32(0)
             for i in range(lo, hi):
                 d_buf = codecs.decode8(buf, i, qmaps, 0, s_buf)
                 p[i], x_buf = _sgd(
@@ -162,8 +162,9 @@ def sgd_int8_serial(
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
                 _work[0, i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
-            buf_absmax[b] = a_buf
-            codecs.store8(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 256, qluts, 0)
+            m_buf = codecs.bits_f32(a_buf)
+            buf_absmax[b] = m_buf
+            codecs.store8(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 256, qluts, 0)
     else:
         for b in range(nb):
             lo = b * 256
@@ -187,7 +188,7 @@ def sgd_int8_parallel(
                 lo = b * 256
                 hi = min(lo + 256, n)
                 s_buf = buf_absmax[b]
-                a_buf = np.float32(0)
+                a_buf = np.uint32(0)
                 for i in range(lo, hi):
                     d_buf = codecs.decode8(buf, i, qmaps, 0, s_buf)
                     p[i], x_buf = _sgd(
@@ -196,8 +197,9 @@ def sgd_int8_parallel(
                         nesterov)
                     _work[0, i - lo] = x_buf
                     a_buf = codecs.amax(a_buf, x_buf)
-                buf_absmax[b] = a_buf
-                codecs.store8(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 256, qluts, 0)
+                m_buf = codecs.bits_f32(a_buf)
+                buf_absmax[b] = m_buf
+                codecs.store8(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 256, qluts, 0)
     else:
         for c in prange((nb + 16 - 1) // 16):
             _work = np.empty((1, 256), np.float32)
@@ -223,7 +225,7 @@ def sgd_int4_serial(
             lo = b * 128
             hi = min(lo + 128, n)
             s_buf = buf_absmax[b]
-            a_buf = np.float32(0)
+            a_buf = np.uint32(0)
             for i in range(lo, hi):
                 d_buf = codecs.decode4(buf, i, qmaps, 0, s_buf)
                 p[i], x_buf = _sgd(
@@ -231,8 +233,9 @@ def sgd_int4_serial(
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
                 _work[0, i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
-            buf_absmax[b] = a_buf
-            codecs.store4(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 16, qluts, 0)
+            m_buf = codecs.bits_f32(a_buf)
+            buf_absmax[b] = m_buf
+            codecs.store4(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 16, qluts, 0)
     else:
         for b in range(nb):
             lo = b * 128
@@ -256,7 +259,7 @@ def sgd_int4_parallel(
                 lo = b * 128
                 hi = min(lo + 128, n)
                 s_buf = buf_absmax[b]
-                a_buf = np.float32(0)
+                a_buf = np.uint32(0)
                 for i in range(lo, hi):
                     d_buf = codecs.decode4(buf, i, qmaps, 0, s_buf)
                     p[i], x_buf = _sgd(
@@ -265,8 +268,9 @@ def sgd_int4_parallel(
                         nesterov)
                     _work[0, i - lo] = x_buf
                     a_buf = codecs.amax(a_buf, x_buf)
-                buf_absmax[b] = a_buf
-                codecs.store4(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 16, qluts, 0)
+                m_buf = codecs.bits_f32(a_buf)
+                buf_absmax[b] = m_buf
+                codecs.store4(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 16, qluts, 0)
     else:
         for c in prange((nb + 16 - 1) // 16):
             _work = np.empty((1, 128), np.float32)
@@ -311,7 +315,7 @@ def adagrad_int8_serial(
         lo = b * 256
         hi = min(lo + 256, n)
         s_state_sum = state_sum_absmax[b]
-        a_state_sum = np.float32(0)
+        a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             d_state_sum = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
             p[i], x_state_sum = _adagrad(
@@ -319,8 +323,9 @@ def adagrad_int8_serial(
                 use_weight_decay)
             _work[0, i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-        state_sum_absmax[b] = a_state_sum
-        codecs.store8(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 512, 256, qluts, 65536)
+        m_state_sum = codecs.bits_f32(a_state_sum)
+        state_sum_absmax[b] = m_state_sum
+        codecs.store8(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 512, 256, qluts, 65536)
 
 
 @loop(parallel=True)
@@ -335,7 +340,7 @@ def adagrad_int8_parallel(
             lo = b * 256
             hi = min(lo + 256, n)
             s_state_sum = state_sum_absmax[b]
-            a_state_sum = np.float32(0)
+            a_state_sum = np.uint32(0)
             for i in range(lo, hi):
                 d_state_sum = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
                 p[i], x_state_sum = _adagrad(
@@ -343,8 +348,9 @@ def adagrad_int8_parallel(
                     use_weight_decay)
                 _work[0, i - lo] = x_state_sum
                 a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-            state_sum_absmax[b] = a_state_sum
-            codecs.store8(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 512, 256, qluts, 65536)
+            m_state_sum = codecs.bits_f32(a_state_sum)
+            state_sum_absmax[b] = m_state_sum
+            codecs.store8(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 512, 256, qluts, 65536)
 
 
 @loop()
@@ -358,7 +364,7 @@ def adagrad_int4_serial(
         lo = b * 128
         hi = min(lo + 128, n)
         s_state_sum = state_sum_absmax[b]
-        a_state_sum = np.float32(0)
+        a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             d_state_sum = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
             p[i], x_state_sum = _adagrad(
@@ -366,8 +372,9 @@ def adagrad_int4_serial(
                 use_weight_decay)
             _work[0, i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-        state_sum_absmax[b] = a_state_sum
-        codecs.store4(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 32, 16, qluts, 65536)
+        m_state_sum = codecs.bits_f32(a_state_sum)
+        state_sum_absmax[b] = m_state_sum
+        codecs.store4(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 32, 16, qluts, 65536)
 
 
 @loop(parallel=True)
@@ -382,7 +389,7 @@ def adagrad_int4_parallel(
             lo = b * 128
             hi = min(lo + 128, n)
             s_state_sum = state_sum_absmax[b]
-            a_state_sum = np.float32(0)
+            a_state_sum = np.uint32(0)
             for i in range(lo, hi):
                 d_state_sum = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
                 p[i], x_state_sum = _adagrad(
@@ -390,8 +397,9 @@ def adagrad_int4_parallel(
                     use_weight_decay)
                 _work[0, i - lo] = x_state_sum
                 a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-            state_sum_absmax[b] = a_state_sum
-            codecs.store4(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 32, 16, qluts, 65536)
+            m_state_sum = codecs.bits_f32(a_state_sum)
+            state_sum_absmax[b] = m_state_sum
+            codecs.store4(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 32, 16, qluts, 65536)
 
 
 @loop()
@@ -464,9 +472,9 @@ def adam_int8_serial(
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
-            a_max_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
+            a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -482,20 +490,23 @@ def adam_int8_serial(
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 _work[2, i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
-            max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-            codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+            max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+            codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
     else:
         for b in range(nb):
             lo = b * 256
             hi = min(lo + 256, n)
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -508,10 +519,12 @@ def adam_int8_serial(
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                 _work[1, i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
 
 
 @loop(parallel=True)
@@ -531,9 +544,9 @@ def adam_int8_parallel(
                 s_exp_avg = exp_avg_absmax[b]
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
                 s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-                a_exp_avg = np.float32(0)
-                a_exp_avg_sq = np.float32(0)
-                a_max_exp_avg_sq = np.float32(0)
+                a_exp_avg = np.uint32(0)
+                a_exp_avg_sq = np.uint32(0)
+                a_max_exp_avg_sq = np.uint32(0)
                 for i in range(lo, hi):
                     d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                     d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -549,12 +562,15 @@ def adam_int8_parallel(
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                     _work[2, i - lo] = x_max_exp_avg_sq
                     a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-                exp_avg_absmax[b] = a_exp_avg
-                codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-                exp_avg_sq_absmax[b] = a_exp_avg_sq
-                codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
-                max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-                codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+                m_exp_avg = codecs.bits_f32(a_exp_avg)
+                exp_avg_absmax[b] = m_exp_avg
+                codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+                m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+                exp_avg_sq_absmax[b] = m_exp_avg_sq
+                codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+                m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+                max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+                codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
     else:
         for c in prange((nb + 16 - 1) // 16):
             _work = np.empty((3, 256), np.float32)
@@ -563,8 +579,8 @@ def adam_int8_parallel(
                 hi = min(lo + 256, n)
                 s_exp_avg = exp_avg_absmax[b]
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
-                a_exp_avg = np.float32(0)
-                a_exp_avg_sq = np.float32(0)
+                a_exp_avg = np.uint32(0)
+                a_exp_avg_sq = np.uint32(0)
                 for i in range(lo, hi):
                     d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                     d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -577,10 +593,12 @@ def adam_int8_parallel(
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                     _work[1, i - lo] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                exp_avg_absmax[b] = a_exp_avg
-                codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-                exp_avg_sq_absmax[b] = a_exp_avg_sq
-                codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+                m_exp_avg = codecs.bits_f32(a_exp_avg)
+                exp_avg_absmax[b] = m_exp_avg
+                codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+                m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+                exp_avg_sq_absmax[b] = m_exp_avg_sq
+                codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
 
 
 @loop()
@@ -599,9 +617,9 @@ def adam_int4_serial(
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
-            a_max_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
+            a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -617,20 +635,23 @@ def adam_int4_serial(
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 _work[2, i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
-            max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-            codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+            max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+            codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
     else:
         for b in range(nb):
             lo = b * 128
             hi = min(lo + 128, n)
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -643,10 +664,12 @@ def adam_int4_serial(
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                 _work[1, i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
 
 
 @loop(parallel=True)
@@ -666,9 +689,9 @@ def adam_int4_parallel(
                 s_exp_avg = exp_avg_absmax[b]
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
                 s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-                a_exp_avg = np.float32(0)
-                a_exp_avg_sq = np.float32(0)
-                a_max_exp_avg_sq = np.float32(0)
+                a_exp_avg = np.uint32(0)
+                a_exp_avg_sq = np.uint32(0)
+                a_max_exp_avg_sq = np.uint32(0)
                 for i in range(lo, hi):
                     d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                     d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -684,12 +707,15 @@ def adam_int4_parallel(
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                     _work[2, i - lo] = x_max_exp_avg_sq
                     a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-                exp_avg_absmax[b] = a_exp_avg
-                codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-                exp_avg_sq_absmax[b] = a_exp_avg_sq
-                codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
-                max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-                codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+                m_exp_avg = codecs.bits_f32(a_exp_avg)
+                exp_avg_absmax[b] = m_exp_avg
+                codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+                m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+                exp_avg_sq_absmax[b] = m_exp_avg_sq
+                codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+                m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+                max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+                codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
     else:
         for c in prange((nb + 16 - 1) // 16):
             _work = np.empty((3, 128), np.float32)
@@ -698,8 +724,8 @@ def adam_int4_parallel(
                 hi = min(lo + 128, n)
                 s_exp_avg = exp_avg_absmax[b]
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
-                a_exp_avg = np.float32(0)
-                a_exp_avg_sq = np.float32(0)
+                a_exp_avg = np.uint32(0)
+                a_exp_avg_sq = np.uint32(0)
                 for i in range(lo, hi):
                     d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                     d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -712,7 +738,9 @@ def adam_int4_parallel(
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                     _work[1, i - lo] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                exp_avg_absmax[b] = a_exp_avg
-                codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-                exp_avg_sq_absmax[b] = a_exp_avg_sq
-                codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+                m_exp_avg = codecs.bits_f32(a_exp_avg)
+                exp_avg_absmax[b] = m_exp_avg
+                codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+                m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+                exp_avg_sq_absmax[b] = m_exp_avg_sq
+                codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)

@@ -90,7 +90,7 @@ def sgd_int8(
             lo = b * 256
             hi = min(lo + 256, n)
             s_buf = buf_absmax[b]
-            a_buf = np.float32(0)
+            a_buf = np.uint32(0)
             for i in range(lo, hi):
                 d_buf = codecs.decode8(buf, i, qmaps, 0, s_buf)
                 p[i], x_buf = _sgd(
@@ -98,8 +98,9 @@ def sgd_int8(
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
                 _work[0, i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
-            buf_absmax[b] = a_buf
-            codecs.store8(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 256, qluts, 0)
+            m_buf = codecs.bits_f32(a_buf)
+            buf_absmax[b] = m_buf
+            codecs.store8(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 256, qluts, 0)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
@@ -122,7 +123,7 @@ def sgd_int4(
             lo = b * 128
             hi = min(lo + 128, n)
             s_buf = buf_absmax[b]
-            a_buf = np.float32(0)
+            a_buf = np.uint32(0)
             for i in range(lo, hi):
                 d_buf = codecs.decode4(buf, i, qmaps, 0, s_buf)
                 p[i], x_buf = _sgd(
@@ -130,8 +131,9 @@ def sgd_int4(
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
                 _work[0, i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
-            buf_absmax[b] = a_buf
-            codecs.store4(buf, lo, hi, _work, 0, a_buf, qmaps, 0, 16, qluts, 0)
+            m_buf = codecs.bits_f32(a_buf)
+            buf_absmax[b] = m_buf
+            codecs.store4(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 16, qluts, 0)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
@@ -163,7 +165,7 @@ def adagrad_int8(
         lo = b * 256
         hi = min(lo + 256, n)
         s_state_sum = state_sum_absmax[b]
-        a_state_sum = np.float32(0)
+        a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             d_state_sum = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
             p[i], x_state_sum = _adagrad(
@@ -171,8 +173,9 @@ def adagrad_int8(
                 use_weight_decay)
             _work[0, i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-        state_sum_absmax[b] = a_state_sum
-        codecs.store8(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 512, 256, qluts, 65536)
+        m_state_sum = codecs.bits_f32(a_state_sum)
+        state_sum_absmax[b] = m_state_sum
+        codecs.store8(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 512, 256, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -186,7 +189,7 @@ def adagrad_int4(
         lo = b * 128
         hi = min(lo + 128, n)
         s_state_sum = state_sum_absmax[b]
-        a_state_sum = np.float32(0)
+        a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             d_state_sum = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
             p[i], x_state_sum = _adagrad(
@@ -194,8 +197,9 @@ def adagrad_int4(
                 use_weight_decay)
             _work[0, i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
-        state_sum_absmax[b] = a_state_sum
-        codecs.store4(state_sum, lo, hi, _work, 0, a_state_sum, qmaps, 32, 16, qluts, 65536)
+        m_state_sum = codecs.bits_f32(a_state_sum)
+        state_sum_absmax[b] = m_state_sum
+        codecs.store4(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 32, 16, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -241,9 +245,9 @@ def adam_int8(
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
-            a_max_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
+            a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -259,20 +263,23 @@ def adam_int8(
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 _work[2, i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
-            max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-            codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+            max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+            codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
             hi = min(lo + 256, n)
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
@@ -285,10 +292,12 @@ def adam_int8(
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                 _work[1, i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 256, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -307,9 +316,9 @@ def adam_int4(
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             s_max_exp_avg_sq = max_exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
-            a_max_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
+            a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -325,20 +334,23 @@ def adam_int4(
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 _work[2, i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
-            max_exp_avg_sq_absmax[b] = a_max_exp_avg_sq
-            codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, a_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
+            max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
+            codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
             hi = min(lo + 128, n)
             s_exp_avg = exp_avg_absmax[b]
             s_exp_avg_sq = exp_avg_sq_absmax[b]
-            a_exp_avg = np.float32(0)
-            a_exp_avg_sq = np.float32(0)
+            a_exp_avg = np.uint32(0)
+            a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
                 d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
@@ -351,7 +363,9 @@ def adam_int4(
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
                 _work[1, i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-            exp_avg_absmax[b] = a_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, a_exp_avg, qmaps, 0, 16, qluts, 0)
-            exp_avg_sq_absmax[b] = a_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, a_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            m_exp_avg = codecs.bits_f32(a_exp_avg)
+            exp_avg_absmax[b] = m_exp_avg
+            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
+            exp_avg_sq_absmax[b] = m_exp_avg_sq
+            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)

@@ -86,8 +86,8 @@ def _f32_bits_jit(x):
 
 @overload(bits_f32, target="generic")
 def _bits_f32_jit(u):
-    if u == types.uint32:
-        return lambda u: _bits_f32(u)
+    if isinstance(u, types.Integer):  # numba widens integer arithmetic: take the low 32 bits
+        return lambda u: _bits_f32(np.uint32(u))
 
 
 def _jitable(fn):
@@ -131,9 +131,11 @@ def decode4(codes, i, qmaps, off, absmax):
 
 @_jitable
 def amax(a, x):
-    """``max(a, |x|)``, NaN-propagating (once NaN, stays NaN)."""
-    x = abs(x)
-    return x if x > a or x != x else a
+    """``max(a, |x|)`` on the bits: ``a`` is the uint32 bits of the largest
+    magnitude so far. Magnitudes order as their bits do, and NaN's bits are
+    above infinity's, so NaN propagates; an integer maximum vectorises."""
+    b = f32_bits(x) & _ABS
+    return b if b > a else a
 
 
 @_jitable
@@ -146,10 +148,9 @@ def inverse(absmax):
 def encode(x, inv, qmaps, off, size, qluts, loff):
     """The code of ``x * inv`` on the map of ``size`` values at ``qmaps[off:]``."""
     n = x * inv
-    if n != n:
-        return size - 1
-    c = qluts[loff + (f32_bits(n) >> _U16)]
-    return c + 1 if qmaps[off + size + c] < n else c
+    c = np.int32(qluts[loff + (f32_bits(n) >> _U16)])
+    c = c + np.int32(1) if qmaps[off + size + c] < n else c
+    return c if n == n else np.int32(size - 1)
 
 
 @_jitable

@@ -260,7 +260,7 @@ def _loop_body(kernel, on, header, indent):
             *_wrap(call, indent + 8, ")"), *stores]
 
 
-def _block_body(kernel, on, header, indent):
+def _block_body(kernel, on, header, indent, target):
     """The loop over blocks of a block-codec kernel (optional arrays in ``on``
     switched on): per block, decode, update and find the new absmax of each
     coded state, keeping the new values in ``_work``, then encode them."""
@@ -268,6 +268,7 @@ def _block_body(kernel, on, header, indent):
     maps = 256 if kernel.codec == "int8" else 16
     bits = "8" if kernel.codec == "int8" else "4"
     rows = {a: k for k, a in enumerate(kernel.coded)}
+    qmaps, qluts = "qmaps", "qluts"
     live = [a for a in kernel.coded if a not in kernel.optional or a in on]
     where = {a: (0, 0) if kernel.coded[a] == "signed" else (2 * maps, 65536) for a in kernel.coded}
     pad = " " * indent
@@ -275,9 +276,9 @@ def _block_body(kernel, on, header, indent):
              f"{pad}    lo = b * {size}",
              f"{pad}    hi = min(lo + {size}, n)"]
     lines += [f"{pad}    s_{a} = {a}_absmax[b]" for a in live]
-    lines += [f"{pad}    a_{a} = np.float32(0)" for a in live]
+    lines += [f"{pad}    a_{a} = np.uint32(0)" for a in live]
     lines.append(f"{pad}    for i in range(lo, hi):")
-    lines += [f"{pad}        d_{a} = codecs.decode{bits}({a}, i, qmaps, {where[a][0]}, s_{a})"
+    lines += [f"{pad}        d_{a} = codecs.decode{bits}({a}, i, {qmaps}, {where[a][0]}, s_{a})"
               for a in live]
     targets, call = _rule_call(kernel, on, lambda a: f"d_{a}" if a in kernel.coded else f"{a}[i]",
                                lambda a: f"x_{a}" if a in kernel.coded else f"{a}[i]")
@@ -287,9 +288,10 @@ def _block_body(kernel, on, header, indent):
         lines += [f"{pad}        _work[{rows[a]}, i - lo] = x_{a}",
                   f"{pad}        a_{a} = codecs.amax(a_{a}, x_{a})"]
     for a in live:
-        lines += [f"{pad}    {a}_absmax[b] = a_{a}",
-                  f"{pad}    codecs.store{bits}({a}, lo, hi, _work, {rows[a]}, a_{a}, qmaps, "
-                  f"{where[a][0]}, {maps}, qluts, {where[a][1]})"]
+        lines += [f"{pad}    m_{a} = codecs.bits_f32(a_{a})",
+                  f"{pad}    {a}_absmax[b] = m_{a}",
+                  f"{pad}    codecs.store{bits}({a}, lo, hi, _work, {rows[a]}, m_{a}, {qmaps}, "
+                  f"{where[a][0]}, {maps}, {qluts}, {where[a][1]})"]
     return lines
 
 
@@ -318,7 +320,7 @@ _BLOCK_LOOPS = {
 }
 
 
-def _function(kernel, decorator, suffix, header):
+def _function(kernel, decorator, suffix, header, target):
     lines = [decorator, f"def {kernel.name}{suffix}(", *_wrap(kernel.names, 8, "):")]
     optional = list(kernel.optional)
     body, base = _loop_body, 4
@@ -335,9 +337,10 @@ def _function(kernel, decorator, suffix, header):
 
             def body(kernel, on, header, indent):
                 return [" " * indent + header, " " * (indent + 4) + work,
-                        *_block_body(kernel, on, inner, indent + 4)]
+                        *_block_body(kernel, on, inner, indent + 4, target)]
         else:
-            body = _block_body
+            def body(kernel, on, header, indent):
+                return _block_body(kernel, on, header, indent, target)
 
     def split(k, on, indent):
         if k == len(optional):
@@ -359,9 +362,10 @@ def generate(target):
     parts = [_HEADER.format(what=what) + imports]
     parts.append("\n".join(f"_{k.name} = {device}(rules.{k.name})" for k in RULE_KERNELS
                            if not k.codec))
+
     for kernel in RULE_KERNELS:
         for decorator, suffix, header in _LOOPS[target]:
-            parts.append("\n" + _function(kernel, decorator, suffix, header))
+            parts.append("\n" + _function(kernel, decorator, suffix, header, target))
     return "\n\n".join(parts) + "\n"
 
 
