@@ -95,9 +95,11 @@ def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
                                 f"got {type(pid).__name__}") from None
         first += len(ids)
         # Pinned hyperparameters stay the class's: torch's AdamW, too, keeps
-        # decoupled decay whatever the loaded dict says.
+        # decoupled decay whatever the loaded dict says. So does state_dtype:
+        # how this optimizer stores its state (loaded state is converted).
         new_group = {**group, **{key: saved[key] for key in spec.defaults
-                                 if key in saved and key not in spec.pinned}}
+                                 if key in saved and key not in spec.pinned
+                                 and key != "state_dtype"}}
         try:
             hyper = spec.check(new_group)
         except (TypeError, ValueError) as e:
