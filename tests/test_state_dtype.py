@@ -267,3 +267,46 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
     opt = fastopt.Adam([np.zeros(3, np.float32)], state_dtype="bfloat16")
     with pytest.raises(ImportError, match=r"fastopt\[lowp\]"):
         opt.step([np.ones(3, np.float32)])
+
+
+# --- functional API ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("fn", ["adam", "adamw", "adagrad", "sgd"])
+def test_functional_matches_the_class(fn, state_dtype):
+    import fastopt.functional as F
+    p0, grads = _data(5000, seed=7)
+    p, q = p0.copy(), p0.copy()
+    hp = dict(lr=0.01, momentum=0.9) if fn == "sgd" else dict(lr=0.01)
+    cls = {"adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "sgd": "SGD"}[fn]
+    opt = getattr(fastopt, cls)([q], state_dtype=state_dtype, **hp)
+    keys = {"adam": ["exp_avg", "exp_avg_sq"], "adamw": ["exp_avg", "exp_avg_sq"],
+            "adagrad": ["sum"], "sgd": ["momentum_buffer"]}[fn]
+    states = [F.zeros_state(p, key, state_dtype) for key in keys]
+    for t, g in enumerate(grads, 1):
+        extra = {"first_step": t == 1} if fn == "sgd" else {"step": t}
+        getattr(F, fn)(p, g, *states, state_dtype=state_dtype, **extra, **hp)
+        opt.step([g])
+    np.testing.assert_array_equal(p, q)
+    for key, state in zip(keys, states):
+        if isinstance(state, tuple):
+            np.testing.assert_array_equal(state[0], opt.state[0][key])
+            np.testing.assert_array_equal(state[1], opt.state[0][key + "_absmax"])
+        else:
+            np.testing.assert_array_equal(state.view(np.uint16), opt.state[0][key].view(np.uint16))
+
+
+def test_functional_bad_stored_state_refused_nothing_changed():
+    import fastopt.functional as F
+    p = np.ones(5000, np.float32)
+    m = F.zeros_state(p, "exp_avg", "int8")
+    v = F.zeros_state(p, "exp_avg_sq", "int8")
+    with pytest.raises(TypeError, match=r"\(codes, absmax\) pair"):
+        F.adam(p, np.ones_like(p), m[0], v, step=1, state_dtype="int8")
+    with pytest.raises(ValueError, match="absmax must be float32"):
+        F.adam(p, np.ones_like(p), m, (v[0], v[1][:-1]), step=1, state_dtype="int8")
+    with pytest.raises(ValueError, match="must be uint8"):
+        F.adam(p, np.ones_like(p), m, v, step=1, state_dtype="int4")
+    with pytest.raises(ValueError, match="needs float32"):
+        F.adam(p.astype(np.float64), np.ones(5000), m, v, step=1, state_dtype="int8")
+    assert (p == 1).all() and (m[0] == F.zeros_state(p, "exp_avg", "int8")[0]).all()
