@@ -120,13 +120,13 @@ def bf16_encode(x):
 @_jitable
 def decode8(codes, i, qmaps, off, absmax):
     """Element ``i`` of 8-bit ``codes`` on the map at ``qmaps[off:]``, times ``absmax``."""
-    return qmaps[off + codes[i]] * absmax
+    return qmaps[off + np.int32(codes[i])] * absmax
 
 
 @_jitable
 def decode4(codes, i, qmaps, off, absmax):
     """Element ``i`` of 4-bit ``codes`` (two per byte, even element low)."""
-    return qmaps[off + ((codes[i >> 1] >> ((i & 1) << 2)) & 15)] * absmax
+    return qmaps[off + ((np.int32(codes[i >> 1]) >> ((i & 1) << 2)) & 15)] * absmax
 
 
 @_jitable

@@ -23,8 +23,7 @@ units in the last place; tested), not bit for bit.
 
 from numba import cuda
 
-from . import spec
-from ._cuda_loops import adagrad, adam, sgd
+from . import _cuda_loops, spec
 
 _KERNEL = dict(cache=True)
 
@@ -82,7 +81,8 @@ def roofline_4(g, s, a, b, c, d):
 
 
 # Every kernel, by its name in ``spec.KERNELS``.
-ALL = {"sgd": sgd, "adagrad": adagrad, "adam": adam, "any_nonfinite_cuda": any_nonfinite_cuda,
+ALL = {**{k.name: getattr(_cuda_loops, k.name) for k in spec.RULE_KERNELS},
+       "any_nonfinite_cuda": any_nonfinite_cuda,
        "fill": fill, "roofline_1": roofline_1, "roofline_2": roofline_2,
        "roofline_3": roofline_3, "roofline_4": roofline_4}
 
