@@ -310,3 +310,15 @@ def test_functional_bad_stored_state_refused_nothing_changed():
     with pytest.raises(ValueError, match="needs float32"):
         F.adam(p.astype(np.float64), np.ones(5000), m, v, step=1, state_dtype="int8")
     assert (p == 1).all() and (m[0] == F.zeros_state(p, "exp_avg", "int8")[0]).all()
+
+
+def test_asv_benchmark_runs():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "asv_bench"))
+    from benchmarks.bench_state_dtype import StateDtype
+    b = StateDtype()
+    for state_dtype, most in [("float32", 8.0), ("bfloat16", 4.0), ("int8", 2.04), ("int4", 1.07)]:
+        b.setup(state_dtype, 5000, "serial")
+        b.time_step(state_dtype, 5000, "serial")
+        assert b.track_state_bytes_per_param(state_dtype, 5000, "serial") <= most
