@@ -114,11 +114,10 @@ def _quantize(x, codes, absmax, qmaps, off, size, qluts, loff, block, four):
             a = codecs.amax(a, x[i])
         m = codecs.bits_f32(a)
         absmax[b] = m
-        work = x[lo:hi].reshape((1, hi - lo))
         if four:
-            codecs.store4(codes, lo, hi, work, 0, m, qmaps, off, size, qluts, loff)
+            codecs.store4(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
         else:
-            codecs.store8(codes, lo, hi, work, 0, m, qmaps, off, size, qluts, loff)
+            codecs.store8(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
 
 
 @loop()

@@ -84,7 +84,7 @@ def sgd_int8(
         one_minus_dampening, maximize, use_weight_decay, use_momentum, first_step, nesterov):
     n = p.shape[0]
     nb = (n + 255) // 256
-    _work = cuda.local.array((1, 256), float32)
+    _work0 = cuda.local.array(256, float32)
     if use_momentum:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
@@ -92,15 +92,16 @@ def sgd_int8(
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
             for i in range(lo, hi):
-                d_buf = codecs.decode8(buf, i, qmaps, 0, s_buf)
+                _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
+            for i in range(lo, hi):
                 p[i], x_buf = _sgd(
-                    p[i], g[i], d_buf, inv_scale, neg_lr, weight_decay, momentum,
+                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work[0, i - lo] = x_buf
+                _work0[i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
-            codecs.store8(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 256, qluts, 0)
+            codecs.store8(buf, lo, hi, _work0, m_buf, qmaps, 0, 256, qluts, 0)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
@@ -117,7 +118,7 @@ def sgd_int4(
         one_minus_dampening, maximize, use_weight_decay, use_momentum, first_step, nesterov):
     n = p.shape[0]
     nb = (n + 127) // 128
-    _work = cuda.local.array((1, 128), float32)
+    _work0 = cuda.local.array(128, float32)
     if use_momentum:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
@@ -125,15 +126,16 @@ def sgd_int4(
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
             for i in range(lo, hi):
-                d_buf = codecs.decode4(buf, i, qmaps, 0, s_buf)
+                _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
+            for i in range(lo, hi):
                 p[i], x_buf = _sgd(
-                    p[i], g[i], d_buf, inv_scale, neg_lr, weight_decay, momentum,
+                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work[0, i - lo] = x_buf
+                _work0[i - lo] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
-            codecs.store4(buf, lo, hi, _work, 0, m_buf, qmaps, 0, 16, qluts, 0)
+            codecs.store4(buf, lo, hi, _work0, m_buf, qmaps, 0, 16, qluts, 0)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
@@ -160,22 +162,23 @@ def adagrad_int8(
         maximize, use_weight_decay):
     n = p.shape[0]
     nb = (n + 255) // 256
-    _work = cuda.local.array((1, 256), float32)
+    _work0 = cuda.local.array(256, float32)
     for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
         lo = b * 256
         hi = min(lo + 256, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
-            d_state_sum = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
+            _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
+        for i in range(lo, hi):
             p[i], x_state_sum = _adagrad(
-                p[i], g[i], d_state_sum, inv_scale, neg_clr, weight_decay, eps, maximize,
+                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work[0, i - lo] = x_state_sum
+            _work0[i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
-        codecs.store8(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 512, 256, qluts, 65536)
+        codecs.store8(state_sum, lo, hi, _work0, m_state_sum, qmaps, 512, 256, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -184,22 +187,23 @@ def adagrad_int4(
         maximize, use_weight_decay):
     n = p.shape[0]
     nb = (n + 127) // 128
-    _work = cuda.local.array((1, 128), float32)
+    _work0 = cuda.local.array(128, float32)
     for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
         lo = b * 128
         hi = min(lo + 128, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
-            d_state_sum = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
+            _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
+        for i in range(lo, hi):
             p[i], x_state_sum = _adagrad(
-                p[i], g[i], d_state_sum, inv_scale, neg_clr, weight_decay, eps, maximize,
+                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work[0, i - lo] = x_state_sum
+            _work0[i - lo] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
-        codecs.store4(state_sum, lo, hi, _work, 0, m_state_sum, qmaps, 32, 16, qluts, 65536)
+        codecs.store4(state_sum, lo, hi, _work0, m_state_sum, qmaps, 32, 16, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -237,7 +241,9 @@ def adam_int8(
         maximize, l2_decay, decoupled_decay, amsgrad, lerp_from_end):
     n = p.shape[0]
     nb = (n + 255) // 256
-    _work = cuda.local.array((3, 256), float32)
+    _work0 = cuda.local.array(256, float32)
+    _work1 = cuda.local.array(256, float32)
+    _work2 = cuda.local.array(256, float32)
     if amsgrad:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
@@ -249,29 +255,30 @@ def adam_int8(
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
-                d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-                d_max_exp_avg_sq = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
+                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
+                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+                _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
+            for i in range(lo, hi):
                 p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], d_exp_avg, d_exp_avg_sq, d_max_exp_avg_sq, inv_scale, lerp_weight,
-                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
+                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work[0, i - lo] = x_exp_avg
+                _work0[i - lo] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work[1, i - lo] = x_exp_avg_sq
+                _work1[i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work[2, i - lo] = x_max_exp_avg_sq
+                _work2[i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            codecs.store8(exp_avg, lo, hi, _work0, m_exp_avg, qmaps, 0, 256, qluts, 0)
             m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
             exp_avg_sq_absmax[b] = m_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            codecs.store8(exp_avg_sq, lo, hi, _work1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
             m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
             max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
-            codecs.store8(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            codecs.store8(max_exp_avg_sq, lo, hi, _work2, m_max_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
@@ -281,23 +288,24 @@ def adam_int8(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
-                d_exp_avg = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                d_exp_avg_sq = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
+                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+            for i in range(lo, hi):
                 p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], d_exp_avg, d_exp_avg_sq, d_exp_avg_sq, inv_scale, lerp_weight,
-                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
+                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work[0, i - lo] = x_exp_avg
+                _work0[i - lo] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work[1, i - lo] = x_exp_avg_sq
+                _work1[i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
-            codecs.store8(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 256, qluts, 0)
+            codecs.store8(exp_avg, lo, hi, _work0, m_exp_avg, qmaps, 0, 256, qluts, 0)
             m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
             exp_avg_sq_absmax[b] = m_exp_avg_sq
-            codecs.store8(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
+            codecs.store8(exp_avg_sq, lo, hi, _work1, m_exp_avg_sq, qmaps, 512, 256, qluts, 65536)
 
 
 @cuda.jit(cache=True)
@@ -308,7 +316,9 @@ def adam_int4(
         maximize, l2_decay, decoupled_decay, amsgrad, lerp_from_end):
     n = p.shape[0]
     nb = (n + 127) // 128
-    _work = cuda.local.array((3, 128), float32)
+    _work0 = cuda.local.array(128, float32)
+    _work1 = cuda.local.array(128, float32)
+    _work2 = cuda.local.array(128, float32)
     if amsgrad:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
@@ -320,29 +330,30 @@ def adam_int4(
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
-                d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-                d_max_exp_avg_sq = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
+                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
+                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+                _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
+            for i in range(lo, hi):
                 p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], d_exp_avg, d_exp_avg_sq, d_max_exp_avg_sq, inv_scale, lerp_weight,
-                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
+                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work[0, i - lo] = x_exp_avg
+                _work0[i - lo] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work[1, i - lo] = x_exp_avg_sq
+                _work1[i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work[2, i - lo] = x_max_exp_avg_sq
+                _work2[i - lo] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            codecs.store4(exp_avg, lo, hi, _work0, m_exp_avg, qmaps, 0, 16, qluts, 0)
             m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
             exp_avg_sq_absmax[b] = m_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            codecs.store4(exp_avg_sq, lo, hi, _work1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
             m_max_exp_avg_sq = codecs.bits_f32(a_max_exp_avg_sq)
             max_exp_avg_sq_absmax[b] = m_max_exp_avg_sq
-            codecs.store4(max_exp_avg_sq, lo, hi, _work, 2, m_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            codecs.store4(max_exp_avg_sq, lo, hi, _work2, m_max_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
     else:
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
@@ -352,20 +363,21 @@ def adam_int4(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             for i in range(lo, hi):
-                d_exp_avg = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                d_exp_avg_sq = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
+                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+            for i in range(lo, hi):
                 p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], d_exp_avg, d_exp_avg_sq, d_exp_avg_sq, inv_scale, lerp_weight,
-                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
+                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work[0, i - lo] = x_exp_avg
+                _work0[i - lo] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work[1, i - lo] = x_exp_avg_sq
+                _work1[i - lo] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
-            codecs.store4(exp_avg, lo, hi, _work, 0, m_exp_avg, qmaps, 0, 16, qluts, 0)
+            codecs.store4(exp_avg, lo, hi, _work0, m_exp_avg, qmaps, 0, 16, qluts, 0)
             m_exp_avg_sq = codecs.bits_f32(a_exp_avg_sq)
             exp_avg_sq_absmax[b] = m_exp_avg_sq
-            codecs.store4(exp_avg_sq, lo, hi, _work, 1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)
+            codecs.store4(exp_avg_sq, lo, hi, _work1, m_exp_avg_sq, qmaps, 32, 16, qluts, 65536)

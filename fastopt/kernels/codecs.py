@@ -154,22 +154,22 @@ def encode(x, inv, qmaps, off, size, qluts, loff):
 
 
 @_jitable
-def store8(codes, lo, hi, work, row, absmax, qmaps, off, size, qluts, loff):
-    """Encode ``work[row, :hi - lo]`` into ``codes[lo:hi]``."""
+def store8(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
+    """Encode ``work[:hi - lo]`` into ``codes[lo:hi]``."""
     inv = inverse(absmax)
     for i in range(lo, hi):
-        codes[i] = encode(work[row, i - lo], inv, qmaps, off, size, qluts, loff)
+        codes[i] = encode(work[i - lo], inv, qmaps, off, size, qluts, loff)
 
 
 @_jitable
-def store4(codes, lo, hi, work, row, absmax, qmaps, off, size, qluts, loff):
-    """Encode ``work[row, :hi - lo]`` into the nibbles of ``codes[lo // 2:]``
+def store4(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
+    """Encode ``work[:hi - lo]`` into the nibbles of ``codes[lo // 2:]``
     (``lo`` is even; an odd last element leaves its high nibble 0)."""
     inv = inverse(absmax)
     for i in range(lo, hi, 2):
-        c = encode(work[row, i - lo], inv, qmaps, off, size, qluts, loff)
+        c = encode(work[i - lo], inv, qmaps, off, size, qluts, loff)
         if i + 1 < hi:
-            c = c | (encode(work[row, i + 1 - lo], inv, qmaps, off, size, qluts, loff) << 4)
+            c = c | (encode(work[i + 1 - lo], inv, qmaps, off, size, qluts, loff) << 4)
         codes[i >> 1] = c
 
 

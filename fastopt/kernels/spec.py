@@ -262,8 +262,8 @@ def _loop_body(kernel, on, header, indent):
 
 def _block_body(kernel, on, header, indent, target):
     """The loop over blocks of a block-codec kernel (optional arrays in ``on``
-    switched on): per block, decode, update and find the new absmax of each
-    coded state, keeping the new values in ``_work``, then encode them."""
+    switched on): per block, decode each coded state into ``_work``, update
+    there (finding the new absmax), then encode."""
     size = BLOCK_CODECS[kernel.codec]
     maps = 256 if kernel.codec == "int8" else 16
     bits = "8" if kernel.codec == "int8" else "4"
@@ -277,20 +277,25 @@ def _block_body(kernel, on, header, indent, target):
              f"{pad}    hi = min(lo + {size}, n)"]
     lines += [f"{pad}    s_{a} = {a}_absmax[b]" for a in live]
     lines += [f"{pad}    a_{a} = np.uint32(0)" for a in live]
+    # Three loops: decoding (table look-ups), the rule (no look-ups, so LLVM
+    # vectorises it), encoding.
+    if live:
+        lines.append(f"{pad}    for i in range(lo, hi):")
+        lines += [f"{pad}        _work{rows[a]}[i - lo] = codecs.decode{bits}({a}, i, {qmaps}, "
+                  f"{where[a][0]}, s_{a})" for a in live]
     lines.append(f"{pad}    for i in range(lo, hi):")
-    lines += [f"{pad}        d_{a} = codecs.decode{bits}({a}, i, {qmaps}, {where[a][0]}, s_{a})"
-              for a in live]
-    targets, call = _rule_call(kernel, on, lambda a: f"d_{a}" if a in kernel.coded else f"{a}[i]",
-                               lambda a: f"x_{a}" if a in kernel.coded else f"{a}[i]")
+    targets, call = _rule_call(
+        kernel, on, lambda a: f"_work{rows[a]}[i - lo]" if a in kernel.coded else f"{a}[i]",
+        lambda a: f"x_{a}" if a in kernel.coded else f"{a}[i]")
     lines += [f"{pad}        {targets} = _{kernel.rule_function}(",
               *_wrap(call, indent + 12, ")")]
     for a in live:
-        lines += [f"{pad}        _work[{rows[a]}, i - lo] = x_{a}",
+        lines += [f"{pad}        _work{rows[a]}[i - lo] = x_{a}",
                   f"{pad}        a_{a} = codecs.amax(a_{a}, x_{a})"]
     for a in live:
         lines += [f"{pad}    m_{a} = codecs.bits_f32(a_{a})",
                   f"{pad}    {a}_absmax[b] = m_{a}",
-                  f"{pad}    codecs.store{bits}({a}, lo, hi, _work, {rows[a]}, m_{a}, {qmaps}, "
+                  f"{pad}    codecs.store{bits}({a}, lo, hi, _work{rows[a]}, m_{a}, {qmaps}, "
                   f"{where[a][0]}, {maps}, {qluts}, {where[a][1]})"]
     return lines
 
@@ -311,12 +316,14 @@ def _wrap(items, indent, end):
 # runs over chunks of blocks, each chunk with its own work rows; a CUDA
 # thread handles whole blocks (grid-stride), with its work rows in local memory.
 _CHUNK = 16  # blocks per CPU chunk (prange iteration)
+# One work array per coded state (separate arrays: LLVM can tell that writing
+# one does not change another, and vectorises the rule's loop).
+_WORK = {"cpu": "_work{k} = np.empty({size}, np.float32)",
+         "cuda": "_work{k} = cuda.local.array({size}, float32)"}
 _BLOCK_LOOPS = {
-    "_serial": (["_work = np.empty(({rows}, {size}), np.float32)"],
-                "for b in range(nb):"),
-    "_parallel": ([], "for c in prange((nb + {chunk} - 1) // {chunk}):"),
-    "": (["_work = cuda.local.array(({rows}, {size}), float32)"],
-         "for b in range(cuda.grid(1), nb, cuda.gridsize(1)):"),
+    "_serial": ("cpu", "for b in range(nb):"),
+    "_parallel": (None, "for c in prange((nb + {chunk} - 1) // {chunk}):"),
+    "": ("cuda", "for b in range(cuda.grid(1), nb, cuda.gridsize(1)):"),
 }
 
 
@@ -327,16 +334,16 @@ def _function(kernel, decorator, suffix, header, target):
     if kernel.codec in BLOCK_CODECS:
         size = BLOCK_CODECS[kernel.codec]
         start, header = _BLOCK_LOOPS[suffix]
-        fill = dict(rows=len(kernel.coded), size=size, chunk=_CHUNK)
+        fill = dict(size=size, chunk=_CHUNK)
+        work = [_WORK[start or "cpu"].format(k=k, size=size) for k in range(len(kernel.coded))]
         lines += ["    n = p.shape[0]", f"    nb = (n + {size - 1}) // {size}"]
-        lines += ["    " + line.format(**fill) for line in start]
+        lines += ["    " + line for line in (work if start else [])]
         header = header.format(**fill)
         if suffix == "_parallel":
             inner = "for b in range(c * {chunk}, min(c * {chunk} + {chunk}, nb)):".format(**fill)
-            work = "_work = np.empty(({rows}, {size}), np.float32)".format(**fill)
 
             def body(kernel, on, header, indent):
-                return [" " * indent + header, " " * (indent + 4) + work,
+                return [" " * indent + header, *[" " * (indent + 4) + w for w in work],
                         *_block_body(kernel, on, inner, indent + 4, target)]
         else:
             def body(kernel, on, header, indent):
