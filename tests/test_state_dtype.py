@@ -17,7 +17,15 @@ import fastopt
 from fastopt import _state_dtype
 from fastopt.kernels import codecs
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+try:
+    import ml_dtypes
+except ImportError:  # the "lowp" extra: bfloat16 cases skip without it
+    ml_dtypes = None
+
+
+def needs_ml_dtypes(state_dtype="bfloat16"):
+    if state_dtype == "bfloat16" and ml_dtypes is None:
+        pytest.skip("ml_dtypes is not installed (pip install 'fastopt[lowp]')")
 
 STATE_DTYPES = ["bfloat16", "int8", "int4"]
 SIZES = [4096 + 137, 5000, 300]  # not a multiple of either block (odd, for int4); under 4096
@@ -75,6 +83,7 @@ def _data(n, seed=0):
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_class_matches_oracle_bit_for_bit(case, state_dtype, n, target):
+    needs_ml_dtypes(state_dtype)
     cls, step, names, hp = CASES[case]
     p0, grads = _data(n)
     p = p0.copy()
@@ -133,6 +142,7 @@ def test_quantize_matches_oracle_on_edges(kind, signed):
 
 
 def test_bf16_encode_rounds_to_nearest_even():
+    needs_ml_dtypes()
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32)
     x = np.concatenate([bits.view(np.float32), np.float32([np.inf, -np.inf, 0, -0.0, 3.4e38])])
@@ -146,6 +156,7 @@ def test_bf16_encode_rounds_to_nearest_even():
 
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_state_bytes_per_parameter(state_dtype):
+    needs_ml_dtypes(state_dtype)
     n = 1 << 16
     opt = fastopt.Adam([np.zeros(n, np.float32)], state_dtype=state_dtype)
     opt.step([np.ones(n, np.float32)])
@@ -165,6 +176,7 @@ def _trained(state_dtype, n=5000, steps=2, **hp):
 
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_resume_is_bit_identical(state_dtype):
+    needs_ml_dtypes(state_dtype)
     p, opt = _trained(state_dtype)
     saved = pickle.loads(pickle.dumps(opt.state_dict(to_host=True)))
     q = p.copy()
@@ -181,6 +193,7 @@ def test_resume_is_bit_identical(state_dtype):
 
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_checkpoint_round_trip(state_dtype, tmp_path):
+    needs_ml_dtypes(state_dtype)
     p, opt = _trained(state_dtype)
     fastopt.save(tmp_path / "c.ckpt", {"w": p}, opt)
     q = np.zeros_like(p)
@@ -194,6 +207,7 @@ def test_checkpoint_round_trip(state_dtype, tmp_path):
 
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_float_state_dict_is_stored_and_dequantized_out(state_dtype):
+    needs_ml_dtypes(state_dtype)
     _, full = _trained(None)
     sd = full.state_dict()
     q = np.zeros(5000, np.float32)
@@ -274,6 +288,7 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 @pytest.mark.parametrize("fn", ["adam", "adamw", "adagrad", "sgd"])
 def test_functional_matches_the_class(fn, state_dtype):
+    needs_ml_dtypes(state_dtype)
     import fastopt.functional as F
     p0, grads = _data(5000, seed=7)
     p, q = p0.copy(), p0.copy()
@@ -313,6 +328,7 @@ def test_functional_bad_stored_state_refused_nothing_changed():
 
 
 def test_asv_benchmark_runs():
+    needs_ml_dtypes()
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "asv_bench"))
