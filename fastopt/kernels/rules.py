@@ -3,7 +3,8 @@
 Each function takes the current values of one element (parameter, gradient,
 state) and the step's scalars and flags, and returns the new values. Its
 parameters are those its kernel declares in ``spec.py``, in that order; the
-loops pass them by keyword. They have no
+loops pass them positionally. A kernel with reduced-precision state calls
+the same rule with float32 values its codec (``codecs.py``) decoded. They have no
 loads or stores of their own: the loops in ``cpu.py`` (and, with the CUDA
 target, ``cuda.py``) read the arrays, call these (compiled and inlined) and
 write back. Keeping the rule free of memory access is what lets LLVM
@@ -11,11 +12,7 @@ vectorise the CPU loops whatever the flags are, and lets every target share
 one statement of each rule.
 
 The order of floating-point operations follows ``torch.optim``'s
-<<<<<<< HEAD
-single-tensor implementations, so float64 results
-=======
 single-tensor implementations (docs/update-rules.md), so float64 results
->>>>>>> bench12
 agree with torch to rounding.
 
 Flags are booleans that are the same for every element; scalars already have
