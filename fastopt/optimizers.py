@@ -229,11 +229,13 @@ class Adam(_Stored):
         return state
 
     def _update(self, p, g, inv_scale, state, h):
+        codec, absmax = self._stored(p, h, state)
         if h["amsgrad"] and "max_exp_avg_sq" not in state:
-            # amsgrad switched on after this parameter's first step.
+            # amsgrad switched on after this parameter's first step: stored
+            # as the rest of the state is now.
             state.update({k: v for k, v in self._fresh(p, h, "max_exp_avg_sq").items()
                           if k != "state_dtype"})
-        codec, absmax = self._stored(p, h, state)
+            codec, absmax = self._stored(p, h, state)
         state["step"] += 1
         beta1, beta2 = h["betas"]
         U.adam(p=p, g=g, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],

@@ -338,3 +338,20 @@ def test_asv_benchmark_runs():
         b.setup(state_dtype, 5000, "serial")
         b.time_step(state_dtype, 5000, "serial")
         assert b.track_state_bytes_per_param(state_dtype, 5000, "serial") <= most
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_amsgrad_and_state_dtype_switched_on_together(state_dtype):
+    p, grads = _data(5000, seed=9)
+    q = p.copy()
+    opt = fastopt.Adam([p], lr=0.01)
+    ref = fastopt.Adam([q], lr=0.01)
+    opt.step([grads[0]])
+    ref.step([grads[0]])
+    opt.param_groups[0].update(amsgrad=True, state_dtype=state_dtype)
+    opt.step([grads[1]])
+    assert opt.state[0]["state_dtype"] == state_dtype
+    assert opt.state[0]["max_exp_avg_sq_absmax"].shape == opt.state[0]["exp_avg_absmax"].shape
+    ref.param_groups[0].update(amsgrad=True)
+    ref.step([grads[1]])
+    np.testing.assert_allclose(p, q, rtol=0, atol=0.02)  # within two steps of lr
