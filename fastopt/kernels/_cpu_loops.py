@@ -157,11 +157,13 @@ def sgd_int8_serial(
             a_buf = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
-            for i in range(lo, hi):
-                p[i], x_buf = _sgd(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_buf = _sgd(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work0[i - lo] = x_buf
+                _work0[j] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
@@ -170,9 +172,11 @@ def sgd_int8_serial(
         for b in range(nb):
             lo = b * 256
             hi = min(lo + 256, n)
-            for i in range(lo, hi):
-                p[i], _ = _sgd(
-                    p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], _ = _sgd(
+                    p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, False, first_step, nesterov)
 
 
@@ -192,12 +196,14 @@ def sgd_int8_parallel(
                 a_buf = np.uint32(0)
                 for i in range(lo, hi):
                     _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
-                for i in range(lo, hi):
-                    p[i], x_buf = _sgd(
-                        p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_buf = _sgd(
+                        p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                         one_minus_dampening, maximize, use_weight_decay, True, first_step,
                         nesterov)
-                    _work0[i - lo] = x_buf
+                    _work0[j] = x_buf
                     a_buf = codecs.amax(a_buf, x_buf)
                 m_buf = codecs.bits_f32(a_buf)
                 buf_absmax[b] = m_buf
@@ -208,9 +214,11 @@ def sgd_int8_parallel(
             for b in range(c * 16, min(c * 16 + 16, nb)):
                 lo = b * 256
                 hi = min(lo + 256, n)
-                for i in range(lo, hi):
-                    p[i], _ = _sgd(
-                        p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], _ = _sgd(
+                        p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                         one_minus_dampening, maximize, use_weight_decay, False, first_step,
                         nesterov)
 
@@ -230,11 +238,13 @@ def sgd_int4_serial(
             a_buf = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
-            for i in range(lo, hi):
-                p[i], x_buf = _sgd(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_buf = _sgd(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work0[i - lo] = x_buf
+                _work0[j] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
@@ -243,9 +253,11 @@ def sgd_int4_serial(
         for b in range(nb):
             lo = b * 128
             hi = min(lo + 128, n)
-            for i in range(lo, hi):
-                p[i], _ = _sgd(
-                    p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], _ = _sgd(
+                    p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, False, first_step, nesterov)
 
 
@@ -265,12 +277,14 @@ def sgd_int4_parallel(
                 a_buf = np.uint32(0)
                 for i in range(lo, hi):
                     _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
-                for i in range(lo, hi):
-                    p[i], x_buf = _sgd(
-                        p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_buf = _sgd(
+                        p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                         one_minus_dampening, maximize, use_weight_decay, True, first_step,
                         nesterov)
-                    _work0[i - lo] = x_buf
+                    _work0[j] = x_buf
                     a_buf = codecs.amax(a_buf, x_buf)
                 m_buf = codecs.bits_f32(a_buf)
                 buf_absmax[b] = m_buf
@@ -281,9 +295,11 @@ def sgd_int4_parallel(
             for b in range(c * 16, min(c * 16 + 16, nb)):
                 lo = b * 128
                 hi = min(lo + 128, n)
-                for i in range(lo, hi):
-                    p[i], _ = _sgd(
-                        p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], _ = _sgd(
+                        p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                         one_minus_dampening, maximize, use_weight_decay, False, first_step,
                         nesterov)
 
@@ -322,11 +338,13 @@ def adagrad_int8_serial(
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
-        for i in range(lo, hi):
-            p[i], x_state_sum = _adagrad(
-                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+        p_b = p[lo:hi]
+        g_b = g[lo:hi]
+        for j in range(hi - lo):
+            p_b[j], x_state_sum = _adagrad(
+                p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work0[i - lo] = x_state_sum
+            _work0[j] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
@@ -348,11 +366,13 @@ def adagrad_int8_parallel(
             a_state_sum = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
-            for i in range(lo, hi):
-                p[i], x_state_sum = _adagrad(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_state_sum = _adagrad(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                     use_weight_decay)
-                _work0[i - lo] = x_state_sum
+                _work0[j] = x_state_sum
                 a_state_sum = codecs.amax(a_state_sum, x_state_sum)
             m_state_sum = codecs.bits_f32(a_state_sum)
             state_sum_absmax[b] = m_state_sum
@@ -373,11 +393,13 @@ def adagrad_int4_serial(
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
-        for i in range(lo, hi):
-            p[i], x_state_sum = _adagrad(
-                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+        p_b = p[lo:hi]
+        g_b = g[lo:hi]
+        for j in range(hi - lo):
+            p_b[j], x_state_sum = _adagrad(
+                p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work0[i - lo] = x_state_sum
+            _work0[j] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
@@ -399,11 +421,13 @@ def adagrad_int4_parallel(
             a_state_sum = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
-            for i in range(lo, hi):
-                p[i], x_state_sum = _adagrad(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_state_sum = _adagrad(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                     use_weight_decay)
-                _work0[i - lo] = x_state_sum
+                _work0[j] = x_state_sum
                 a_state_sum = codecs.amax(a_state_sum, x_state_sum)
             m_state_sum = codecs.bits_f32(a_state_sum)
             state_sum_absmax[b] = m_state_sum
@@ -489,17 +513,19 @@ def adam_int8_serial(
                 _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
                 _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work2[i - lo] = x_max_exp_avg_sq
+                _work2[j] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -521,15 +547,17 @@ def adam_int8_serial(
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -565,17 +593,19 @@ def adam_int8_parallel(
                     _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                     _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
                     _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
-                for i in range(lo, hi):
-                    p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                        p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                        lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                        p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                        lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                         bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                         decoupled_decay, True, lerp_from_end)
-                    _work0[i - lo] = x_exp_avg
+                    _work0[j] = x_exp_avg
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                    _work1[i - lo] = x_exp_avg_sq
+                    _work1[j] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                    _work2[i - lo] = x_max_exp_avg_sq
+                    _work2[j] = x_max_exp_avg_sq
                     a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
                 m_exp_avg = codecs.bits_f32(a_exp_avg)
                 exp_avg_absmax[b] = m_exp_avg
@@ -601,15 +631,17 @@ def adam_int8_parallel(
                 for i in range(lo, hi):
                     _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                     _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-                for i in range(lo, hi):
-                    p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                        p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                        lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                        p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                        lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                         bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                         decoupled_decay, False, lerp_from_end)
-                    _work0[i - lo] = x_exp_avg
+                    _work0[j] = x_exp_avg
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                    _work1[i - lo] = x_exp_avg_sq
+                    _work1[j] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 m_exp_avg = codecs.bits_f32(a_exp_avg)
                 exp_avg_absmax[b] = m_exp_avg
@@ -644,17 +676,19 @@ def adam_int4_serial(
                 _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
                 _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work2[i - lo] = x_max_exp_avg_sq
+                _work2[j] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -676,15 +710,17 @@ def adam_int4_serial(
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -720,17 +756,19 @@ def adam_int4_parallel(
                     _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                     _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
                     _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
-                for i in range(lo, hi):
-                    p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                        p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                        lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                        p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                        lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                         bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                         decoupled_decay, True, lerp_from_end)
-                    _work0[i - lo] = x_exp_avg
+                    _work0[j] = x_exp_avg
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                    _work1[i - lo] = x_exp_avg_sq
+                    _work1[j] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                    _work2[i - lo] = x_max_exp_avg_sq
+                    _work2[j] = x_max_exp_avg_sq
                     a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
                 m_exp_avg = codecs.bits_f32(a_exp_avg)
                 exp_avg_absmax[b] = m_exp_avg
@@ -756,15 +794,17 @@ def adam_int4_parallel(
                 for i in range(lo, hi):
                     _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                     _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-                for i in range(lo, hi):
-                    p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                        p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                        lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                p_b = p[lo:hi]
+                g_b = g[lo:hi]
+                for j in range(hi - lo):
+                    p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                        p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                        lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                         bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                         decoupled_decay, False, lerp_from_end)
-                    _work0[i - lo] = x_exp_avg
+                    _work0[j] = x_exp_avg
                     a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                    _work1[i - lo] = x_exp_avg_sq
+                    _work1[j] = x_exp_avg_sq
                     a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
                 m_exp_avg = codecs.bits_f32(a_exp_avg)
                 exp_avg_absmax[b] = m_exp_avg

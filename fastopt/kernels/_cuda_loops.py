@@ -93,11 +93,13 @@ def sgd_int8(
             a_buf = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
-            for i in range(lo, hi):
-                p[i], x_buf = _sgd(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_buf = _sgd(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work0[i - lo] = x_buf
+                _work0[j] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
@@ -106,9 +108,11 @@ def sgd_int8(
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 256
             hi = min(lo + 256, n)
-            for i in range(lo, hi):
-                p[i], _ = _sgd(
-                    p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], _ = _sgd(
+                    p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, False, first_step, nesterov)
 
 
@@ -127,11 +131,13 @@ def sgd_int4(
             a_buf = np.uint32(0)
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
-            for i in range(lo, hi):
-                p[i], x_buf = _sgd(
-                    p[i], g[i], _work0[i - lo], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_buf = _sgd(
+                    p_b[j], g_b[j], _work0[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, True, first_step, nesterov)
-                _work0[i - lo] = x_buf
+                _work0[j] = x_buf
                 a_buf = codecs.amax(a_buf, x_buf)
             m_buf = codecs.bits_f32(a_buf)
             buf_absmax[b] = m_buf
@@ -140,9 +146,11 @@ def sgd_int4(
         for b in range(cuda.grid(1), nb, cuda.gridsize(1)):
             lo = b * 128
             hi = min(lo + 128, n)
-            for i in range(lo, hi):
-                p[i], _ = _sgd(
-                    p[i], g[i], p[i], inv_scale, neg_lr, weight_decay, momentum,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], _ = _sgd(
+                    p_b[j], g_b[j], p_b[j], inv_scale, neg_lr, weight_decay, momentum,
                     one_minus_dampening, maximize, use_weight_decay, False, first_step, nesterov)
 
 
@@ -170,11 +178,13 @@ def adagrad_int8(
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
-        for i in range(lo, hi):
-            p[i], x_state_sum = _adagrad(
-                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+        p_b = p[lo:hi]
+        g_b = g[lo:hi]
+        for j in range(hi - lo):
+            p_b[j], x_state_sum = _adagrad(
+                p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work0[i - lo] = x_state_sum
+            _work0[j] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
@@ -195,11 +205,13 @@ def adagrad_int4(
         a_state_sum = np.uint32(0)
         for i in range(lo, hi):
             _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
-        for i in range(lo, hi):
-            p[i], x_state_sum = _adagrad(
-                p[i], g[i], _work0[i - lo], inv_scale, neg_clr, weight_decay, eps, maximize,
+        p_b = p[lo:hi]
+        g_b = g[lo:hi]
+        for j in range(hi - lo):
+            p_b[j], x_state_sum = _adagrad(
+                p_b[j], g_b[j], _work0[j], inv_scale, neg_clr, weight_decay, eps, maximize,
                 use_weight_decay)
-            _work0[i - lo] = x_state_sum
+            _work0[j] = x_state_sum
             a_state_sum = codecs.amax(a_state_sum, x_state_sum)
         m_state_sum = codecs.bits_f32(a_state_sum)
         state_sum_absmax[b] = m_state_sum
@@ -258,17 +270,19 @@ def adam_int8(
                 _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
                 _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work2[i - lo] = x_max_exp_avg_sq
+                _work2[j] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -290,15 +304,17 @@ def adam_int8(
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -333,17 +349,19 @@ def adam_int4(
                 _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
                 _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work2[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, x_max_exp_avg_sq = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work2[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, True, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
-                _work2[i - lo] = x_max_exp_avg_sq
+                _work2[j] = x_max_exp_avg_sq
                 a_max_exp_avg_sq = codecs.amax(a_max_exp_avg_sq, x_max_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg
@@ -365,15 +383,17 @@ def adam_int4(
             for i in range(lo, hi):
                 _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
                 _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-            for i in range(lo, hi):
-                p[i], x_exp_avg, x_exp_avg_sq, _ = _adam(
-                    p[i], g[i], _work0[i - lo], _work1[i - lo], _work1[i - lo], inv_scale,
-                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+            p_b = p[lo:hi]
+            g_b = g[lo:hi]
+            for j in range(hi - lo):
+                p_b[j], x_exp_avg, x_exp_avg_sq, _ = _adam(
+                    p_b[j], g_b[j], _work0[j], _work1[j], _work1[j], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
                     bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
                     decoupled_decay, False, lerp_from_end)
-                _work0[i - lo] = x_exp_avg
+                _work0[j] = x_exp_avg
                 a_exp_avg = codecs.amax(a_exp_avg, x_exp_avg)
-                _work1[i - lo] = x_exp_avg_sq
+                _work1[j] = x_exp_avg_sq
                 a_exp_avg_sq = codecs.amax(a_exp_avg_sq, x_exp_avg_sq)
             m_exp_avg = codecs.bits_f32(a_exp_avg)
             exp_avg_absmax[b] = m_exp_avg

@@ -283,14 +283,18 @@ def _block_body(kernel, on, header, indent, target):
         lines.append(f"{pad}    for i in range(lo, hi):")
         lines += [f"{pad}        _work{rows[a]}[i - lo] = codecs.decode{bits}({a}, i, {qmaps}, "
                   f"{where[a][0]}, s_{a})" for a in live]
-    lines.append(f"{pad}    for i in range(lo, hi):")
+    # The rule's loop indexes every array from the block's start (views of
+    # the parameter and gradient): LLVM then vectorises it.
+    plain = [name for name, kind in kernel.args if kind == ARRAY]
+    lines += [f"{pad}    {a}_b = {a}[lo:hi]" for a in plain]
+    lines.append(f"{pad}    for j in range(hi - lo):")
     targets, call = _rule_call(
-        kernel, on, lambda a: f"_work{rows[a]}[i - lo]" if a in kernel.coded else f"{a}[i]",
-        lambda a: f"x_{a}" if a in kernel.coded else f"{a}[i]")
+        kernel, on, lambda a: f"_work{rows[a]}[j]" if a in kernel.coded else f"{a}_b[j]",
+        lambda a: f"x_{a}" if a in kernel.coded else f"{a}_b[j]")
     lines += [f"{pad}        {targets} = _{kernel.rule_function}(",
               *_wrap(call, indent + 12, ")")]
     for a in live:
-        lines += [f"{pad}        _work{rows[a]}[i - lo] = x_{a}",
+        lines += [f"{pad}        _work{rows[a]}[j] = x_{a}",
                   f"{pad}        a_{a} = codecs.amax(a_{a}, x_{a})"]
     for a in live:
         lines += [f"{pad}    m_{a} = codecs.bits_f32(a_{a})",
