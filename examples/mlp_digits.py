@@ -88,6 +88,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=HIDDEN,
+                        help=f"hidden units (default {HIDDEN}: 19,210 parameters; 1024: 76,810, "
+                             "above the parallel threshold)")
     parser.add_argument("--target", choices=["auto", "serial", "parallel"], default="auto",
                         help="fastopt kernel: auto (by size: parallel from "
                              "fastopt.config.PARALLEL_THRESHOLD elements), serial or parallel")
@@ -96,19 +99,20 @@ def main(argv=None):
 
     X_train, X_test, y_train, y_test = load_data(args.seed)
     rng = np.random.default_rng(args.seed)
-    flat = init_params(X_train.shape[1], HIDDEN, 10, rng)
+    flat = init_params(X_train.shape[1], args.hidden, 10, rng)
     kernel = args.target if args.target != "auto" else (
-        "parallel" if flat.data.size >= fastopt.config.PARALLEL_THRESHOLD else "serial")
-    print(f"digits: {len(y_train)} train, {len(y_test)} test; MLP 64-{HIDDEN}-10, "
+        "timed" if flat.data.size >= fastopt.config.PARALLEL_THRESHOLD else "serial")
+    print(f"digits: {len(y_train)} train, {len(y_test)} test; MLP 64-{args.hidden}-10, "
           f"{flat.data.size:,} float32 parameters in one FlatParams; {kernel} kernel")
 
     # One optimizer over the whole buffer: one fused kernel call per step.
     # (To keep weight decay off the biases, list them next to each other in
     # the FlatParams and make two groups from flat.segment("w1", "w2") and
     # flat.segment("b1", "b2"): one call per group.)
-    # With 19,210 parameters the default picks the parallel kernel; on a busy
-    # machine a parallel step can wait milliseconds for a free core, while the
-    # serial one takes a few tens of microseconds either way: try --target.
+    # Below fastopt.config.PARALLEL_THRESHOLD elements the default is the
+    # serial kernel; from it, whichever of serial and parallel fastopt timed
+    # faster lately (the matrix products' threads can hold the cores a
+    # parallel step needs). --target forces one.
     target = None if args.target == "auto" else args.target
     opt = fastopt.Adam(flat, lr=args.lr, target=target)
 

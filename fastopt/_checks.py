@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from . import _cuda
-from ._dispatch import TARGETS
+from ._targets import TARGETS
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

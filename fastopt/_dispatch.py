@@ -1,7 +1,10 @@
-"""The one place that chooses where work runs: which compiled kernel, and
-where new arrays are allocated (host or GPU, like the parameter)."""
+"""The one place that chooses where work runs: which compiled kernel (serial,
+parallel or CUDA) updates a parameter, and how parallel kernels are kept
+safe (threading layers, fork) and worth their cost (``_Timed``)."""
 
+import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -9,7 +12,7 @@ import numpy as np
 from . import config
 from .kernels.cpu import KERNELS
 
-TARGETS = ("serial", "parallel", "cuda")
+from ._targets import TARGETS  # noqa: F401  (re-exported: where work can run)
 
 # numba's "workqueue" threading layer aborts the process when two threads run
 # parallel code at once. Until the first parallel kernel has run, the layer
@@ -18,26 +21,110 @@ TARGETS = ("serial", "parallel", "cuda")
 _layer_is_safe = None
 _parallel_lock = threading.Lock()
 
+# GNU OpenMP cannot run in a child forked from a process that has started it:
+# numba terminates the child. ``_forked_from_gnu_omp`` is set in such a
+# child (see ``_after_fork_in_child``), which then runs the serial kernels.
+_forked_from_gnu_omp = False
+_fork_warned = False
+
 
 def kernel(name, target, p):
     """The ``name`` kernel ("sgd", "adagrad", "adam") to update parameter ``p``.
 
     ``target`` is None (a GPU array takes the CUDA kernel; a NumPy array the
-    serial or parallel one by its size against ``config.PARALLEL_THRESHOLD``),
-    "serial", "parallel" or "cuda"; callers have validated it against ``p``
-    with ``_checks.check_target_matches``.
+    serial kernel below ``config.PARALLEL_THRESHOLD`` elements, from it
+    whichever of the two ``_Timed`` found faster lately), "serial",
+    "parallel" or "cuda"; callers have validated it against ``p`` with
+    ``_checks.check_target_matches``.
     """
     if target is None:
         if not isinstance(p, np.ndarray):
             target = "cuda"
+        elif p.size < config.PARALLEL_THRESHOLD:
+            target = "serial"
+        elif not _forked_from_gnu_omp:
+            return _Timed.run(name, p)
         else:
-            target = "parallel" if p.size >= config.PARALLEL_THRESHOLD else "serial"
+            target = "parallel"
     if target == "cuda":
         from . import _cuda
         return _cuda.launcher(name)
-    if target == "parallel" and _layer_is_safe is not True:
-        return lambda *args: _guarded_parallel(name, args)
+    if target == "parallel":
+        return _parallel(name)
     return KERNELS[name][target]
+
+
+def _parallel(name):
+    """The parallel ``name`` kernel, or a stand-in with the same results
+    where it cannot run: the serial kernel in a child forked from a process
+    that used GNU OpenMP, one parallel call at a time under workqueue."""
+    if _forked_from_gnu_omp:
+        _warn_forked()
+        return KERNELS[name]["serial"]
+    if _layer_is_safe is not True:
+        return lambda *args: _guarded_parallel(name, args)
+    return KERNELS[name]["parallel"]
+
+
+class _Timed:
+    """Serial or parallel by measured time: ``target=None`` from the threshold up.
+
+    The parallel kernel needs every core, and in a training loop other
+    threads often hold them: OpenBLAS's workers keep spinning for tens of
+    milliseconds after each matrix product, so a parallel step can wait
+    milliseconds where the serial one takes tens of microseconds. So every
+    such call is timed and, per kernel, itemsize and size class (a power of
+    two), the kernel with the lower recent best time per element runs; the
+    other one is tried again after ``FIRST`` calls, then after twice as many
+    each time it loses again (up to ``LAST``); when the choice changes, after
+    ``FIRST`` again. Both kernels give bit-identical results.
+    """
+
+    FIRST, LAST, KEEP = 16, 4096, 3
+    _all: dict = {}
+    __slots__ = ("serial", "parallel", "best", "count", "interval")
+
+    def __init__(self):
+        self.serial = self.parallel = ()  # the last KEEP times per element, newest last
+        self.best = "parallel"
+        self.count = 0
+        self.interval = 1  # try serial on the second call
+
+    @classmethod
+    def run(cls, name, p):
+        """The kernel to run on ``p``: the chosen one, timed."""
+        key = (name, p.itemsize, p.size.bit_length())
+        timed = cls._all.get(key) or cls._all.setdefault(key, cls())
+        target, trial = timed.pick()
+        fn = _parallel(name) if target == "parallel" else KERNELS[name]["serial"]
+        n = p.size
+
+        def call(*args):
+            t0 = time.perf_counter()
+            result = fn(*args)
+            timed.record(target, (time.perf_counter() - t0) / n, trial)
+            return result
+        return call
+
+    def pick(self):
+        """The target to run next, and whether it is a trial of the slower one."""
+        self.count += 1
+        if self.count <= self.interval:
+            return self.best, False
+        self.count = 0
+        return ("serial" if self.best == "parallel" else "parallel"), True
+
+    def record(self, target, seconds, trial):
+        """Note that ``target`` took ``seconds`` per element (``trial``: as a trial)."""
+        # Tuples are replaced whole: a thread reading one never sees it change.
+        setattr(self, target, getattr(self, target)[1 - self.KEEP:] + (seconds,))
+        if not (self.serial and self.parallel):
+            return
+        best = "parallel" if min(self.parallel) <= min(self.serial) else "serial"
+        if best != self.best:
+            self.best, self.interval, self.count = best, self.FIRST, 0
+        elif trial:  # and lost
+            self.interval = min(max(2 * self.interval, self.FIRST), self.LAST)
 
 
 def _guarded_parallel(name, args):
@@ -62,52 +149,38 @@ def _guarded_parallel(name, args):
     return result
 
 
-def new(shape, dtype, device, value=None):
-    """A new array on ``device`` ("cpu" or "cuda"), filled with ``value``
-    (uninitialised when it is None)."""
-    if device == "cpu":
-        if value is None:
-            return np.empty(shape, dtype)
-        return np.zeros(shape, dtype) if value == 0 else np.full(shape, value, dtype)
-    from . import _cuda
-    return _cuda.new(shape, dtype, value)
+def _uses_gnu_openmp():
+    """Whether numba's threads are started, on the GNU OpenMP layer."""
+    import numba
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+    except ValueError:  # not started: the child may start it
+        return False
+    try:
+        from numba.np.ufunc import omppool
+        return omppool.openmp_vendor == "GNU"
+    except (ImportError, AttributeError):
+        return True
 
 
-def fill(a, value):
-    """Set every element of ``a`` (a NumPy array or a numba device array) to ``value``."""
-    if isinstance(a, np.ndarray):
-        a.fill(value)
-    else:
-        from . import _cuda
-        _cuda.fill(a, value)
+def _after_fork_in_child():
+    global _forked_from_gnu_omp, _fork_warned, _parallel_lock
+    _parallel_lock = threading.Lock()  # another thread of the parent may have held it
+    _forked_from_gnu_omp = _uses_gnu_openmp()
+    _fork_warned = False
 
 
-def new_like(p, value=None):
-    """A new array with the shape and dtype of parameter ``p``, where ``p`` lives,
-    filled with ``value`` (uninitialised when it is None).
-
-    ``p`` is a NumPy array or a numba device array (as the checks return it).
-    """
-    if isinstance(p, np.ndarray):
-        return new(p.shape, p.dtype, "cpu", value)
-    from . import _cuda
-    return _cuda.new(p.shape, p.dtype, value, p.stream)
-
-
-def host_array(a):
-    """``a`` as a NumPy array: GPU arrays are copied to the host, anything else ``np.asarray``."""
-    if isinstance(a, np.ndarray):
-        return a
-    from . import _cuda
-    if _cuda.is_cuda_array(a):
-        return _cuda.to_host(a)
-    return np.asarray(a)
+def _warn_forked():
+    global _fork_warned
+    if not _fork_warned:
+        _fork_warned = True
+        warnings.warn("fastopt: this process was forked from one that ran numba's GNU OpenMP "
+                      "threads, which cannot run here; parallel-sized steps use the serial "
+                      "kernel (same results). Start processes with the 'spawn' or "
+                      "'forkserver' method, or use the tbb or workqueue threading layer, "
+                      "to keep them parallel.", RuntimeWarning, stacklevel=4)
 
 
-def place_like(p, a):
-    """NumPy array ``a`` where parameter ``p`` lives: ``a`` itself, or a copy on
-    the GPU (made on ``p``'s stream, before the kernels that will use it)."""
-    if isinstance(p, np.ndarray):
-        return a
-    from . import _cuda
-    return _cuda.to_device(a, p.stream)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

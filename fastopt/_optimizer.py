@@ -8,6 +8,7 @@ state-dict conversion in ``_state_io.py``.
 from __future__ import annotations
 
 import inspect
+import operator
 import threading
 from typing import Any, Iterable, Sequence
 
@@ -155,7 +156,8 @@ class Optimizer:
                     raise ValueError(f"grads has {len(grads)} entries, but the optimizer has "
                                      f"{len(params)} parameters")
                 names = "grads[{}]"
-            checked = [None if g is None else C.check_grad(names.format(i), g, p, f"params[{i}]")
+            checked = [g if g is None or _plain_fit(g, p)
+                       else C.check_grad(names.format(i), g, p, f"params[{i}]")
                        for i, (g, p) in enumerate(zip(grads, params))]
             for i, (g, p) in enumerate(zip(checked, params)):
                 if g is None:
@@ -168,20 +170,30 @@ class Optimizer:
             return self._apply(params, checked, inv_scale, check_finite)
 
     def _checked_hypers(self) -> list[dict[str, Any]]:
-        """Every group's checked hyperparameters. A group whose values (and their
-        types) are the ones checked at the last step is not checked again."""
+        """Every group's checked hyperparameters. A group holding the very
+        objects checked at the last step (immutable ones), or values of the
+        same types that compare equal, is not checked again."""
         cache = self._hyper_cache
         hypers = []
         for k, group in enumerate(self.param_groups):
-            key = _spec.cache_key(group)
+            objects = tuple(group.values())
             cached = cache.get(k)
+            if (cached is not None and cached[2] is not None and len(objects) == len(cached[2])
+                    and all(map(operator.is_, objects, cached[2]))):
+                hypers.append(cached[1])
+                continue
+            key = _spec.cache_key(group)
             if key is None or cached is None or cached[0] != key:
                 try:
                     checked = self.spec.check(group)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{k}]: {e}") from None
-                cached = cache[k] = (key, checked)
-            hypers.append(cached[1])
+            else:
+                checked = cached[1]
+            # The identity test is safe only when no hyperparameter can change in place.
+            mutable = key is None or any(type(v) is list for n, v in group.items() if n != "params")
+            cache[k] = (key, checked, None if mutable else objects)
+            hypers.append(checked)
         return hypers
 
     def _apply(self, params: list, grads: list, inv_scale: float, check_finite: bool) -> bool | None:
@@ -265,3 +277,10 @@ class Optimizer:
                 if key != "params":
                     lines.append(f"    {key}: {group[key]}")
         return "\n".join(lines + [")"])
+
+
+def _plain_fit(g: Any, p: Any) -> bool:
+    """Whether gradient ``g`` is already what ``check_grad`` would return for
+    host parameter ``p`` (the common case, checked without building names)."""
+    return (type(g) is np.ndarray and type(p) is np.ndarray and g.shape == p.shape
+            and g.dtype == p.dtype and g.flags.c_contiguous)

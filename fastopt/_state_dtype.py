@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dispatch import host_array, place_like
+from ._arrays import host_array, place_like
 from .kernels import codecs
 from .kernels._jit import loop
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _cuda
 from . import _state_dtype as D
-from ._dispatch import host_array, place_like
+from ._arrays import host_array, place_like
 
 
 def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,

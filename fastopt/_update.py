@@ -12,6 +12,8 @@ arrays are stored ("" for the parameter's dtype, "bfloat16", "int8",
 (the kernel's) to its per-block scales.
 """
 
+import math
+
 import numpy as np
 
 from . import _state_dtype
@@ -21,6 +23,29 @@ from .kernels.spec import kernel_name, pack
 _KERNEL_CODEC = {"": "", "bfloat16": "bf16", "int8": "int8", "int4": "int4"}
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+class _Scalars(dict):
+    """Python numbers as NumPy scalars of one dtype, remembered: in NumPy 2,
+    ``np.float32(x)`` costs most of a microsecond, and a step passes a dozen
+    scalars, most of them the same from step to step. +0.0 and -0.0 compare
+    equal, so a zero is remembered under its sign too."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.type = np.dtype(dtype).type
+
+    def __call__(self, value):
+        key = value if value != 0 else (0, math.copysign(1.0, value))
+        scalar = self.get(key)
+        if scalar is None:
+            if len(self) > 4096:  # a schedule's every learning rate: start afresh
+                self.clear()
+            scalar = self[key] = self.type(value)
+        return scalar
+
+
+SCALARS = {np.dtype(t): _Scalars(t) for t in (np.float32, np.float64)}
 
 
 def _flat(a):
@@ -77,7 +102,7 @@ def any_nonfinite(grads, inv_scale, target):
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
         first_step, target, codec="", absmax=None):
-    T = p.dtype.type
+    T = SCALARS[p.dtype]
     use_momentum = momentum != 0
     _run("sgd", codec if use_momentum else "", target, p, {"buf": buf if use_momentum else None},
          absmax, g=_flat(g), inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay),
@@ -88,7 +113,7 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
 
 def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
             codec="", absmax=None):
-    T = p.dtype.type
+    T = SCALARS[p.dtype]
     clr = lr / (1 + (step - 1) * lr_decay)
     _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
          g=_flat(g), inv_scale=T(inv_scale),
@@ -98,7 +123,7 @@ def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps
 
 def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
          weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None):
-    T = p.dtype.type
+    T = SCALARS[p.dtype]
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     lerp_weight = T(1 - beta1)

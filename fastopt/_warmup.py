@@ -1,4 +1,4 @@
-"""Compile every kernel for every dtype and target, filling numba's disk cache.
+"""Compile every CPU kernel for every dtype and target, filling numba's disk cache.
 
 Run it once (``python -m fastopt warmup``) before starting many processes:
 they then load compiled code instead of each compiling (and writing the cache

@@ -84,7 +84,9 @@ def save(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -
     optimizer : fastopt.Optimizer, optional
         An optimizer whose parameters are among ``params`` (or, for a
         FlatParams, its buffer or segments of it); its ``state_dict()`` is
-        saved with them.
+        saved with them. A ``fastopt.distributed.ZeroOptimizer`` over
+        ``params`` is saved collectively (every rank calls ``save``; rank 0
+        writes the file a single process would).
 
     Raises
     ------
@@ -100,6 +102,9 @@ def save(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -
     --------
     load : read the file back into arrays and an optimizer.
     """
+    sharded = getattr(optimizer, "_checkpoint_save", None)
+    if sharded is not None:  # a fastopt.distributed.ZeroOptimizer: collective
+        return sharded(path, params)
     path = _fspath(path)
     kind, named = _named_params(params)
     _check_arrays(named)
@@ -160,6 +165,9 @@ def load(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -
     array([0.9, 0.9, 0.9], dtype=float32)
     >>> folder.cleanup()
     """
+    sharded = getattr(optimizer, "_checkpoint_load", None)
+    if sharded is not None:  # a fastopt.distributed.ZeroOptimizer: collective
+        return sharded(path, params)
     path = _fspath(path)
     kind, named = _named_params(params)
     _check_arrays(named)

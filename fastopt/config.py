@@ -33,15 +33,18 @@ class _Setting(NamedTuple):
 # The one list of settings: the module docstring, reset() and the checks on
 # assignment are all derived from it.
 _SETTINGS = (
-    # Measured with Adam.step() on float32 (AMD EPYC, 2 cores, 2026-11-28):
-    # at 16,384 elements serial is faster (16 vs 19 us median), at 65,536
-    # parallel is (29 vs 37 us). On a machine whose other cores are busy a
-    # parallel step can wait milliseconds for a descheduled thread, so the
-    # threshold sits at the size where parallel clearly wins, not below it.
+    # Measured with Adam.step() on float32 (2-core AMD EPYC, 2026-11-28): on
+    # Zen 4 (AVX-512) serial wins at 16,384 elements (16 vs 19 us median) and
+    # parallel at 65,536 (29 vs 37 us); on Zen 3 (AVX2), with vectorised serial
+    # loops, float32 crosses between 32,768 and 65,536 (float64 earlier; README
+    # "Serial or parallel"). A parallel step on a busy machine can wait
+    # milliseconds for a descheduled thread, so the threshold sits where
+    # parallel clearly wins; from it up, _dispatch times both kernels.
     _Setting("PARALLEL_THRESHOLD", 65_536, 0, None,
-             "Arrays with at least this many elements take the parallel (``prange``) "
-             "kernel; smaller ones the serial kernel, which avoids the cost of waking "
-             "the thread pool. See README, \"Serial or parallel\"."),
+             "Arrays with fewer elements take the serial kernel, which avoids the cost "
+             "of waking the thread pool; from this size up, the parallel (``prange``) "
+             "kernel or the serial one, whichever was faster lately (timed). See "
+             "README, \"Serial or parallel\"."),
     # Not measured: no GPU was available when the CUDA target was written.
     # 256 threads and 32 blocks per multiprocessor are the usual starting
     # point for a grid-stride, bandwidth-bound loop (8 resident blocks per

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _checks as C
-from . import _dispatch
+from . import _arrays
 from ._flat_layout import Array, ShapeLike, Views, lay_out
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ class FlatParams(Mapping[str, "Array"]):
         layout, offset = lay_out(shapes)
         self._layout = layout
         self.device: Device = device
-        self.data: Array = _dispatch.new(offset, dtype, device, value=0)
-        self.grad_data: Array = _dispatch.new(offset, dtype, device, value=0)
+        self.data: Array = _arrays.new(offset, dtype, device, value=0)
+        self.grad_data: Array = _arrays.new(offset, dtype, device, value=0)
         self.grad: Mapping[str, Array] = Views(self.grad_data, layout)
         self._views = Views(self.data, layout)
 
@@ -153,7 +153,7 @@ class FlatParams(Mapping[str, "Array"]):
         """
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays must be a mapping of name -> array, got {type(arrays).__name__}")
-        arrays = {name: _dispatch.host_array(a) for name, a in arrays.items()}
+        arrays = {name: _arrays.host_array(a) for name, a in arrays.items()}
         if dtype is None:
             dtype = np.result_type(*arrays.values()) if arrays else np.float32
             if np.dtype(dtype) not in C.FLOAT_DTYPES:
@@ -220,7 +220,7 @@ class FlatParams(Mapping[str, "Array"]):
 
     def zero_grad(self) -> None:
         """Set every gradient to zero."""
-        _dispatch.fill(self.grad_data, 0)
+        _arrays.fill(self.grad_data, 0)
 
     def __repr__(self) -> str:
         entries = ", ".join(f"{n}: {s}" for n, (_, _, s) in self._layout.items())

@@ -115,7 +115,7 @@ def zeros_state(param: Array, key: str, state_dtype: str | None = None) -> Any:
     param = C.check_param("param", param)
     codec = D.resolve(D.check_name(state_dtype), param, "param")
     if not codec:
-        from ._dispatch import new_like
+        from ._arrays import new_like
         return new_like(param, 0)
     stored = D.new(codec, key, param)
     return stored[key] if codec == "bfloat16" else (stored[key], stored[key + "_absmax"])

@@ -31,7 +31,7 @@ import numpy as np
 from . import _spec
 from . import _state_dtype as D
 from . import _update as U
-from ._dispatch import host_array, new_like, place_like
+from ._arrays import host_array, new_like, place_like
 from ._optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]

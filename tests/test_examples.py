@@ -9,6 +9,7 @@ skipped.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +35,24 @@ CASES = {
         ["tqdm"], False,
         lambda r: r["loss_reduction"] >= 10 and r["n"] == 1_000_000
         and r["gbps"] > 0 and r["roofline_gbps"] > 0),
+    "scipy_fit.py": (
+        ["scipy"], False,
+        lambda r: all(r["methods"][m]["success"] and r["methods"][m]["max_diff_in_se"] <= 0.01
+                      for m in ("fastopt.scipy.adam", "fastopt.scipy.sgd"))
+        and r["methods"]["BFGS"]["success"] and r["iteration_us_by_hand"] > 0),
     "optimizer_paths.py": (
         ["matplotlib"], True,
         lambda r: all(r["checks"].values()) and len(r["checks"]) == 4),
+    "zero_mlp.py": (
+        ["sklearn", "mpi4py"], False,
+        lambda r: r["test_accuracy"] >= 0.95 and r["ranks"] == 2 and r["identical_on_all_ranks"]
+        and max(r["state_bytes_per_rank"]) * 2 == r["single_process_state_bytes"]),
 }
+
+# Scripts run under a launcher: the mpich wheel's mpiexec (beside this Python), else PATH's.
+_MPIEXEC = (str(Path(sys.executable).parent / "mpiexec")
+            if (Path(sys.executable).parent / "mpiexec").exists() else shutil.which("mpiexec"))
+LAUNCHERS = {"zero_mlp.py": [_MPIEXEC, "-n", "2"]}
 
 
 def test_every_example_is_tested():
@@ -58,7 +73,10 @@ def test_example_quick(script, tmp_path):
     modules, takes_plot, check = CASES[script]
     for module in modules:
         pytest.importorskip(module)
-    args = [sys.executable, str(EXAMPLES / script), "--quick"]
+    launcher = LAUNCHERS.get(script, [])
+    if launcher and launcher[0] is None:
+        pytest.skip('needs mpiexec: pip install "fastopt[mpi]"')
+    args = [*launcher, sys.executable, str(EXAMPLES / script), "--quick"]
     image = tmp_path / "plot.png"
     if takes_plot:
         args += ["--plot", str(image)]

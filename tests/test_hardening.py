@@ -560,3 +560,26 @@ def test_a_parameter_shared_with_another_live_optimizer_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastopt.SGD([p], lr=0.1)  # the first optimizer is gone: no warning
+
+
+def test_hyperparameters_mutated_in_place_are_checked_again():
+    p = np.ones(3)
+    opt = fastopt.Adam([p], lr=0.1)
+    opt.param_groups[0]["betas"] = [0.9, 0.999]  # a list, set by the user
+    opt.step([np.ones(3)])
+    opt.param_groups[0]["betas"][1] = 1.5  # the same list object, a new value
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        opt.step([np.ones(3)])
+    opt.param_groups[0]["betas"][1] = 0.99
+    opt.step([np.ones(3)])
+    assert opt.state[0]["step"] == 2
+
+
+def test_signed_zero_scalars_are_not_confused():
+    """The scalar cache keeps +0.0 and -0.0 apart: lr=0 makes -lr a negative zero."""
+    from fastopt._update import SCALARS
+    for dtype in (np.float32, np.float64):
+        cast = SCALARS[np.dtype(dtype)]
+        assert np.signbit(cast(0.0)) == False and np.signbit(cast(-0.0)) == True  # noqa: E712
+        assert np.signbit(cast(0.0)) == False  # noqa: E712  (after -0.0 was remembered)
+        assert type(cast(0.5)) is dtype and cast(1) == 1

@@ -218,8 +218,12 @@ def require_target(target):
     """
     if target != "cuda":
         return None
-    import fastopt._dispatch
-    if "cuda" not in getattr(fastopt._dispatch, "TARGETS", ()):
+    try:
+        from fastopt._targets import TARGETS
+    except ImportError:  # older commits kept them in _dispatch
+        import fastopt._dispatch
+        TARGETS = getattr(fastopt._dispatch, "TARGETS", ())
+    if "cuda" not in TARGETS:
         raise NotImplementedError("this fastopt has no CUDA target")
     if not _DRIVER_FOUND:
         raise NotImplementedError("no NVIDIA driver library on this machine")

@@ -1,0 +1,122 @@
+"""``target=None`` from the parallel threshold up: serial or parallel by
+measured time (``_dispatch._Timed``), same results either way."""
+
+import types
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _dispatch
+from fastopt._interference import step_between_matmuls
+from fastopt.kernels.cpu import KERNELS
+
+
+@pytest.fixture
+def fresh_timings(monkeypatch):
+    monkeypatch.setattr(_dispatch._Timed, "_all", {})
+    fastopt.config.PARALLEL_THRESHOLD = 1_000
+    return _dispatch._Timed._all
+
+
+def targets(timed, calls):
+    """The targets ``timed`` picks in ``calls`` calls, each recorded as taking
+    1 (serial) or ``parallel`` time units."""
+    out = []
+    for _ in range(calls):
+        target, trial = timed.pick()
+        timed.record(target, timed.cost[target], trial)
+        out.append(target[0])
+    return "".join(out)
+
+
+class Costed(_dispatch._Timed):
+    __slots__ = ("cost",)
+
+
+def test_first_calls_try_both_then_the_faster_runs():
+    t = Costed()
+    t.cost = {"serial": 2.0, "parallel": 1.0}
+    assert targets(t, 2) == "ps"
+    picks = targets(t, 1 + 16 + 1 + 32 + 1 + 64 + 1)
+    # serial is tried again after 16, then 32, then 64 calls
+    assert [i for i, c in enumerate(picks) if c == "s"] == [16, 16 + 33, 16 + 33 + 65]
+
+
+def test_choice_follows_a_change_in_cost():
+    t = Costed()
+    t.cost = {"serial": 2.0, "parallel": 1.0}
+    targets(t, 500)
+    t.cost["parallel"] = 100.0  # its cores are now taken
+    picks = targets(t, 200)
+    assert "s" in picks[:4]  # once the last three parallel calls were slow
+    assert picks[4:].count("p") <= 4  # then only trials: after 16, 32, 64, 128 calls
+    t.cost["parallel"] = 1.0  # free again
+    picks = targets(t, 400)
+    assert picks[-100:].count("s") <= 3
+
+
+def test_one_slow_call_does_not_change_the_choice():
+    t = Costed()
+    t.cost = {"serial": 2.0, "parallel": 1.0}
+    targets(t, 20)
+    t.record("parallel", 1e6, False)
+    assert t.best == "parallel"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_steps_equal_serial_steps_whichever_kernel_ran(fresh_timings, dtype):
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal(3_001).astype(dtype)
+    grads = [rng.standard_normal(p0.size).astype(dtype) for _ in range(60)]
+    auto, serial = p0.copy(), p0.copy()
+    opt_auto = fastopt.Adam([auto], lr=1e-2, weight_decay=0.1)
+    opt_serial = fastopt.Adam([serial], lr=1e-2, weight_decay=0.1, target="serial")
+    for g in grads:
+        opt_auto.step([g], check_finite=True)
+        opt_serial.step([g], check_finite=True)
+    np.testing.assert_array_equal(auto, serial)
+    timed = fresh_timings[("adam", np.dtype(dtype).itemsize, p0.size.bit_length())]
+    assert timed.serial and timed.parallel  # both ran
+
+
+@pytest.mark.parametrize("slow_target", ["serial", "parallel"])
+def test_a_kernel_that_waits_is_seldom_run(fresh_timings, monkeypatch, slow_target):
+    """With a clock on which ``slow_target`` takes 100 times longer."""
+    clock = [0.0]
+    calls = {"serial": 0, "parallel": 0}
+
+    def costed(target):
+        fn = KERNELS["sgd"][target]
+
+        def run(*args):
+            calls[target] += 1
+            clock[0] += 100.0 if target == slow_target else 1.0
+            return fn(*args)
+        return run
+    for target in calls:
+        monkeypatch.setitem(KERNELS["sgd"], target, costed(target))
+    monkeypatch.setattr(_dispatch, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(_dispatch, "_layer_is_safe", True)
+    p = np.zeros(2_000)
+    opt = fastopt.SGD([p], lr=0.5)
+    for _ in range(150):
+        opt.step([np.ones_like(p)])
+    # its first call, then trials after 16, 32 and 64 calls
+    assert calls[slow_target] == 4
+    assert sum(calls.values()) == 150
+    np.testing.assert_array_equal(p, -75.0)
+
+
+def test_explicit_targets_are_not_timed(fresh_timings):
+    p = np.zeros(2_000)
+    for target in ("serial", "parallel"):
+        fastopt.SGD([p], lr=0.1, target=target).step([np.ones_like(p)])
+    fastopt.config.PARALLEL_THRESHOLD = 10**6
+    fastopt.SGD([p], lr=0.1).step([np.ones_like(p)])
+    assert fresh_timings == {}
+
+
+def test_step_between_matmuls_reports_both_times():
+    r = step_between_matmuls(1_000, steps=3, rounds=1, pause=0.0)
+    assert r["isolated_us"] > 0 and r["between_us"] > 0 and r["ratio"] > 0

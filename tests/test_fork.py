@@ -1,0 +1,110 @@
+"""A process that has run parallel steps forks; the child steps too.
+
+Under GNU OpenMP (numba's omp layer on Linux) numba terminates a forked child
+that starts a parallel region, so fastopt steps such a child with the serial
+kernels (warning once). Each case runs in a fresh process pinned to one
+threading layer: a child killed must not take pytest with it.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from test_robustness import _available_layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+# The parent takes two steps, forks, and parent and child each take the last
+# two; every result must equal four serial steps bit for bit.
+SETUP = """
+    import multiprocessing, os, sys, warnings
+    import numba, numpy as np
+    import fastopt
+
+    n = 70_001  # above the parallel threshold
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    oracle = p0.copy()
+    serial = fastopt.Adam([oracle], lr=1e-2, weight_decay=0.1, target="serial")
+    for g in grads:
+        serial.step([g])
+    fastopt.SGD([np.zeros(n)], lr=1.0, target="parallel").step([np.ones(n)])  # starts the layer
+    p = p0.copy()
+    opt = fastopt.Adam([p], lr=1e-2, weight_decay=0.1, target=TARGET)
+    for g in grads[:2]:
+        opt.step([g])
+
+    def finish():
+        '''The last two steps; whether they equal the oracle, and how many
+        fork warnings they raised.'''
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step([grads[2]], check_finite=True)
+            opt.step([grads[3]])
+            fastopt.functional.adam(p.copy(), grads[3], np.zeros(n, np.float32),
+                                    np.zeros(n, np.float32), step=1, target=TARGET)
+        forked = sum("forked" in str(w.message) for w in caught)
+        return bool((p == oracle).all()), forked
+"""
+
+# Once with os.fork, once with a multiprocessing pool started by fork.
+CHILDREN = """
+    def work(_):
+        return finish()
+
+    if __name__ == "__main__":
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, repr(finish()).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        child = os.read(r, 1000).decode()
+        _, status = os.waitpid(pid, 0)
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pooled = pool.map_async(work, range(2)).get(timeout=120)  # a killed worker: no answer
+        print(numba.threading_layer(), status, child, *pooled, finish(), sep="|")
+"""
+
+
+def run_layer(layer, target, body):
+    code = textwrap.dedent(SETUP).replace("TARGET", repr(target)) + textwrap.dedent(body)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer,
+           "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("target", ["parallel", None])
+@pytest.mark.parametrize("layer", _available_layers())
+def test_children_step_after_parent_ran_parallel(layer, target):
+    used, status, *children, parent = run_layer(layer, target, CHILDREN).strip().split("|")
+    assert used == layer
+    assert status == "0"
+    # each child equals the oracle, and warns once where it cannot run parallel
+    assert children == [f"(True, {int(layer == 'omp')})"] * 3
+    assert parent == "(True, 0)"
+
+
+def test_a_grandchild_steps_too():
+    body = """
+        pid = os.fork()
+        if pid == 0:
+            grand = os.fork()
+            if grand == 0:
+                os._exit(0 if finish()[0] else 3)
+            os._exit(0 if os.waitpid(grand, 0)[1] == 0 else 4)  # 4: killed
+        print(os.waitpid(pid, 0)[1])
+    """
+    layer = "omp" if "omp" in _available_layers() else "workqueue"
+    assert run_layer(layer, "parallel", body).strip() == "0"
