@@ -242,7 +242,8 @@ class Optimizer:
 
     # --- state dicts -----------------------------------------------------------
 
-    def state_dict(self, to_host: bool = False, to_torch: bool = False) -> dict[str, Any]:
+    def state_dict(self, to_host: bool = False, to_torch: bool = False,
+                   dequantize: bool = False) -> dict[str, Any]:
         """The optimizer's state in ``torch.optim``'s layout.
 
         ``{"state": {index: {...}}, "param_groups": [{...hyperparameters...,
@@ -255,10 +256,16 @@ class Optimizer:
         inspect; ``to_torch=True`` gives ``torch.Tensor`` copies (on the
         parameters' device), which ``torch.optim``'s ``load_state_dict``
         takes (it needs PyTorch). ``load_state_dict`` takes any of them.
+
+        Reduced-precision state (``state_dtype``) is given as stored, with
+        its ``"state_dtype"`` (bfloat16 as its uint16 bits; int8 and int4 as
+        codes and ``"<key>_absmax"``): loading it back resumes bit for bit.
+        ``dequantize=True`` gives float32 arrays in torch's layout instead.
         """
         with self._lock:
             self._sync()
-            return _state_io.build(self, to_host=to_host, to_torch=to_torch)
+            return _state_io.build(self, to_host=to_host, to_torch=to_torch,
+                                   dequantize=dequantize)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict` (or torch's, for the same optimizer).

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _checks as C
 from . import _cuda
+from . import _state_dtype
 from .flat import FlatParams, FlatSegment
 
 # Every parameter list alive, to warn when two optimizers share memory.
@@ -130,6 +131,13 @@ class ParamList:
 
     def check_fits(self, i: int, p: Any, state: dict | None) -> None:
         """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
+        if state and state.get("state_dtype"):  # reduced-precision state: its own layout
+            problem = _state_dtype.fits(state["state_dtype"], p, state, self.state_keys)
+            if problem:
+                raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
+                                 f"does not fit it ({problem}): the parameter changed after its "
+                                 "first step; give the optimizer a new array instead")
+            return
         for key in self.state_keys:
             a = state.get(key) if state else None
             if a is not None and (a.shape != p.shape or a.dtype != p.dtype):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from . import _checks as C
+from . import _state_dtype
 
 __all__ = ["Hyper", "Spec", "SGD", "ADAGRAD", "ADAM", "ADAMW", "SPECS"]
 
@@ -21,7 +22,8 @@ __all__ = ["Hyper", "Spec", "SGD", "ADAGRAD", "ADAM", "ADAMW", "SPECS"]
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter: a real number ``>= low`` (``"real"``), a bool
-    (``"flag"``) or a pair of reals in [0, 1) (``"betas"``)."""
+    (``"flag"``), a pair of reals in [0, 1) (``"betas"``) or the state's
+    storage (``"state_dtype"``: None or a name of ``_state_dtype.NAMES``)."""
 
     name: str
     default: Any
@@ -35,6 +37,8 @@ class Hyper:
             return C.check_flag(self.name, value)
         if self.kind == "betas":
             return C.check_betas(value)
+        if self.kind == "state_dtype":
+            return _state_dtype.check_name(value)
         return C.check_real(self.name, value, low=self.low)
 
 
@@ -102,7 +106,11 @@ class Spec:
                 for h in self.hypers if h.name not in self.pinned]
 
 
-_ANNOTATIONS = {"real": "float", "flag": "bool", "betas": "tuple[float, float]"}
+_ANNOTATIONS = {"real": "float", "flag": "bool", "betas": "tuple[float, float]",
+                "state_dtype": "str | None"}
+# How the state is stored (README, "Reduced-precision state"): None keeps the
+# parameter's dtype.
+_STATE_DTYPE = Hyper("state_dtype", None, "state_dtype", keyword_only=True)
 
 
 _CACHEABLE = (float, int, bool, str, type(None))
@@ -138,6 +146,7 @@ SGD = Spec("SGD", (
     Hyper("weight_decay", 0),
     Hyper("nesterov", False, "flag"),
     Hyper("maximize", False, "flag", keyword_only=True),
+    _STATE_DTYPE,
 ), state_keys=("momentum_buffer",), has_step=False, rules=_sgd_rules, update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
@@ -153,6 +162,7 @@ ADAGRAD = Spec("Adagrad", (
     Hyper("initial_accumulator_value", 0),
     Hyper("eps", 1e-10),
     Hyper("maximize", False, "flag", keyword_only=True),
+    _STATE_DTYPE,
 ), state_keys=("sum",), update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
@@ -168,6 +178,7 @@ ADAM = Spec("Adam", (
     Hyper("amsgrad", False, "flag"),
     Hyper("maximize", False, "flag", keyword_only=True),
     Hyper("decoupled_weight_decay", False, "flag", keyword_only=True),
+    _STATE_DTYPE,
 ), state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize} \\

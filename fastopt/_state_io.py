@@ -14,11 +14,18 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _cuda
+from . import _state_dtype as D
 from ._arrays import host_array, place_like
 
 
-def build(optimizer: Any, to_host: bool = False, to_torch: bool = False) -> dict:
-    """The state dict of ``optimizer`` (see ``Optimizer.state_dict``)."""
+def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,
+          dequantize: bool = False) -> dict:
+    """The state dict of ``optimizer`` (see ``Optimizer.state_dict``).
+
+    Reduced-precision state is given as stored (bfloat16 as its uint16
+    bits), with its ``"state_dtype"``; ``dequantize=True`` gives it as
+    float32 arrays of the parameters' shapes instead, in torch's layout.
+    """
     groups, index = [], 0
     for group in optimizer.param_groups:
         n = len(group["params"])
@@ -27,11 +34,31 @@ def build(optimizer: Any, to_host: bool = False, to_torch: bool = False) -> dict
         index += n
     convert: Callable[[Any], Any] | None = (_torch_copy() if to_torch
                                             else _host_copy if to_host else None)
-    if convert is None:
-        state = {i: dict(s) for i, s in optimizer.state.items()}
-    else:
-        state = {i: {k: convert(v) for k, v in s.items()} for i, s in optimizer.state.items()}
+    state = {i: _stored_form(optimizer, i, s, dequantize) for i, s in optimizer.state.items()}
+    if convert is not None:
+        state = {i: {k: convert(v) for k, v in s.items()} for i, s in state.items()}
     return {"state": state, "param_groups": groups}
+
+
+def _stored_form(optimizer: Any, i: int, state: dict, dequantize: bool) -> dict:
+    """A parameter's state for a state dict: bfloat16 as its bits, or, with
+    ``dequantize``, every state array as float32 of the parameter's shape."""
+    codec = state.get("state_dtype")
+    if not codec:
+        return dict(state)
+    keys = [k for k in optimizer.spec.state_keys if state.get(k) is not None]
+    if dequantize:
+        shape = optimizer._plist.views[i].shape
+        out = {k: v for k, v in state.items()
+               if k != "state_dtype" and not k.endswith("_absmax") and k not in keys}
+        out.update({k: place_like(optimizer._plist.views[i], D.decode(codec, k, state, shape))
+                    for k in keys})
+        return out
+    out = dict(state)
+    if codec == "bfloat16":
+        out.update({k: state[k].view(np.uint16) if isinstance(state[k], np.ndarray) else state[k]
+                    for k in keys})
+    return out
 
 
 def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
@@ -68,9 +95,11 @@ def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
                                 f"got {type(pid).__name__}") from None
         first += len(ids)
         # Pinned hyperparameters stay the class's: torch's AdamW, too, keeps
-        # decoupled decay whatever the loaded dict says.
+        # decoupled decay whatever the loaded dict says. So does state_dtype:
+        # how this optimizer stores its state (loaded state is converted).
         new_group = {**group, **{key: saved[key] for key in spec.defaults
-                                 if key in saved and key not in spec.pinned}}
+                                 if key in saved and key not in spec.pinned
+                                 and key != "state_dtype"}}
         try:
             hyper = spec.check(new_group)
         except (TypeError, ValueError) as e:
@@ -94,7 +123,8 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
     spec = optimizer.spec
     if not isinstance(saved, dict):
         raise TypeError(f"{name} must be a dict, got {type(saved).__name__}")
-    allowed = set(spec.state_keys) | ({"step"} if spec.has_step else set())
+    allowed = (set(spec.state_keys) | ({"step"} if spec.has_step else set())
+               | {"state_dtype"} | {k + "_absmax" for k in spec.state_keys})
     unknown = set(saved) - allowed
     if unknown:
         raise ValueError(f"{name} has unknown key(s) {sorted(map(str, unknown))}; "
@@ -104,19 +134,65 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
         if "step" not in saved:
             raise ValueError(f"{name} has no 'step'")
         state["step"] = _step(f"{name}['step']", saved["step"])
+    want = D.resolve(hyper.get("state_dtype"), p, name)
+    have = _saved_codec(name, saved, p, spec.state_keys)
     for key in spec.state_keys:
         if key not in saved or saved[key] is None:
             continue
-        value = _host_value(f"{name}['{key}']", saved[key])
+        if have:
+            # Stored exactly (the same codec), or decoded to float32 first.
+            stored = {k: np.array(host_array(saved[k]), copy=True)
+                      for k in (key, key + "_absmax") if k in saved}
+            if have == want:
+                state.update({k: place_like(p, v) for k, v in stored.items()})
+                if want == "bfloat16" and isinstance(p, np.ndarray):
+                    state[key] = state[key].view(D.bfloat16())
+                continue
+            value = D.decode(have, key, stored, p.shape)
+        else:
+            value = _host_value(f"{name}['{key}']", saved[key])
         # Another float dtype is cast to the parameter's, as torch does.
         a = np.array(value, dtype=p.dtype, copy=True, order="C")
         if a.shape != p.shape:
             raise ValueError(f"{name}['{key}'] has shape {a.shape}, its parameter has shape {p.shape}")
-        state[key] = place_like(p, a)
+        state.update(D.encode(want, key, a, p) if want else {key: place_like(p, a)})
+    if want and any(k in state for k in spec.state_keys):
+        state["state_dtype"] = want
     missing = set(optimizer._required_state(state, hyper)) - set(state)
     if missing:
         raise ValueError(f"{name} lacks {sorted(missing)}")
     return state
+
+
+def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:
+    """The codec of a saved parameter state ("" for float arrays), its arrays
+    checked against the layout the codec gives ``p``."""
+    codec = saved.get("state_dtype")
+    absmax = [k for k in saved if k.endswith("_absmax")]
+    if codec is None or codec == "":
+        if absmax:
+            raise ValueError(f"{name} has {sorted(absmax)} but no 'state_dtype'")
+        return ""
+    if codec not in ("bfloat16", *D.BLOCKWISE):
+        raise ValueError(f"{name}['state_dtype'] must be 'bfloat16', 'int8' or 'int4', got {codec!r}")
+    if p.dtype != np.float32:
+        raise ValueError(f"{name} holds {codec} state, which needs a float32 parameter, "
+                         f"got {p.dtype}")
+    stored = {}
+    for key in keys:
+        for suffix, (shape, dtype) in D.layout(codec, p).items():
+            if saved.get(key) is None:
+                continue
+            a = saved.get(key + suffix)
+            if a is not None:
+                a = host_array(a) if _cuda.is_cuda_array(a) else np.asarray(a)
+                if codec == "bfloat16" and a.dtype.itemsize == 2 and a.dtype.kind in "uV":
+                    a = a.view(np.uint16).view(dtype) if dtype != np.uint16 else a.view(np.uint16)
+            stored[key + suffix] = a
+    problem = D.fits(codec, p, stored, tuple(k for k in keys if saved.get(k) is not None))
+    if problem:
+        raise ValueError(f"{name} does not match its parameter's {codec} layout: {problem}")
+    return codec
 
 
 def _step(name: str, value: Any) -> int:

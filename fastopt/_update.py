@@ -5,14 +5,22 @@ Every argument is keyword-only and none is checked: callers (``functional``,
 not overlapping) and the hyperparameters. The host-side scalars are computed
 here in float64, as torch computes them, then cast to the arrays' dtype;
 ``spec.pack`` puts them in the kernel's order by name.
+
+Reduced-precision state (``_state_dtype``): ``codec`` names how the state
+arrays are stored ("" for the parameter's dtype, "bfloat16", "int8",
+"int4"); with a block-wise codec, ``absmax`` maps each state array's name
+(the kernel's) to its per-block scales.
 """
 
 import math
 
 import numpy as np
 
+from . import _state_dtype
 from ._dispatch import kernel
-from .kernels.spec import pack
+from .kernels.spec import kernel_name, pack
+
+_KERNEL_CODEC = {"": "", "bfloat16": "bf16", "int8": "int8", "int4": "int4"}
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
@@ -48,6 +56,35 @@ def _flat(a):
 def _absent(p):
     """A stand-in for a state array a flag switches off: never read or written."""
     return _EMPTY[p.dtype] if isinstance(p, np.ndarray) else _flat(p)[:0]
+
+
+def _run(rule, codec, target, p, states, absmax, **values):
+    """Launch ``rule``'s kernel for ``codec``: ``states`` maps the kernel's state
+    arguments to their arrays (None: switched off, an empty stand-in)."""
+    for name, a in states.items():
+        if a is None:
+            values[name] = _absent(p) if not codec else _absent_coded(codec, p)
+            if codec in _state_dtype.BLOCKWISE:
+                values[name + "_absmax"] = _absent(p)
+        elif codec:
+            values[name] = _state_dtype.kernel_view(codec, a)
+            if codec in _state_dtype.BLOCKWISE:
+                values[name + "_absmax"] = absmax[name]
+        else:
+            values[name] = _flat(a)
+    if codec in _state_dtype.BLOCKWISE:
+        values["qmaps"], values["qluts"] = _state_dtype.tables(codec, p)
+    name = kernel_name(rule, _KERNEL_CODEC[codec])
+    kernel(name, target, p)(*pack[name](p=_flat(p), **values))
+
+
+def _absent_coded(codec, p):
+    stand_in = _EMPTY_CODED[codec]
+    return stand_in if isinstance(p, np.ndarray) else _flat(p)[:0].view(stand_in.dtype)
+
+
+_EMPTY_CODED = {"bfloat16": np.empty(0, np.uint16), "int8": np.empty(0, np.uint8),
+                "int4": np.empty(0, np.uint8)}
 
 
 def any_nonfinite(grads, inv_scale, target):
@@ -114,39 +151,40 @@ def max_abs_norm(largest, inv_scale):
 
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
-        first_step, target):
+        first_step, target, codec="", absmax=None):
     T = SCALARS[p.dtype]
     use_momentum = momentum != 0
-    kernel("sgd", target, p)(*pack["sgd"](
-        p=_flat(p), g=_flat(g), buf=_flat(buf) if use_momentum else _absent(p),
-        inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay), momentum=T(momentum),
-        one_minus_dampening=T(1.0 - dampening), maximize=maximize,
-        use_weight_decay=weight_decay != 0, use_momentum=use_momentum, first_step=first_step,
-        nesterov=nesterov))
+    _run("sgd", codec if use_momentum else "", target, p, {"buf": buf if use_momentum else None},
+         absmax, g=_flat(g), inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay),
+         momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
+         use_weight_decay=weight_decay != 0, use_momentum=use_momentum, first_step=first_step,
+         nesterov=nesterov)
 
 
-def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target):
+def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
+            codec="", absmax=None):
     T = SCALARS[p.dtype]
     clr = lr / (1 + (step - 1) * lr_decay)
-    kernel("adagrad", target, p)(*pack["adagrad"](
-        p=_flat(p), g=_flat(g), state_sum=_flat(state_sum), inv_scale=T(inv_scale),
-        neg_clr=T(-clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
-        use_weight_decay=weight_decay != 0))
+    _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
+         g=_flat(g), inv_scale=T(inv_scale),
+         neg_clr=T(-clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
+         use_weight_decay=weight_decay != 0)
 
 
 def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
-         weight_decay, amsgrad, maximize, decoupled_weight_decay, target):
+         weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None):
     T = SCALARS[p.dtype]
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
-    kernel("adam", target, p)(*pack["adam"](
-        p=_flat(p), g=_flat(g), exp_avg=_flat(exp_avg), exp_avg_sq=_flat(exp_avg_sq),
-        max_exp_avg_sq=_flat(max_exp_avg_sq) if amsgrad else _absent(p), inv_scale=T(inv_scale),
-        lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
-        beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(-(lr / bias_correction1)),
-        bias_correction2_sqrt=T(bias_correction2 ** 0.5), eps=T(eps),
-        weight_decay=T(weight_decay), decay_factor=T(1 - lr * weight_decay), maximize=maximize,
-        l2_decay=decay and not decoupled_weight_decay, decoupled_decay=decay and decoupled_weight_decay,
-        amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5))
+    _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                                    "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
+         absmax, g=_flat(g), inv_scale=T(inv_scale),
+         lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
+         beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(-(lr / bias_correction1)),
+         bias_correction2_sqrt=T(bias_correction2 ** 0.5), eps=T(eps),
+         weight_decay=T(weight_decay), decay_factor=T(1 - lr * weight_decay), maximize=maximize,
+         l2_decay=decay and not decoupled_weight_decay,
+         decoupled_decay=decay and decoupled_weight_decay,
+         amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5)

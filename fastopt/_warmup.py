@@ -7,6 +7,7 @@ at the same time, which numba does not guard against).
 
 from .kernels.cpu import KERNELS
 from .kernels.roofline import _KERNELS as ROOFLINE
+from .kernels.spec import KERNELS as KERNELS_DECLARED
 from .kernels.spec import signature
 
 
@@ -25,6 +26,14 @@ def warmup():
     count = 0
     for dtype in ("float32", "float64"):
         for name, loop in cpu_loops():
-            loop.compile(signature(name, dtype))
-            count += 1
+            if dtype in dtypes(name):
+                loop.compile(signature(name, dtype))
+                count += 1
     return count
+
+
+def dtypes(name):
+    """The parameter dtypes kernel ``name`` is compiled for (reduced-precision
+    state kernels: float32 only)."""
+    kernel = KERNELS_DECLARED.get(name)
+    return kernel.dtypes if kernel is not None else ("float32", "float64")

@@ -32,6 +32,12 @@ and the step was taken if and only if the returned norm is finite.
 ``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above; for GPU
 arrays, CUDA), "serial", "parallel" or "cuda".
 
+Reduced-precision state: with ``state_dtype="bfloat16"`` each state array
+is a bfloat16 array of the parameter's shape (``ml_dtypes.bfloat16``; its
+uint16 bits on the GPU); with "int8" or "int4" (parameters of at least 4,096
+elements; smaller ones keep float32 state), each state is a pair ``(codes,
+absmax)`` as :func:`zeros_state` makes it. The parameter must be float32.
+
 GPU arrays (numba device arrays, CuPy arrays, PyTorch CUDA tensors: anything
 with ``__cuda_array_interface__``) take the CUDA kernels, with the same
 rules. All arrays of one call must then be on the GPU and C-contiguous; the
@@ -44,11 +50,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+import numpy as np
+
 from . import _checks as C
 from . import _spec
+from . import _state_dtype as D
 from . import _update as U
 
-__all__ = ["sgd", "adagrad", "adam", "adamw"]
+__all__ = ["sgd", "adagrad", "adam", "adamw", "zeros_state"]
 
 # A NumPy array, or a GPU array (anything with ``__cuda_array_interface__``).
 Array = Any
@@ -94,18 +103,84 @@ def _signature(spec: _spec.Spec) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def _check_arrays(param, grad, states, target, grad_scale):
-    """Check ``param``, ``grad`` and the named state arrays (and ``target`` and
-    ``grad_scale`` against them); return ``(param, grad, {name: state},
-    inv_scale)``, the arrays as the kernels take them."""
+def zeros_state(param: Array, key: str, state_dtype: str | None = None) -> Any:
+    """A zero state array for ``param`` stored as ``state_dtype``, for the functions here.
+
+    ``key`` is the state's name ("exp_avg", "exp_avg_sq", "max_exp_avg_sq",
+    "momentum_buffer" or "sum"): it picks the quantization map (signed for
+    the first moments). Returns an array (the parameter's dtype, or
+    bfloat16), or ``(codes, absmax)`` for "int8"/"int4".
+
+    Example::
+
+        >>> import numpy as np, fastopt.functional as F
+        >>> p = np.zeros(5000, np.float32)
+        >>> codes, absmax = F.zeros_state(p, "exp_avg", "int8")
+        >>> codes.shape, absmax.shape
+        ((5000,), (20,))
+    """
+    if key not in D.SIGNED:
+        raise ValueError(f"key must be one of {sorted(D.SIGNED)}, got {key!r}")
+    param = C.check_param("param", param)
+    codec = D.resolve(D.check_name(state_dtype), param, "param")
+    if not codec:
+        from ._arrays import new_like
+        return new_like(param, 0)
+    stored = D.new(codec, key, param)
+    return stored[key] if codec == "bfloat16" else (stored[key], stored[key + "_absmax"])
+
+
+def _check_stored(codec, name, key, value, param):
+    """State ``name`` stored by ``codec``: ``({kernel array name: array}, absmax or None)``."""
+    layout = D.layout(codec, param)
+    parts = (value,) if codec == "bfloat16" else value
+    if codec != "bfloat16" and not (isinstance(value, tuple) and len(value) == 2):
+        raise TypeError(f"{name} must be a (codes, absmax) pair with state_dtype={codec!r} "
+                        "(see zeros_state)")
+    checked = []
+    for part, what, (shape, dtype) in zip(parts, ("", " absmax" if codec != "bfloat16" else ""),
+                                         layout.values()):
+        where = name + what
+        if isinstance(param, np.ndarray):
+            if not isinstance(part, np.ndarray):
+                raise TypeError(f"{where} must be a numpy.ndarray, got {type(part).__name__}")
+        else:
+            part = C._device_array(where, part, "param")
+        if tuple(part.shape) != shape or part.dtype != dtype:
+            raise ValueError(f"{where} must be {dtype}{list(shape)} for a "
+                             f"{param.dtype}{list(param.shape)} param with state_dtype={codec!r}, "
+                             f"got {part.dtype}{list(part.shape)}")
+        if isinstance(part, np.ndarray) and not (part.flags.c_contiguous and part.flags.writeable):
+            raise ValueError(f"{where} must be C-contiguous and writeable")
+        checked.append(part)
+    return checked[0], (checked[1] if len(checked) > 1 else None)
+
+
+def _check_arrays(param, grad, states, target, grad_scale, state_dtype=None):
+    """Check ``param``, ``grad`` and the named state arrays (and ``target``,
+    ``grad_scale`` and ``state_dtype`` against them); return ``(param, grad,
+    {name: state}, inv_scale, codec, {name: absmax})``, the arrays as the
+    kernels take them."""
     C.check_target(target)
     param = C.check_param("param", param)
     if target is not None:
         C.check_target_matches(target, param, "param")
-    states = {name: C.check_state(name, a, param, "param") for name, a in states}
+    codec = D.resolve(state_dtype, param, "param")
+    absmax = {}
+    if codec:
+        checked = {}
+        for name, a in states:
+            checked[name], scale = _check_stored(codec, name, name, a, param)
+            if scale is not None:
+                absmax[name] = scale
+        states = checked
+    else:
+        states = {name: C.check_state(name, a, param, "param") for name, a in states}
     grad = C.check_grad("grad", grad, param, "param")
-    C.check_no_overlap([("param", param), ("grad", grad), *states.items()])
-    return param, grad, states, C.check_grad_scale(grad_scale, (param.dtype,))
+    C.check_no_overlap([("param", param), ("grad", grad), *states.items(),
+                        *((f"{name} absmax", a) for name, a in absmax.items())])
+    return (param, grad, states, C.check_grad_scale(grad_scale, (param.dtype,)), codec,
+            absmax or None)
 
 
 def _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target):
@@ -150,13 +225,15 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
         if momentum_buffer is None:
             raise ValueError("momentum_buffer is required when momentum != 0")
         states.append(("momentum_buffer", momentum_buffer))
-    param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
+    param, grad, states, inv_scale, codec, absmax = _check_arrays(
+        param, grad, states, target, grad_scale, h["state_dtype"])
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
     U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
           momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
-          nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target)
+          nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target,
+          codec=codec, absmax=absmax and {"buf": absmax["momentum_buffer"]})
     return result
 
 
@@ -183,14 +260,14 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
     """
     step = C.check_step(step)
     h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
-    param, grad, states, inv_scale = _check_arrays(param, grad, [("state_sum", state_sum)],
-                                                   target, grad_scale)
+    param, grad, states, inv_scale, codec, absmax = _check_arrays(
+        param, grad, [("state_sum", state_sum)], target, grad_scale, h["state_dtype"])
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
     U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step,
               lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
-              maximize=h["maximize"], target=target)
+              maximize=h["maximize"], target=target, codec=codec, absmax=absmax)
     return result
 
 
@@ -203,7 +280,8 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True")
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
-    param, grad, states, inv_scale = _check_arrays(param, grad, states, target, grad_scale)
+    param, grad, states, inv_scale, codec, absmax = _check_arrays(
+        param, grad, states, target, grad_scale, h["state_dtype"])
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
@@ -212,7 +290,8 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
            max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step,
            lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
            amsgrad=h["amsgrad"], maximize=h["maximize"],
-           decoupled_weight_decay=h["decoupled_weight_decay"], target=target)
+           decoupled_weight_decay=h["decoupled_weight_decay"], target=target, codec=codec,
+           absmax=absmax)
     return result
 
 

@@ -24,15 +24,69 @@ launches its kernels without copying or waiting (README, "CUDA").
 """
 
 
+from typing import Any
+
+import numpy as np
+
 from . import _spec
+from . import _state_dtype as D
 from . import _update as U
-from ._arrays import new_like
+from ._arrays import host_array, new_like, place_like
 from ._optimizer import Optimizer
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 
 
-class SGD(Optimizer):
+class _Stored(Optimizer):
+    """An optimizer whose state may be stored in reduced precision
+    (``state_dtype``, see ``_state_dtype``). ``_KERNEL_ARG`` names each state
+    key's argument in the update kernel."""
+
+    _KERNEL_ARG: dict[str, str] = {}
+
+    def _checked_hypers(self) -> list[dict[str, Any]]:
+        # Whether each group's state_dtype fits its parameters, before any write.
+        hypers = super()._checked_hypers()
+        i = 0
+        for k, (group, h) in enumerate(zip(self.param_groups, hypers)):
+            n = len(group["params"])
+            if h["state_dtype"] is not None:
+                for p in self._plist.views[i:i + n]:
+                    D.resolve(h["state_dtype"], p, f"param_groups[{k}]")
+            i += n
+        return hypers
+
+    def _fresh(self, p: Any, h: dict, key: str, value: float | None = 0.0) -> dict[str, Any]:
+        """New state array ``key`` of ``p`` (filled with ``value``), stored as the group says."""
+        codec = D.resolve(h["state_dtype"], p)
+        if not codec:
+            return {key: new_like(p, value)}
+        return {**D.new(codec, key, p, value or 0.0), "state_dtype": codec}
+
+    def _stored(self, p: Any, h: dict, state: dict) -> tuple[str, dict | None]:
+        """The state's codec, after re-storing the state if the group's
+        ``state_dtype`` changed since; and the kernel's absmax arrays."""
+        want = D.resolve(h["state_dtype"], p)
+        have = state.get("state_dtype", "")
+        if want != have:
+            for key in self.spec.state_keys:
+                if state.get(key) is None:
+                    continue
+                values = D.decode(have, key, state, p.shape) if have else host_array(state[key])
+                state.pop(key + "_absmax", None)
+                state.update(D.encode(want, key, values, p) if want
+                             else {key: place_like(p, np.asarray(values, p.dtype))})
+            state.pop("state_dtype", None)
+            if want:
+                state["state_dtype"] = want
+        absmax = None
+        if want in D.BLOCKWISE:
+            absmax = {self._KERNEL_ARG[key]: state[key + "_absmax"]
+                      for key in self.spec.state_keys if key + "_absmax" in state}
+        return want, absmax
+
+
+class SGD(_Stored):
     r"""Stochastic gradient descent, with optional momentum (``torch.optim.SGD``).
 
     {update_rule}
@@ -65,24 +119,26 @@ class SGD(Optimizer):
     """
 
     spec = _spec.SGD
+    _KERNEL_ARG = {"momentum_buffer": "buf"}
 
     def _new_state(self, p, h):
         return {}
 
     def _update(self, p, g, inv_scale, state, h):
-        buf = state.get("momentum_buffer")
-        first = buf is None
+        first = state.get("momentum_buffer") is None
         if h["momentum"] != 0 and first:
-            buf = state["momentum_buffer"] = new_like(p)
-        U.sgd(p=p, g=g, buf=buf, inv_scale=inv_scale, lr=h["lr"], momentum=h["momentum"],
-              dampening=h["dampening"], weight_decay=h["weight_decay"], nesterov=h["nesterov"],
-              maximize=h["maximize"], first_step=first, target=self.target)
+            state.update(self._fresh(p, h, "momentum_buffer", None))
+        codec, absmax = self._stored(p, h, state)
+        U.sgd(p=p, g=g, buf=state.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
+              momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
+              nesterov=h["nesterov"], maximize=h["maximize"], first_step=first,
+              target=self.target, codec=codec, absmax=absmax)
 
     def _required_state(self, state, hyper):
         return ()
 
 
-class Adagrad(Optimizer):
+class Adagrad(_Stored):
     r"""Adagrad (``torch.optim.Adagrad``).
 
     {update_rule}
@@ -112,22 +168,26 @@ class Adagrad(Optimizer):
     """
 
     spec = _spec.ADAGRAD
+    _KERNEL_ARG = {"sum": "state_sum"}
 
     def _group_added(self, group, first, views):
+        for p in views:  # the state is made now: check its state_dtype now
+            D.resolve(group["state_dtype"], p, "the new parameter group")
         for k, p in enumerate(views):
             self.state[first + k] = self._new_state(p, group)
 
     def _new_state(self, p, h):
-        return {"step": 0, "sum": new_like(p, h["initial_accumulator_value"])}
+        return {"step": 0, **self._fresh(p, h, "sum", h["initial_accumulator_value"])}
 
     def _update(self, p, g, inv_scale, state, h):
+        codec, absmax = self._stored(p, h, state)
         state["step"] += 1
         U.adagrad(p=p, g=g, state_sum=state["sum"], inv_scale=inv_scale, step=state["step"],
                   lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
-                  maximize=h["maximize"], target=self.target)
+                  maximize=h["maximize"], target=self.target, codec=codec, absmax=absmax)
 
 
-class Adam(Optimizer):
+class Adam(_Stored):
     r"""Adam (``torch.optim.Adam``).
 
     {update_rule}
@@ -159,24 +219,31 @@ class Adam(Optimizer):
     """
 
     spec = _spec.ADAM
+    _KERNEL_ARG = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+                   "max_exp_avg_sq": "max_exp_avg_sq"}
 
     def _new_state(self, p, h):
-        state = {"step": 0, "exp_avg": new_like(p, 0), "exp_avg_sq": new_like(p, 0)}
+        state = {"step": 0, **self._fresh(p, h, "exp_avg"), **self._fresh(p, h, "exp_avg_sq")}
         if h["amsgrad"]:
-            state["max_exp_avg_sq"] = new_like(p, 0)
+            state.update(self._fresh(p, h, "max_exp_avg_sq"))
         return state
 
     def _update(self, p, g, inv_scale, state, h):
+        codec, absmax = self._stored(p, h, state)
         if h["amsgrad"] and "max_exp_avg_sq" not in state:
-            # amsgrad switched on after this parameter's first step.
-            state["max_exp_avg_sq"] = new_like(p, 0)
+            # amsgrad switched on after this parameter's first step: stored
+            # as the rest of the state is now.
+            state.update({k: v for k, v in self._fresh(p, h, "max_exp_avg_sq").items()
+                          if k != "state_dtype"})
+            codec, absmax = self._stored(p, h, state)
         state["step"] += 1
         beta1, beta2 = h["betas"]
         U.adam(p=p, g=g, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                max_exp_avg_sq=state.get("max_exp_avg_sq"), inv_scale=inv_scale, step=state["step"],
                lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
                amsgrad=h["amsgrad"], maximize=h["maximize"],
-               decoupled_weight_decay=h["decoupled_weight_decay"], target=self.target)
+               decoupled_weight_decay=h["decoupled_weight_decay"], target=self.target,
+               codec=codec, absmax=absmax)
 
     def _required_state(self, state, hyper):
         if hyper["amsgrad"] and state["step"] > 0:

@@ -90,3 +90,97 @@ def adam_step(p, g, state, **hp):
     denom = np.sqrt(second) / T(np.sqrt(bc2)) + T(eps)
     p = p - T(lr / bc1) * m / denom
     return p, new_state
+
+
+# --- reduced-precision state ---------------------------------------------------------
+# Written from the description (README, "Reduced-precision state"), whole-array:
+# bfloat16 by ml_dtypes' own rounding; block-wise codes by sorted search.
+
+QUANT_BLOCK = {"int8": 256, "int4": 128}
+QUANT_MIN_SIZE = 4096
+
+
+def dynamic_map(bits, signed):
+    """Every value of a dynamic-exponent map of ``bits`` bits, sorted (float32).
+
+    A magnitude field of ``m`` bits reads: ``e`` leading zeros, a one, then
+    ``m - 1 - e`` fraction bits ``f``: ``10**-e * (0.1 + 0.9 * (f + 1) / 2**(m-1-e))``;
+    all zeros is 0. A signed map adds a sign bit (so 0 appears twice).
+    """
+    m = bits - 1 if signed else bits
+    values = []
+    for pattern in range(2 ** m):
+        if pattern == 0:
+            values.append(0.0)
+            continue
+        e = m - pattern.bit_length()
+        k = m - 1 - e
+        f = pattern - (1 << k)
+        values.append(10.0 ** -e * (0.1 + 0.9 * (f + 1) / 2 ** k))
+    values = np.array(values)
+    if signed:
+        values = np.concatenate([values, -values])
+    return np.sort(values.astype(np.float32))
+
+
+def quant_maps(kind):
+    """``(first-moment map, second-moment map)`` of ``kind``."""
+    if kind == "int8":
+        return dynamic_map(8, True), dynamic_map(8, False)
+    return dynamic_map(4, True), (np.arange(16, dtype=np.float32) + 1) / np.float32(16)
+
+
+def quantize(x, kind, signed):
+    """``(codes, absmax)`` of float32 ``x`` (flat): int8 one code a byte,
+    int4 two a byte (the even element in the low nibble)."""
+    table = quant_maps(kind)[0 if signed else 1]
+    mids = ((table[:-1].astype(np.float64) + table[1:]) / 2).astype(np.float32)
+    block = QUANT_BLOCK[kind]
+    n = x.size
+    padded = np.zeros(-(-n // block) * block, np.float32)
+    padded[:n] = x
+    absmax = np.abs(padded.reshape(-1, block)).max(axis=1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(absmax > 0, np.float32(1) / absmax, np.float32(0)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        normal = x * np.repeat(inv, block)[:n]
+    codes = np.searchsorted(mids, normal, side="left").astype(np.uint8)
+    if kind == "int4":
+        codes = np.concatenate([codes, np.zeros(n % 2, np.uint8)])
+        codes = codes[0::2] | (codes[1::2] << 4)
+    return codes, absmax.astype(np.float32)
+
+
+def dequantize(codes, absmax, n, kind, signed):
+    table = quant_maps(kind)[0 if signed else 1]
+    if kind == "int4":
+        codes = np.stack([codes & 15, codes >> 4], axis=1).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        return table[codes[:n]] * np.repeat(absmax, QUANT_BLOCK[kind])[:n]
+
+
+def to_bf16(x):
+    import ml_dtypes
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def stored_step(step, p, g, state, signs, state_dtype, **hp):
+    """One ``step`` (``sgd_step``, ``adagrad_step``, ``adam_step``) with its
+    state arrays (named in ``signs``: name -> signed map) held as
+    ``state_dtype``: decoded to float32, updated, stored again. A stored
+    state is ``{"codes", "absmax"}`` (block-wise) or a float32 array."""
+    blockwise = state_dtype in QUANT_BLOCK and p.size >= QUANT_MIN_SIZE
+    n = p.size
+    full = dict(state)
+    for name in signs:
+        if name in state and blockwise:
+            full[name] = dequantize(*state[name], n, state_dtype, signs[name]).reshape(p.shape)
+    p, new = step(p, g, full, **hp)
+    for name in signs:
+        if name not in new:
+            continue
+        if blockwise:
+            new[name] = quantize(new[name].reshape(-1), state_dtype, signs[name])
+        elif state_dtype == "bfloat16":
+            new[name] = to_bf16(new[name])
+    return p, new

@@ -14,6 +14,7 @@ from fastopt import bench
 def test_numpy_baseline_is_a_correct_implementation(variant):
     """The baseline the bench compares against computes the same update."""
     cls, hp, _ = bench.VARIANTS[variant]
+    hp = {k: v for k, v in hp.items() if k != "state_dtype"}  # the rule, in full precision
     rng = np.random.default_rng(0)
     p = rng.standard_normal(100)
     ours, base, state = p.copy(), p.copy(), {}
@@ -27,7 +28,13 @@ def test_numpy_baseline_is_a_correct_implementation(variant):
 
 def test_bytes_per_step_matches_perf_table():
     # docs/measuring.md: f32 bytes per element 12, 20, 20, 28, 28, 36
-    assert [bench.bytes_per_step(v, 1, np.float32) for v in bench.VARIANTS] == [12, 20, 20, 28, 28, 36]
+    assert [bench.bytes_per_step(v, 1, np.float32) for v in bench.VARIANTS] \
+        == [12, 20, 20, 28, 28, 36, 20, 16, 14]
+    # Reduced-precision state (with the absmax) per parameter, against the issue's limits.
+    from fastopt.bench.cases import state_bytes_per_param
+    assert [state_bytes_per_param(v, np.float32) for v in ("adam", "adam-bf16")] == [8, 4]
+    assert state_bytes_per_param("adam-int8", np.float32) <= 2.04
+    assert state_bytes_per_param("adam-int4", np.float32) <= 1.07
 
 
 def test_bench_command_writes_json(tmp_path, capsys):

@@ -14,7 +14,15 @@ VARIANTS = {
     "adam": (Adam, dict(lr=1e-3), 3),
     "adamw": (AdamW, dict(lr=1e-3), 3),
     "adam-amsgrad": (Adam, dict(lr=1e-3, amsgrad=True), 4),
+    # Reduced-precision state: the number is the roofline's arrays, the float32
+    # roofline with the same traffic (bf16) or less (int8, int4).
+    "adam-bf16": (Adam, dict(lr=1e-3, state_dtype="bfloat16"), 2),
+    "adam-int8": (Adam, dict(lr=1e-3, state_dtype="int8"), 1),
+    "adam-int4": (Adam, dict(lr=1e-3, state_dtype="int4"), 1),
 }
+
+# Bytes of stored state per element and state array (block-wise: with its absmax).
+STATE_BYTES = {"bfloat16": 2.0, "int8": 1 + 4 / 256, "int4": 0.5 + 4 / 128}
 
 # torch.optim classes with a fused CUDA implementation, per variant.
 TORCH_FUSED = {"sgd": ("SGD", dict(lr=1e-3)), "sgd-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
@@ -24,8 +32,19 @@ TORCH_FUSED = {"sgd": ("SGD", dict(lr=1e-3)), "sgd-momentum": ("SGD", dict(lr=1e
 
 def bytes_per_step(variant, n, dtype):
     """Bytes a fused step moves: the gradient read, each updated array read and written."""
-    updated = VARIANTS[variant][2]
-    return (1 + 2 * updated) * n * np.dtype(dtype).itemsize
+    _, hp, updated = VARIANTS[variant]
+    itemsize = np.dtype(dtype).itemsize
+    if hp.get("state_dtype") is None:
+        return (1 + 2 * updated) * n * itemsize
+    return int(n * (3 * itemsize + 2 * 2 * STATE_BYTES[hp["state_dtype"]]))
+
+
+def state_bytes_per_param(variant, dtype):
+    """Bytes of optimizer state kept per parameter (float state: the parameter's dtype)."""
+    _, hp, updated = VARIANTS[variant]
+    if hp.get("state_dtype") is None:
+        return (updated - 1) * np.dtype(dtype).itemsize
+    return 2 * STATE_BYTES[hp["state_dtype"]]
 
 
 def numpy_step(variant, p, g, state, t):

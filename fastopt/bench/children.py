@@ -52,6 +52,7 @@ class TorchChild:
     def setup(self, variant, n, dtype, count=1):
         """Build torch's fused optimizer for ``variant`` over ``count`` tensors of ``n // count``."""
         cls, hp, _ = VARIANTS[variant]
+        hp = {k: v for k, v in hp.items() if k != "state_dtype"}  # torch's state: float32
         self._ask(cmd="setup", cls=cls.__name__, hp=hp, dtype=np.dtype(dtype).name,
                   count=count, size=n // count)
 

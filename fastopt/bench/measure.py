@@ -12,7 +12,7 @@ import numpy as np
 
 from ..flat import FlatParams
 from ..optimizers import Adam
-from .cases import bytes_per_step, data, make_step, numpy_step, target_for
+from .cases import bytes_per_step, data, make_step, numpy_step, state_bytes_per_param, target_for
 from .noise import check_guard_cost, check_row, check_same_times, check_scaling
 from .timing import interleaved, median_time, ratio
 
@@ -51,6 +51,7 @@ def measure(variant, n, dtype, rounds, numpy_repeats, torch=None):
     row = {
         "optimizer": variant, "n": n, "dtype": np.dtype(dtype).name, "target": target_for(n),
         "fastopt_ms": t_fast * 1e3, "gbps": bytes_per_step(variant, n, dtype) / t_fast / 1e9,
+        "state_bytes": state_bytes_per_param(variant, dtype),
         "roofline_ms": _ms(times, "roofline"),
         "roofline_pct": 100 * ratio(times, "roofline", "fastopt"),
         "numpy_ms": t_numpy * 1e3, "speedup_numpy": t_numpy / t_fast,

@@ -9,11 +9,12 @@ from .noise import busy
 
 COLUMNS = [("optimizer", "optimizer", "{}"), ("n", "n", "{:.0e}"), ("dtype", "dtype", "{}"),
            ("target", "target", "{}"), ("fastopt_ms", "ms/step", "{:.3f}"),
-           ("gbps", "GB/s", "{:.1f}"), ("roofline_pct", "% roofline", "{:.0f}%"),
+           ("gbps", "GB/s", "{:.1f}"), ("state_bytes", "state B/param", "{:.2f}"),
+           ("roofline_pct", "% roofline", "{:.0f}%"),
            ("numpy_ms", "NumPy ms", "{:.3f}"), ("speedup_numpy", "vs NumPy", "{:.1f}x"),
            ("torch_ms", "torch ms", "{:.3f}"), ("speedup_torch", "vs torch", "{:.2f}x"),
            ("flags", "check", ",".join)]
-CUDA_COLUMNS = COLUMNS[:7] + [("torch_ms", "torch fused ms", "{:.3f}"),
+CUDA_COLUMNS = COLUMNS[:8] + [("torch_ms", "torch fused ms", "{:.3f}"),
                                ("speedup_torch", "vs torch", "{:.2f}x"), COLUMNS[-1]]
 THRESHOLD_COLUMNS = [("n", "n", "{}"), ("serial_us", "serial", "{:.1f}"),
                      ("parallel_us", "parallel", "{:.1f}"), COLUMNS[-1]]

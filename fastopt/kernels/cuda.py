@@ -23,8 +23,7 @@ units in the last place; tested), not bit for bit.
 
 from numba import cuda, float64, int64
 
-from . import spec
-from ._cuda_loops import adagrad, adam, sgd
+from . import _cuda_loops, spec
 
 _KERNEL = dict(cache=True)
 
@@ -128,9 +127,10 @@ def roofline_4(g, s, a, b, c, d):
 
 
 # Every kernel, by its name in ``spec.KERNELS``.
-ALL = {"sgd": sgd, "adagrad": adagrad, "adam": adam, "any_nonfinite_cuda": any_nonfinite_cuda,
-       "fill": fill,
-       "sq_norm_cuda": sq_norm_cuda, "max_abs_bits_cuda": max_abs_bits_cuda, "roofline_1": roofline_1, "roofline_2": roofline_2,
+ALL = {**{k.name: getattr(_cuda_loops, k.name) for k in spec.RULE_KERNELS},
+       "any_nonfinite_cuda": any_nonfinite_cuda,
+       "sq_norm_cuda": sq_norm_cuda, "max_abs_bits_cuda": max_abs_bits_cuda,
+       "fill": fill, "roofline_1": roofline_1, "roofline_2": roofline_2,
        "roofline_3": roofline_3, "roofline_4": roofline_4}
 
 

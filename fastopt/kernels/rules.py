@@ -4,9 +4,11 @@ Each function takes the current values of one element (parameter, gradient,
 state) and the step's scalars and flags, and returns the new values. Its
 parameters are those its kernel declares in ``spec.py``, in that order (the
 loops pass them positionally, as CUDA device functions need; a test checks
-the names and order). They have no loads or stores of their own: the loops
-in ``cpu.py`` (and, with the CUDA target, ``cuda.py``) read the arrays, call
-these (compiled and inlined) and write back. Keeping the rule free of memory access is what lets LLVM
+the names and order). A kernel with reduced-precision state calls the same
+rule with the float32 values its codec (``codecs.py``) decoded. They have no
+loads or stores of their own: the loops in ``cpu.py`` (and, with the CUDA
+target, ``cuda.py``) read the arrays, call these (compiled and inlined) and
+write back. Keeping the rule free of memory access is what lets LLVM
 vectorise the CPU loops whatever the flags are, and lets every target share
 one statement of each rule.
 

@@ -1,0 +1,234 @@
+"""State codecs: how a reduced-precision state element or block is read and written.
+
+The update rules of ``rules.py`` see float32 values; a codec turns stored
+state into those values and back. Written once as plain Python, compiled by
+the generated loops for the CPU (``njit``) and for CUDA (device functions),
+and run as Python by the CUDA simulator.
+
+- ``bfloat16``: one ``uint16`` per element (the upper half of a float32);
+  ``bf16_decode`` shifts it up, ``bf16_encode`` rounds to nearest, ties to
+  even, with integer operations on the float32's bits (NaN stays NaN).
+- ``int8`` and ``int4``: block-wise quantization. Each block of ``BLOCK[kind]``
+  elements stores one code per element (int4: two per byte, the even
+  element in the low nibble) and one float32 ``absmax``, the largest
+  magnitude in the block. A code indexes a sorted table ``MAPS[name]`` of
+  values in [-1, 1]; an element is ``table[code] * absmax``. Encoding
+  ``x`` picks the nearest table value to ``x / absmax`` (computed as
+  ``x * (1 / absmax)``; 0 when absmax is 0): the code is the number of
+  midpoints between neighbouring table values below it (ties go to the
+  lower code, NaN to the top code). ``LUTS[name]`` makes that one table
+  look-up and one comparison: indexed by the upper 16 bits of the float32,
+  it holds the code of the lowest value of that range of floats, and each
+  such range holds at most one midpoint (checked when the tables are built).
+
+Maps (after Dettmers et al. 2022 and Li et al. 2023): ``signed8`` and
+``unsigned8`` are dynamic-exponent maps (a run of ``e`` zero bits, a one,
+then ``k`` linear fraction bits for magnitude ``10**-e * (0.1 + 0.9 (f + 1)
+/ 2**k)``), for the first moment (signed) and the second (unsigned);
+``signed4`` is the 4-bit dynamic-exponent map of the first moment and
+``linear4`` the second moment's linear map without zero, ``(j + 1) / 16``.
+
+Arrays passed to the kernels: ``qmaps`` (float32) is, for each of the two
+maps a kernel uses (signed then unsigned), the table then its midpoints
+(the last midpoint is +inf); ``qluts`` (uint8) the two look-up tables.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+BLOCK = {"int8": 256, "int4": 128}
+MAP_NAMES = {"int8": ("signed8", "unsigned8"), "int4": ("signed4", "linear4")}
+MIN_BLOCKWISE_SIZE = 4096  # smaller tensors keep full-precision state
+
+_U16 = np.uint32(16)
+_ROUND = np.uint32(0x7FFF)
+_ONE_BIT = np.uint32(1)
+_ABS = np.uint32(0x7FFFFFFF)
+_INF_BITS = np.uint32(0x7F800000)
+_QUIET = np.uint32(0x0040)
+_ZERO = np.float32(0)
+_ONE = np.float32(1)
+
+
+# --- bit casts: plain Python here, one LLVM bitcast when compiled ----------------
+
+def f32_bits(x):
+    """The bits of float32 ``x`` as a uint32."""
+    return np.float32(x).view(np.uint32)
+
+
+def bits_f32(u):
+    """The float32 whose bits are uint32 ``u``."""
+    return np.uint32(u).view(np.float32)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, u):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@overload(f32_bits, target="generic")
+def _f32_bits_jit(x):
+    if x == types.float32:
+        return lambda x: _f32_bits(x)
+
+
+@overload(bits_f32, target="generic")
+def _bits_f32_jit(u):
+    if isinstance(u, types.Integer):  # numba widens integer arithmetic: take the low 32 bits
+        return lambda u: _bits_f32(np.uint32(u))
+
+
+def _jitable(fn):
+    """Make ``fn`` callable from compiled code of every target (inlined as if
+    jitted with the caller's types); it stays a plain Python function."""
+    overload(fn, target="generic", strict=False,
+             jit_options=dict(error_model="numpy", fastmath=False))(lambda *args: fn)
+    return fn
+
+
+# --- bfloat16 -----------------------------------------------------------------------
+
+@_jitable
+def bf16_decode(u):
+    """bfloat16 bits ``u`` (uint16) as a float32 (exact)."""
+    return bits_f32(np.uint32(u) << _U16)
+
+
+@_jitable
+def bf16_encode(x):
+    """Float32 ``x`` rounded to the nearest bfloat16 (ties to even), as uint16 bits."""
+    b = f32_bits(x)
+    if (b & _ABS) > _INF_BITS:  # NaN: keep the sign and the top payload bits, quiet
+        return np.uint16((b >> _U16) | _QUIET)
+    return np.uint16((b + _ROUND + ((b >> _U16) & _ONE_BIT)) >> _U16)
+
+
+# --- block-wise quantization ---------------------------------------------------------
+
+@_jitable
+def decode8(codes, i, qmaps, off, absmax):
+    """Element ``i`` of 8-bit ``codes`` on the map at ``qmaps[off:]``, times ``absmax``."""
+    return qmaps[off + np.int32(codes[i])] * absmax
+
+
+@_jitable
+def decode4(codes, i, qmaps, off, absmax):
+    """Element ``i`` of 4-bit ``codes`` (two per byte, even element low)."""
+    return qmaps[off + ((np.int32(codes[i >> 1]) >> ((i & 1) << 2)) & 15)] * absmax
+
+
+@_jitable
+def amax(a, x):
+    """``max(a, |x|)`` on the bits: ``a`` is the uint32 bits of the largest
+    magnitude so far. Magnitudes order as their bits do, and NaN's bits are
+    above infinity's, so NaN propagates; an integer maximum vectorises."""
+    b = f32_bits(x) & _ABS
+    return b if b > a else a
+
+
+@_jitable
+def inverse(absmax):
+    """The scale that normalises a block: ``1 / absmax``, 0 when absmax is not > 0."""
+    return _ONE / absmax if absmax > _ZERO else _ZERO
+
+
+@_jitable
+def encode(x, inv, qmaps, off, size, qluts, loff):
+    """The code of ``x * inv`` on the map of ``size`` values at ``qmaps[off:]``."""
+    n = x * inv
+    c = np.int32(qluts[loff + (f32_bits(n) >> _U16)])
+    c = c + np.int32(1) if qmaps[off + size + c] < n else c
+    return c if n == n else np.int32(size - 1)
+
+
+@_jitable
+def store8(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
+    """Encode ``work[:hi - lo]`` into ``codes[lo:hi]``."""
+    inv = inverse(absmax)
+    for i in range(lo, hi):
+        codes[i] = encode(work[i - lo], inv, qmaps, off, size, qluts, loff)
+
+
+@_jitable
+def store4(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
+    """Encode ``work[:hi - lo]`` into the nibbles of ``codes[lo // 2:]``
+    (``lo`` is even; an odd last element leaves its high nibble 0)."""
+    inv = inverse(absmax)
+    for i in range(lo, hi, 2):
+        c = encode(work[i - lo], inv, qmaps, off, size, qluts, loff)
+        if i + 1 < hi:
+            c = c | (encode(work[i + 1 - lo], inv, qmaps, off, size, qluts, loff) << 4)
+        codes[i >> 1] = c
+
+
+# --- the tables (host side, built once) ----------------------------------------------
+
+def _dynamic(bits):
+    """The magnitudes of a dynamic-exponent map with ``bits`` magnitude bits."""
+    values = []
+    for e in range(bits):
+        k = bits - 1 - e
+        values += [10.0 ** -e * (0.1 + 0.9 * (f + 1) / 2 ** k) for f in range(2 ** k)]
+    return np.array(values)
+
+
+def _signed(bits):
+    mags = _dynamic(bits - 1)
+    return np.concatenate([-mags[::-1], [0.0, 0.0], mags])
+
+
+def _table(name):
+    values = {"signed8": lambda: _signed(8), "unsigned8": lambda: np.concatenate([[0.0], _dynamic(8)]),
+              "signed4": lambda: _signed(4),
+              "linear4": lambda: np.arange(1, 17) / 16}[name]()
+    return np.sort(values.astype(np.float32))
+
+
+def _midpoints(table):
+    mids = ((table[:-1].astype(np.float64) + table[1:]) / 2).astype(np.float32)
+    return np.concatenate([mids, [np.inf]]).astype(np.float32)
+
+
+def _lut(table, mids):
+    """For each upper-16-bit key, the code of the lowest float32 with that key."""
+    keys = np.arange(65536, dtype=np.uint32)
+    negative = keys >= 0x8000
+    low = np.where(negative, (keys << 16) | 0xFFFF, keys << 16).astype(np.uint32).view(np.float32)
+    low = np.where(np.isnan(low) & negative, -np.inf, low)  # the -inf range holds NaN payloads
+    codes = np.searchsorted(mids[:-1], low, side="left")
+    high = np.where(negative, keys << 16, (keys << 16) | 0xFFFF).astype(np.uint32).view(np.float32)
+    finite = ~np.isnan(low) & ~np.isnan(high)
+    spread = np.searchsorted(mids[:-1], high[finite], side="left") - codes[finite]
+    if spread.max() > 1:
+        raise AssertionError("a range of floats holds two midpoints: the look-up needs more bits")
+    return codes.astype(np.uint8)
+
+
+MAPS = {name: _table(name) for names in MAP_NAMES.values() for name in names}
+MIDPOINTS = {name: _midpoints(t) for name, t in MAPS.items()}
+LUTS = {name: _lut(MAPS[name], MIDPOINTS[name]) for name in MAPS}
+
+
+def tables(kind):
+    """``(qmaps, qluts)`` for ``kind`` ("int8" or "int4"): the kernel arguments."""
+    first, second = MAP_NAMES[kind]
+    qmaps = np.concatenate([MAPS[first], MIDPOINTS[first], MAPS[second], MIDPOINTS[second]])
+    return qmaps.astype(np.float32), np.concatenate([LUTS[first], LUTS[second]])
+
+
+def layout(kind):
+    """``(size, offset of the signed map, of the unsigned map, lut offset of each)``."""
+    size = 256 if kind == "int8" else 16
+    return size, 0, 2 * size, 0, 65536
