@@ -247,6 +247,15 @@ _REFUSED = ("capturable", "differentiable")
 _warned_copy = False
 
 
+# Hyperparameters of the specs that torch's optimizers do not have and this
+# front-end does not take: reduced-precision state is the NumPy classes' only.
+_NOT_HERE = ("state_dtype",)
+
+
+def _hyper_parameters(spec: _spec.Spec) -> list[inspect.Parameter]:
+    return [p for p in spec.parameters() if p.name not in _NOT_HERE]
+
+
 class _Optimizer(torch.optim.Optimizer):
     """The common part: the constructor, the checks and the step."""
 
@@ -256,19 +265,24 @@ class _Optimizer(torch.optim.Optimizer):
     _extra: dict[str, Any]
     target = None  # read by the NumPy classes' update hooks
     last_grad_norm: float | None = None
+    # The NumPy classes' state helpers, which their hooks call on ``self``.
+    _KERNEL_ARG: dict[str, str] = {}
+    _fresh = _numpy_optimizers._Stored._fresh
+    _stored = _numpy_optimizers._Stored._stored
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "spec" in cls.__dict__:
+            cls._KERNEL_ARG = cls._numpy_cls._KERNEL_ARG
             cls._extra = _torch_only(cls._torch_cls, cls.spec)
             params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
             extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
                      for k, v in cls._extra.items()]
             setattr(cls, "__signature__",
-                    inspect.Signature([params, *cls.spec.parameters(), *extra]))
+                    inspect.Signature([params, *_hyper_parameters(cls.spec), *extra]))
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any):
-        sig = inspect.Signature(self.spec.parameters()
+        sig = inspect.Signature(_hyper_parameters(self.spec)
                                 + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
                                    for k, v in self._extra.items()])
         try:
@@ -276,7 +290,8 @@ class _Optimizer(torch.optim.Optimizer):
         except TypeError as e:
             raise TypeError(f"{type(self).__name__}(): {e}") from None
         bound.apply_defaults()
-        defaults = {**self.spec.defaults, **bound.arguments}
+        defaults = {**{k: v for k, v in self.spec.defaults.items() if k not in _NOT_HERE},
+                    **bound.arguments}
         self._check_group(defaults, "defaults")
         self._hyper_cache: dict = {}
         self._plan_cache: dict = {}
@@ -287,8 +302,11 @@ class _Optimizer(torch.optim.Optimizer):
         for name in _REFUSED:
             if group.get(name):
                 raise ValueError(f"{where}: {name}=True is not supported by fastopt.torch")
-        try:
-            return self.spec.check(group)
+        if group.get("state_dtype") is not None:
+            raise ValueError(f"{where}: state_dtype is not supported by fastopt.torch yet "
+                             "(its state is torch tensors); use the NumPy classes")
+        try:  # torch's own state dicts have no state_dtype: the parameters' dtype
+            return self.spec.check({"state_dtype": None, **group})
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
 
