@@ -21,6 +21,21 @@ VARIANTS = {
     "adam-int4": (Adam, dict(lr=1e-3, state_dtype="int4"), 1),
 }
 
+def unavailable(variant, dtype):
+    """Why ``variant`` cannot run on ``dtype`` arrays here, or None: reduced-
+    precision state needs float32 parameters, and bfloat16 needs ml_dtypes."""
+    state_dtype = VARIANTS[variant][1].get("state_dtype")
+    if state_dtype is None:
+        return None
+    if np.dtype(dtype) != np.float32:
+        return f"{variant}: reduced-precision state needs float32 parameters"
+    if state_dtype == "bfloat16":
+        import importlib.util
+        if importlib.util.find_spec("ml_dtypes") is None:
+            return f'{variant}: needs ml_dtypes (pip install "fastopt[lowp]")'
+    return None
+
+
 # Bytes of stored state per element and state array (block-wise: with its absmax).
 STATE_BYTES = {"bfloat16": 2.0, "int8": 1 + 4 / 256, "int4": 0.5 + 4 / 128}
 

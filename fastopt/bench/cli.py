@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from .. import config
-from .cases import VARIANTS
+from .cases import VARIANTS, unavailable
 from .children import TorchChild, measure_startup
 from .gpu import cuda_device, measure_cuda
 from .measure import check_rows, measure, measure_guards, measure_many, measure_threshold
@@ -59,6 +59,22 @@ def _progress(msg, enabled):
         print(f"\r{msg}".ljust(70), end="", file=sys.stderr, flush=True)
 
 
+def _jobs(args, dtypes, sizes):
+    """``(variant, n, dtype)`` to measure; variants that cannot run here are
+    left out, saying why once."""
+    jobs, said = [], set()
+    for d in dtypes:
+        for n in sizes:
+            for v in args.optimizers:
+                why = unavailable(v, d)
+                if why is None:
+                    jobs.append((v, n, d))
+                elif why not in said:
+                    said.add(why)
+                    print(f"skipped {why}", file=sys.stderr)
+    return jobs
+
+
 def _cuda_rows(args, dtypes, repeats, results, show):
     gpu, why_not = cuda_device()
     if gpu is None:
@@ -66,7 +82,7 @@ def _cuda_rows(args, dtypes, repeats, results, show):
         return
     results["gpu"] = gpu
     sizes = args.sizes or (QUICK_SIZES if args.quick else CUDA_SIZES)
-    jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+    jobs = _jobs(args, dtypes, sizes)
     for k, (variant, n, dtype) in enumerate(jobs, 1):
         _progress(f"[{k}/{len(jobs)}] cuda {variant} n={n:.0e} {dtype}", show)
         results["cuda_rows"].append(measure_cuda(variant, n, dtype, repeats))
@@ -81,7 +97,7 @@ def _cpu_rows(args, dtypes, rounds, results, show):
     if torch:
         results["torch_version"] = torch.version
     try:
-        jobs = [(v, n, d) for d in dtypes for n in sizes for v in args.optimizers]
+        jobs = _jobs(args, dtypes, sizes)
         for k, (variant, n, dtype) in enumerate(jobs, 1):
             _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
             results["rows"].append(measure(variant, n, dtype, rounds, numpy_repeats, torch))
