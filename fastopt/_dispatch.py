@@ -54,6 +54,42 @@ def kernel(name, target, p):
     return KERNELS[name][target]
 
 
+def settled(name, target, p):
+    """The kernel ``kernel(name, target, p)`` gives, if that choice stays
+    the same while ``config.PARALLEL_THRESHOLD`` does (a serial kernel,
+    asked for or below the threshold); None if it may change from call to
+    call (timed, or guarded, parallel kernels)."""
+    if target == "serial" or (target is None and isinstance(p, np.ndarray)
+                              and p.size < config.PARALLEL_THRESHOLD):
+        return KERNELS[name]["serial"]
+    return None
+
+
+_DIRECT: dict = {}
+
+
+def direct(fn, name, dtype):
+    """``fn``, a kernel from ``kernel``, as numba's compiled function for
+    ``name``'s arguments with ``dtype`` arrays, when it is a numba dispatcher
+    that has one (else None: ``_Timed``'s and the guarded parallel calls).
+    It skips the dispatcher's typing of every argument (about a microsecond
+    and a half of a twenty-argument call) and checks none of them: callers
+    must pass exactly those types, except that Python floats may stand for
+    the scalars (converted to ``dtype`` as NumPy converts them). The
+    dispatcher itself must be given scalars of ``dtype``: it would compile
+    float64 code for Python floats."""
+    key = (fn, name, dtype)
+    compiled = _DIRECT.get(key)
+    if compiled is None:
+        overloads = getattr(fn, "overloads", None)
+        if overloads is not None:
+            from .kernels.spec import signature
+            cres = overloads.get(signature(name, dtype))
+            if cres is not None:
+                compiled = _DIRECT[key] = cres.entry_point
+    return compiled
+
+
 def _parallel(name):
     """The parallel ``name`` kernel, or a stand-in with the same results
     where it cannot run: the serial kernel in a child forked from a process

@@ -20,6 +20,8 @@ from . import _spec
 from . import _state_io
 from . import _update as U
 from ._params import ParamList, as_groups
+from ._replay import Replay
+from .kernels.spec import KERNELS
 
 __all__ = ["Optimizer"]
 
@@ -86,6 +88,7 @@ class Optimizer:
             self._plist.sync(groups, self.state, self.defaults,
                              new_group=len(self.param_groups),
                              before_commit=lambda: group.update(self.spec.check(group)))
+            self._replay = None
             self.param_groups.append(group)
             n = len(group["params"])
             self._hyper_cache.clear()
@@ -95,8 +98,10 @@ class Optimizer:
         """A parameter's state before its first step."""
         raise NotImplementedError
 
-    def _update(self, p: Any, g: Any, inv_scale: float, state: dict, hyper: dict) -> None:
-        """One step of one parameter; everything is checked."""
+    def _update(self, p: Any, g: Any, inv_scale: float, state: dict,
+                hyper: dict) -> tuple[str, tuple]:
+        """One step of one parameter; everything is checked. Returns the
+        kernel's name and the arguments it was called with."""
         raise NotImplementedError
 
     def _group_added(self, group: dict, first: int, views: list) -> None:
@@ -112,6 +117,7 @@ class Optimizer:
     # --- stepping ------------------------------------------------------------
 
     last_grad_norm: float | None = None
+    _replay: Replay | None = None  # the last checked step, to replay (``_replay``)
 
     def step(self, grads: Sequence[Any] | None = None, *, check_finite: bool = False,
              grad_scale: float | None = None, max_grad_norm: float | None = None,
@@ -150,6 +156,10 @@ class Optimizer:
             With ``check_finite``, whether the step was taken; else None
             (non-finite values propagate, as in torch).
         """
+        replay = self._replay
+        if (replay is not None and check_finite is False and grad_scale is None
+                and max_grad_norm is None and replay.run(self, grads)):
+            return None
         with self._lock:
             self._sync()
             check_finite = C.check_flag("check_finite", check_finite)
@@ -227,6 +237,8 @@ class Optimizer:
             return False
         # Everything is checked: from here on, nothing raises. ``params`` are
         # the arrays as the kernels take them (GPU arrays as numba views).
+        self._replay = None
+        launches = []
         i = 0
         for group, hyper in zip(self.param_groups, hypers):
             for _ in group["params"]:
@@ -236,8 +248,12 @@ class Optimizer:
                     state = self.state.get(i)
                     if state is None:
                         state = self.state[i] = self._new_state(p, hyper)
-                    self._update(p, g, inv_scale, state, hyper)
+                    name, args = self._update(p, g, inv_scale, state, hyper)
+                    launches.append((i, p, name, args, hyper))
                 i += 1
+        if (Replay.eligible(self, params, grads, inv_scale, check_finite, clip)
+                and all(not KERNELS[name].codec for _, _, name, _, _ in launches)):
+            self._replay = Replay(self, launches, len(params))
         return True if check_finite else None
 
     # --- state dicts -----------------------------------------------------------
@@ -282,6 +298,7 @@ class Optimizer:
             # Everything is checked: commit.
             for group, new_group in zip(self.param_groups, new_groups):
                 group.update(new_group)
+            self._replay = None
             self.state.clear()
             self.state.update(new_state)
             self._plist.detached.clear()

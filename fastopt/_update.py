@@ -75,7 +75,9 @@ def _run(rule, codec, target, p, states, absmax, **values):
     if codec in _state_dtype.BLOCKWISE:
         values["qmaps"], values["qluts"] = _state_dtype.tables(codec, p)
     name = kernel_name(rule, _KERNEL_CODEC[codec])
-    kernel(name, target, p)(*pack[name](p=_flat(p), **values))
+    args = pack[name](p=_flat(p), **values)
+    kernel(name, target, p)(*args)
+    return name, args
 
 
 def _absent_coded(codec, p):
@@ -150,41 +152,55 @@ def max_abs_norm(largest, inv_scale):
     return max(norms)
 
 
+# The scalars of each rule that change with the step count, as Python floats
+# (``Replay`` passes them so; the checked path casts them to the arrays' dtype).
+
+def adagrad_step_scalars(step, lr, lr_decay):
+    """``(neg_clr,)``: minus the decayed learning rate of step ``step``."""
+    return (-(lr / (1 + (step - 1) * lr_decay)),)
+
+
+def adam_step_scalars(step, lr, beta1, beta2):
+    """``(neg_step_size, bias_correction2_sqrt)`` of step ``step``."""
+    return -(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5
+
+
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
         first_step, target, codec="", absmax=None):
     T = SCALARS[p.dtype]
     use_momentum = momentum != 0
-    _run("sgd", codec if use_momentum else "", target, p, {"buf": buf if use_momentum else None},
-         absmax, g=_flat(g), inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay),
-         momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
-         use_weight_decay=weight_decay != 0, use_momentum=use_momentum, first_step=first_step,
-         nesterov=nesterov)
+    return _run("sgd", codec if use_momentum else "", target, p,
+                {"buf": buf if use_momentum else None}, absmax, g=_flat(g),
+                inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay),
+                momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
+                use_weight_decay=weight_decay != 0, use_momentum=use_momentum,
+                first_step=first_step, nesterov=nesterov)
 
 
 def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
             codec="", absmax=None):
     T = SCALARS[p.dtype]
-    clr = lr / (1 + (step - 1) * lr_decay)
-    _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
-         g=_flat(g), inv_scale=T(inv_scale),
-         neg_clr=T(-clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
-         use_weight_decay=weight_decay != 0)
+    (neg_clr,) = adagrad_step_scalars(step, lr, lr_decay)
+    return _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
+                g=_flat(g), inv_scale=T(inv_scale),
+                neg_clr=T(neg_clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
+                use_weight_decay=weight_decay != 0)
 
 
 def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
          weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None):
     T = SCALARS[p.dtype]
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
+    neg_step_size, bias_correction2_sqrt = adam_step_scalars(step, lr, beta1, beta2)
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
-    _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-                                    "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
-         absmax, g=_flat(g), inv_scale=T(inv_scale),
-         lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
-         beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(-(lr / bias_correction1)),
-         bias_correction2_sqrt=T(bias_correction2 ** 0.5), eps=T(eps),
-         weight_decay=T(weight_decay), decay_factor=T(1 - lr * weight_decay), maximize=maximize,
-         l2_decay=decay and not decoupled_weight_decay,
-         decoupled_decay=decay and decoupled_weight_decay,
-         amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5)
+    return _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                                           "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
+                absmax, g=_flat(g), inv_scale=T(inv_scale),
+                lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
+                beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(neg_step_size),
+                bias_correction2_sqrt=T(bias_correction2_sqrt), eps=T(eps),
+                weight_decay=T(weight_decay),
+                decay_factor=T(1 - lr * weight_decay if decay and decoupled_weight_decay else 1),
+                maximize=maximize,
+                l2_decay=decay and not decoupled_weight_decay,
+                amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5)

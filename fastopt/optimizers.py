@@ -120,6 +120,10 @@ class SGD(_Stored):
 
     spec = _spec.SGD
     _KERNEL_ARG = {"momentum_buffer": "buf"}
+    _STEP_ARGS = ("first_step",)
+
+    def _step_scalars(self, state, h):
+        return (state.get("momentum_buffer") is None,)
 
     def _new_state(self, p, h):
         return {}
@@ -129,7 +133,7 @@ class SGD(_Stored):
         if h["momentum"] != 0 and first:
             state.update(self._fresh(p, h, "momentum_buffer", None))
         codec, absmax = self._stored(p, h, state)
-        U.sgd(p=p, g=g, buf=state.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
+        return U.sgd(p=p, g=g, buf=state.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
               momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
               nesterov=h["nesterov"], maximize=h["maximize"], first_step=first,
               target=self.target, codec=codec, absmax=absmax)
@@ -169,6 +173,11 @@ class Adagrad(_Stored):
 
     spec = _spec.ADAGRAD
     _KERNEL_ARG = {"sum": "state_sum"}
+    _STEP_ARGS = ("neg_clr",)
+
+    def _step_scalars(self, state, h):
+        state["step"] += 1
+        return U.adagrad_step_scalars(state["step"], h["lr"], h["lr_decay"])
 
     def _group_added(self, group, first, views):
         for p in views:  # the state is made now: check its state_dtype now
@@ -182,7 +191,7 @@ class Adagrad(_Stored):
     def _update(self, p, g, inv_scale, state, h):
         codec, absmax = self._stored(p, h, state)
         state["step"] += 1
-        U.adagrad(p=p, g=g, state_sum=state["sum"], inv_scale=inv_scale, step=state["step"],
+        return U.adagrad(p=p, g=g, state_sum=state["sum"], inv_scale=inv_scale, step=state["step"],
                   lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
                   maximize=h["maximize"], target=self.target, codec=codec, absmax=absmax)
 
@@ -221,6 +230,11 @@ class Adam(_Stored):
     spec = _spec.ADAM
     _KERNEL_ARG = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "max_exp_avg_sq"}
+    _STEP_ARGS = ("neg_step_size", "bias_correction2_sqrt")
+
+    def _step_scalars(self, state, h):
+        state["step"] += 1
+        return U.adam_step_scalars(state["step"], h["lr"], *h["betas"])
 
     def _new_state(self, p, h):
         state = {"step": 0, **self._fresh(p, h, "exp_avg"), **self._fresh(p, h, "exp_avg_sq")}
@@ -238,7 +252,7 @@ class Adam(_Stored):
             codec, absmax = self._stored(p, h, state)
         state["step"] += 1
         beta1, beta2 = h["betas"]
-        U.adam(p=p, g=g, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
+        return U.adam(p=p, g=g, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                max_exp_avg_sq=state.get("max_exp_avg_sq"), inv_scale=inv_scale, step=state["step"],
                lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
                amsgrad=h["amsgrad"], maximize=h["maximize"],

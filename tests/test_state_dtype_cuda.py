@@ -38,7 +38,7 @@ _SCRIPT = textwrap.dedent(r"""
         "adam": dict(inv_scale=T(1), lerp_weight=T(0.1), lerp_weight_complement=T(0.9),
                      beta2=T(0.999), one_minus_beta2=T(0.001), neg_step_size=T(-0.01),
                      bias_correction2_sqrt=T(0.0316), eps=T(1e-8), weight_decay=T(0.01),
-                     decay_factor=T(1), maximize=False, l2_decay=True, decoupled_decay=False,
+                     decay_factor=T(1), maximize=False, l2_decay=True,
                      amsgrad=True, lerp_from_end=False),
     }
     checked = 0

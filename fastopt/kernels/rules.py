@@ -49,14 +49,17 @@ def adagrad(p, g, state_sum, inv_scale, neg_clr, weight_decay, eps, maximize, us
 def adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale,
          lerp_weight, lerp_weight_complement, beta2, one_minus_beta2,
          neg_step_size, bias_correction2_sqrt, eps, weight_decay, decay_factor,
-         maximize, l2_decay, decoupled_decay, amsgrad, lerp_from_end):
+         maximize, l2_decay, amsgrad, lerp_from_end):
     """Return the new ``(p, exp_avg, exp_avg_sq, max_exp_avg_sq)``.
 
     ``max_exp_avg_sq`` is only meaningful when ``amsgrad`` is set.
+    ``decay_factor`` is ``1 - lr * weight_decay`` with decoupled weight
+    decay (AdamW), else 1: ``p * 1`` is ``p`` bit for bit, and a
+    multiplication costs less than choosing per element.
     """
     g = g * inv_scale
     g = -g if maximize else g
-    p = p * decay_factor if decoupled_decay else p
+    p = p * decay_factor
     g = g + weight_decay * p if l2_decay else g
     # exp_avg.lerp_(g, 1 - beta1) as torch's lerp computes it: the form
     # depends on whether the weight is below one half.

@@ -1,0 +1,206 @@
+"""The replayed step (``fastopt._replay``): bitwise the checked step's results,
+and every change to what the checks established sends the step back to the
+checked path, which then behaves exactly as it would have."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _optimizer
+from fastopt.kernels import spec
+from fastopt.kernels.cpu import KERNELS
+from fastopt.kernels.spec import signature
+
+CASES = [
+    (fastopt.Adam, dict(lr=1e-2)),
+    (fastopt.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
+    (fastopt.Adam, dict(lr=1e-2, betas=(0.3, 0.9))),  # torch's lerp from the end
+    (fastopt.AdamW, dict(lr=1e-2, weight_decay=0.5)),
+    (fastopt.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (fastopt.SGD, dict(lr=0.1, momentum=0.5, dampening=0.3, maximize=True)),
+    (fastopt.SGD, dict(lr=0.1)),
+    (fastopt.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.1)),
+]
+
+
+@pytest.fixture
+def checked_steps(monkeypatch):
+    """Counts the steps that went through the checked path."""
+    calls = []
+    apply = _optimizer.Optimizer._apply
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return apply(self, *args, **kwargs)
+    monkeypatch.setattr(_optimizer.Optimizer, "_apply", counting)
+    return calls
+
+
+def _params(dtype, rng):
+    return [rng.standard_normal((3, 50)).astype(dtype), rng.standard_normal(7).astype(dtype),
+            rng.standard_normal(0).astype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, hyper", CASES)
+@pytest.mark.parametrize("target", [None, "serial", "parallel"])
+def test_replayed_steps_equal_checked_steps_bitwise(cls, hyper, dtype, target, checked_steps):
+    rng = np.random.default_rng(0)
+    replayed = _params(dtype, rng)
+    checked = [p.copy() for p in replayed]
+    a, b = cls(replayed, target=target, **hyper), cls(checked, target=target, **hyper)
+    for k in range(8):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in replayed]
+        if k in (3, 4):
+            grads[1] = None  # a parameter without a gradient: another replay
+        a.step(grads)
+        b.step(grads, check_finite=True)  # always the checked path
+    for x, y in zip(replayed, checked):
+        assert x.tobytes() == y.tobytes()
+    for i in a.state:
+        for key, value in a.state[i].items():
+            assert np.asarray(value).tobytes() == np.asarray(b.state[i][key]).tobytes(), key
+    # a: steps 1, 4 (None appears), 6 (it goes) checked; b: all 8.
+    assert len(checked_steps) == 3 + 8
+    # Scalars reached every kernel as the arrays' dtype: nothing compiled for float64 ones.
+    for loops in KERNELS.values():
+        for loop in loops.values():
+            assert set(loop.signatures) <= {signature(name, d) for name in spec.KERNELS
+                                            for d in ("float32", "float64")}
+
+
+def _adam(n=64, **hyper):
+    p = np.linspace(-1, 1, n, dtype=np.float32)
+    opt = fastopt.Adam([p], lr=1e-2, **hyper)
+    g = np.full(n, 0.5, np.float32)
+    opt.step([g])
+    opt.step([g])
+    return opt, p, g
+
+
+def _snapshot(opt, p):
+    return p.copy(), {k: np.copy(v) for k, v in opt.state[0].items()}
+
+
+def _unchanged(opt, p, snap):
+    assert np.array_equal(p, snap[0])
+    assert all(np.array_equal(np.asarray(opt.state[0][k]), v) for k, v in snap[1].items())
+
+
+def _outcome(opt, p, grads, **options):
+    try:
+        opt.step(grads, **options)
+    except (TypeError, ValueError) as e:
+        return type(e), str(e)
+    return p.tobytes(), {k: np.asarray(v).tobytes() for k, v in opt.state[0].items()}
+
+
+@pytest.mark.parametrize("bad", [
+    lambda g, p: g.astype(np.float64),
+    lambda g, p: g.astype(">f4"),  # not native byte order
+    lambda g, p: g[:-1],
+    lambda g, p: np.repeat(g, 2)[::2],  # not C-contiguous
+    lambda g, p: p,  # the parameter itself
+    lambda g, p: p[::-1],  # overlapping it
+    lambda g, p: g.reshape(8, 8),
+    lambda g, p: list(g),
+    lambda g, p: np.asmatrix(g),  # a subclass
+    lambda g, p: g.astype(np.float16),
+])
+def test_unusual_gradients_after_replays_get_the_checked_path(bad):
+    """Whatever the checked path does with a gradient (refuse it, convert it),
+    a step after replays does the same."""
+    (a, p, g), (b, q, h) = _adam(), _adam()
+    snap = _snapshot(a, p)
+    replayed, checked = _outcome(a, p, [bad(g, p)]), _outcome(b, q, [bad(h, q)], check_finite=True)
+    assert replayed == checked
+    if isinstance(replayed[0], type):
+        _unchanged(a, p, snap)
+
+
+def test_changed_hyperparameters_take_effect_or_are_refused(checked_steps):
+    opt, p, g = _adam()
+    opt.param_groups[0]["lr"] = 0.5
+    before = p.copy()
+    opt.step([g])
+    reference = fastopt.Adam([np.linspace(-1, 1, 64, dtype=np.float32)], lr=1e-2)
+    ref = reference.param_groups[0]["params"][0]
+    reference.step([g])
+    reference.step([g])
+    reference.param_groups[0]["lr"] = 0.5
+    reference.step([g], check_finite=True)
+    assert p.tobytes() == ref.tobytes() and not np.array_equal(p, before)
+    snap = _snapshot(opt, p)
+    opt.param_groups[0]["amsgrad"] = 0  # retyped: refused, as by the checked path
+    with pytest.raises(TypeError):
+        opt.step([g])
+    _unchanged(opt, p, snap)
+
+
+def test_mutable_hyperparameters_are_never_replayed(checked_steps):
+    opt, p, g = _adam()
+    opt.param_groups[0]["betas"] = [0.9, 0.999]
+    n = len(checked_steps)
+    opt.step([g])
+    opt.step([g])
+    assert len(checked_steps) == n + 2
+    opt.param_groups[0]["betas"][0] = 0.5  # edited in place: seen by the next step
+    opt.step([g])
+    assert len(checked_steps) == n + 3
+    m4 = 0.5 * (1 - 0.9 ** 4)  # four steps of 0.5 with beta1 0.9, then one with 0.5
+    assert opt.state[0]["exp_avg"][0] == pytest.approx(m4 * 0.5 + 0.25, rel=1e-6)
+
+
+def test_parameter_changes_are_seen(checked_steps):
+    opt, p, g = _adam()
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only|writeable|writable"):
+        opt.step([g])
+    p.flags.writeable = True
+    opt.step([g])
+    q = np.zeros(64, np.float32)
+    opt.param_groups[0]["params"].append(q)  # edited in place
+    opt.step([g, g])
+    assert not np.array_equal(q, 0) and set(opt.state) == {0, 1}
+    opt.param_groups[0]["params"][1] = q.copy()  # replaced: fresh state
+    opt.step([g, g])
+    assert opt.state[1]["step"] == 1
+
+
+def test_resized_parameter_is_refused(checked_steps):
+    opt, p, g = _adam()
+    p.resize(32, refcheck=False)
+    with pytest.raises(ValueError, match="changed after its first step"):
+        opt.step([g[:32]])
+
+
+def test_replaced_state_is_used(checked_steps):
+    opt, p, g = _adam()
+    opt.state[0]["exp_avg"] = np.full(64, 100.0, np.float32)
+    before = p.copy()
+    opt.step([g])
+    assert opt.state[0]["exp_avg"][0] == pytest.approx(90.05)
+    assert np.all(p < before)
+    state = opt.state_dict()
+    other, q, _ = _adam()
+    other.load_state_dict(state)
+    other.step([g])
+    assert other.state[0]["step"] == 4
+
+
+def test_threads_share_one_optimizer():
+    p = np.zeros(1000, np.float32)
+    opt = fastopt.SGD([p], lr=1.0)
+    g = [np.ones(1000, np.float32)]
+
+    def work():
+        for _ in range(500):
+            opt.step(g)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.all(p == -2000.0)
