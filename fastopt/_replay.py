@@ -16,10 +16,11 @@ a new replay. Results are bitwise those of the checked path.
 """
 
 import operator
+import weakref
 
 import numpy as np
 
-from . import config
+from . import _spec, config
 from ._dispatch import direct, kernel, settled
 from ._update import SCALARS
 from .kernels.spec import KERNELS
@@ -27,24 +28,51 @@ from .kernels.spec import KERNELS
 _is = operator.is_
 
 
-class _Entry:
-    """One parameter's recorded kernel call: ``fn`` the compiled kernel while
-    the choice of kernel is settled (else None: ask ``kernel`` each step)."""
+class _Launch:
+    """A recorded kernel call: ``name``'s arguments ``args`` for a parameter
+    like ``p`` under ``target``; ``varying`` the positions of the scalars
+    given anew each time (``step_args``); ``fn`` numba's compiled function
+    while the choice of kernel is settled (else None: ask ``kernel`` each time)."""
 
-    __slots__ = ("index", "p", "shape", "dtype", "state", "held", "name", "args", "varying",
-                 "last_g", "hyper", "fn", "scalar")
+    __slots__ = ("shape", "dtype", "name", "args", "varying", "fn", "scalar", "target")
 
-    def __init__(self, opt, index, p, name, args, hyper):
-        self.index, self.p, self.shape, self.dtype = index, p, p.shape, p.dtype
-        self.state, self.name, self.args, self.hyper = opt.state[index], name, list(args), hyper
-        self.held = tuple((key, self.state[key]) for key in opt.spec.state_keys
-                          if self.state.get(key) is not None)
+    def __init__(self, p, name, args, step_args, target):
+        self.shape, self.dtype, self.name, self.target = p.shape, p.dtype, name, target
+        self.args = list(args)
         names = KERNELS[name].names
-        self.varying = tuple(names.index(arg) for arg in opt._STEP_ARGS)
-        self.last_g = None
-        fn = settled(name, opt.target, p)
+        self.varying = tuple(names.index(arg) for arg in step_args)
+        fn = settled(name, target, p)
         self.fn = None if fn is None else direct(fn, name, p.dtype)
         self.scalar = SCALARS[p.dtype]
+
+    def launch(self, p, args, values, same_choice):
+        """Call the kernel for ``p`` with ``args`` (this launch's, updated by
+        the caller), the scalars at ``varying`` set to ``values``."""
+        fn = self.fn if same_choice else None
+        if fn is None:
+            chosen = kernel(self.name, self.target, p)
+            fn = direct(chosen, self.name, self.dtype)
+        if fn is not None:  # numba's compiled function: takes Python floats
+            for position, value in zip(self.varying, values):
+                args[position] = value
+            fn(*args)
+        else:  # a dispatcher, through a timer or guard: scalars of the dtype
+            for position, value in zip(self.varying, values):
+                args[position] = self.scalar(value) if type(value) is float else value
+            chosen(*args)
+
+
+class _Entry(_Launch):
+    """One parameter's recorded kernel call in an optimizer's step."""
+
+    __slots__ = ("p", "index", "state", "held", "last_g", "hyper")
+
+    def __init__(self, opt, index, p, name, args, hyper):
+        super().__init__(p, name, args, opt._STEP_ARGS, opt.target)
+        self.p, self.index, self.state, self.hyper = p, index, opt.state[index], hyper
+        self.held = tuple((key, self.state[key]) for key in opt.spec.state_keys
+                          if self.state.get(key) is not None)
+        self.last_g = None
 
 
 class Replay:
@@ -115,16 +143,74 @@ class Replay:
                 args, p = e.args, e.p
                 args[0] = p if p.ndim == 1 else p.reshape(-1)
                 args[1] = g
-                fn = e.fn if same_choice else None
-                if fn is None:
-                    chosen = kernel(e.name, opt.target, p)
-                    fn = direct(chosen, e.name, e.dtype)
-                if fn is not None:  # numba's compiled function: takes Python floats
-                    for position, value in zip(e.varying, scalars(e.state, e.hyper)):
-                        args[position] = value
-                    fn(*args)
-                else:  # a dispatcher, through a timer or guard: scalars of the dtype
-                    for position, value in zip(e.varying, scalars(e.state, e.hyper)):
-                        args[position] = e.scalar(value) if type(value) is float else value
-                    chosen(*args)
+                e.launch(p, args, scalars(e.state, e.hyper), same_choice)
             return True
+
+
+class Call(_Launch):
+    """A checked call of a ``functional`` function, made again (``recall``)
+    for a call with the same array objects (held weakly), the same
+    hyperparameters (by type and value) and the same target; ``arrays`` are
+    the call's arrays in kernel order (None where absent), ``writes``
+    whether each is written, ``positions`` where each goes in ``args``."""
+
+    __slots__ = ("refs", "writes", "positions", "key", "hyper", "threshold")
+
+    def __init__(self, arrays, writes, key, hyper, name, args, step_args, target):
+        super().__init__(arrays[0], name, args, step_args, target)
+        self.refs = tuple(None if a is None else weakref.ref(a) for a in arrays)
+        self.writes = writes
+        names = KERNELS[name].names
+        self.positions = (0, 1) + tuple(names.index(k) for k in KERNELS[name].of_kind("array")[2:])
+        for a, position in zip(arrays, self.positions):
+            if a is not None:
+                self.args[position] = None  # given at each run: not held here
+        self.key, self.hyper = key, hyper
+        self.threshold = config.PARALLEL_THRESHOLD
+
+    @staticmethod
+    def eligible(arrays, checked, inv_scale, target, name):
+        """Whether a checked call can be recalled: host arrays taken as they
+        were given (none copied), no gradient scale, no codec."""
+        return (inv_scale == 1.0 and target != "cuda" and not KERNELS[name].codec
+                and all(a is c and (a is None or type(a) is np.ndarray)
+                        for a, c in zip(arrays, checked)))
+
+    def matches(self, arrays, given, target):
+        """Whether a call with these arguments is this one again (the arrays
+        still of their checked shapes, dtype and layout)."""
+        if target != self.target or _spec.cache_key(given) != self.key:
+            return False
+        shape, dtype = self.shape, self.dtype
+        for a, ref, writes in zip(arrays, self.refs, self.writes):
+            if a is None:
+                if ref is not None:
+                    return False
+                continue
+            if ref is None or ref() is not a or a.shape != shape or a.dtype is not dtype:
+                return False
+            flags = a.flags
+            if not flags.c_contiguous or (writes and not flags.writeable):
+                return False
+        return True
+
+    def run(self, arrays, values):
+        """Launch with ``arrays`` (those of ``matches``) and the step's scalars."""
+        args = list(self.args)  # a copy: calls from several threads may share this one
+        for a, position in zip(arrays, self.positions):
+            if a is not None:
+                args[position] = a if a.ndim == 1 else a.reshape(-1)
+        self.launch(arrays[0], args, values, config.PARALLEL_THRESHOLD == self.threshold)
+
+
+_CALLS: dict = {}  # functional function name -> its last recorded Call
+
+
+def recall(fn, arrays, given, target):
+    """The recorded call of function ``fn`` these arguments repeat, or None."""
+    call = _CALLS.get(fn)
+    return call if call is not None and call.matches(arrays, given, target) else None
+
+
+def remember(fn, call):
+    _CALLS[fn] = call

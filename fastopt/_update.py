@@ -152,8 +152,12 @@ def max_abs_norm(largest, inv_scale):
     return max(norms)
 
 
-# The scalars of each rule that change with the step count, as Python floats
-# (``Replay`` passes them so; the checked path casts them to the arrays' dtype).
+# The scalars of each rule that change from step to step, by kernel argument
+# name (``_replay`` sets only these), and the functions that compute them, as
+# Python floats (the replay passes them so; the checked path casts them).
+STEP_ARGS = {"sgd": ("first_step",), "adagrad": ("neg_clr",),
+             "adam": ("neg_step_size", "bias_correction2_sqrt")}
+
 
 def adagrad_step_scalars(step, lr, lr_decay):
     """``(neg_clr,)``: minus the decayed learning rate of step ``step``."""

@@ -53,9 +53,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _checks as C
+from . import _replay as R
 from . import _spec
 from . import _state_dtype as D
 from . import _update as U
+from .kernels.spec import KERNELS
 
 __all__ = ["sgd", "adagrad", "adam", "adamw", "zeros_state"]
 
@@ -183,6 +185,24 @@ def _check_arrays(param, grad, states, target, grad_scale, state_dtype=None):
             absmax or None)
 
 
+def _plain(grad_scale, check_finite, max_grad_norm):
+    """Whether a call asks for no guard (so a recorded call may stand for it)."""
+    return grad_scale is None and check_finite is False and max_grad_norm is None
+
+
+def _remember(fn, arrays, checked, given, hyper, launched, inv_scale, target, result):
+    """Record a checked call that a later one with the same arrays and
+    hyperparameters can repeat (``_replay.Call``): one that ran with no guard,
+    on host arrays taken as given."""
+    key = _spec.cache_key(given)
+    name, args = launched
+    if (result is None and key is not None
+            and R.Call.eligible(arrays, checked, inv_scale, target, name)):
+        writes = (True, False) + (True,) * (len(arrays) - 2)
+        rule = KERNELS[name].rule_function
+        R.remember(fn, R.Call(arrays, writes, key, hyper, name, args, U.STEP_ARGS[rule], target))
+
+
 def _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target):
     """``(skip, inv_scale, result)``: whether ``check_finite`` skips the step (a
     non-finite gradient), the gradient's multiplier with clipping folded in,
@@ -218,6 +238,12 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
         >>> p
         array([0.95, 0.95, 0.95])
     """
+    arrays = (param, grad, momentum_buffer)
+    if _plain(grad_scale, check_finite, max_grad_norm) and type(first_step) is bool:
+        call = R.recall("sgd", arrays, hyperparameters, target)
+        if call is not None:
+            call.run(arrays, (first_step,))
+            return None
     h = _hypers(_spec.SGD, "sgd", hyperparameters)
     first_step = C.check_flag("first_step", first_step)
     states = []
@@ -230,10 +256,13 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
-    U.sgd(p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
-          momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
-          nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target,
-          codec=codec, absmax=absmax and {"buf": absmax["momentum_buffer"]})
+    launched = U.sgd(
+        p=param, g=grad, buf=states.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
+        momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
+        nesterov=h["nesterov"], maximize=h["maximize"], first_step=first_step, target=target,
+        codec=codec, absmax=absmax and {"buf": absmax["momentum_buffer"]})
+    _remember("sgd", arrays, (param, grad, states.get("momentum_buffer")), hyperparameters, h,
+              launched, inv_scale, target, result)
     return result
 
 
@@ -258,6 +287,12 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
         >>> p.round(6), s
         (array([0.5, 1.5]), array([1., 4.]))
     """
+    arrays = (param, grad, state_sum)
+    if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
+        call = R.recall("adagrad", arrays, hyperparameters, target)
+        if call is not None:
+            call.run(arrays, U.adagrad_step_scalars(step, call.hyper["lr"], call.hyper["lr_decay"]))
+            return None
     step = C.check_step(step)
     h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
     param, grad, states, inv_scale, codec, absmax = _check_arrays(
@@ -265,14 +300,24 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
-    U.adagrad(p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step,
-              lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
-              maximize=h["maximize"], target=target, codec=codec, absmax=absmax)
+    launched = U.adagrad(
+        p=param, g=grad, state_sum=states["state_sum"], inv_scale=inv_scale, step=step,
+        lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
+        maximize=h["maximize"], target=target, codec=codec, absmax=absmax)
+    _remember("adagrad", arrays, (param, grad, states["state_sum"]), hyperparameters, h,
+              launched, inv_scale, target, result)
     return result
 
 
 def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad_scale,
           check_finite, max_grad_norm, norm_type, target, hyperparameters):
+    arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
+        call = R.recall(fn, arrays, hyperparameters, target)
+        if call is not None:
+            beta1, beta2 = call.hyper["betas"]
+            call.run(arrays, U.adam_step_scalars(step, call.hyper["lr"], beta1, beta2))
+            return None
     step = C.check_step(step)
     h = _hypers(spec, fn, hyperparameters)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
@@ -286,12 +331,16 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
     if skip:
         return result
     beta1, beta2 = h["betas"]
-    U.adam(p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
-           max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step,
-           lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
-           amsgrad=h["amsgrad"], maximize=h["maximize"],
-           decoupled_weight_decay=h["decoupled_weight_decay"], target=target, codec=codec,
-           absmax=absmax)
+    launched = U.adam(
+        p=param, g=grad, exp_avg=states["exp_avg"], exp_avg_sq=states["exp_avg_sq"],
+        max_exp_avg_sq=states.get("max_exp_avg_sq"), inv_scale=inv_scale, step=step,
+        lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
+        amsgrad=h["amsgrad"], maximize=h["maximize"],
+        decoupled_weight_decay=h["decoupled_weight_decay"], target=target, codec=codec,
+        absmax=absmax)
+    _remember(fn, arrays, (param, grad, states["exp_avg"], states["exp_avg_sq"],
+                           states.get("max_exp_avg_sq")), hyperparameters, h, launched,
+              inv_scale, target, result)
     return result
 
 

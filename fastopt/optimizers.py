@@ -120,7 +120,7 @@ class SGD(_Stored):
 
     spec = _spec.SGD
     _KERNEL_ARG = {"momentum_buffer": "buf"}
-    _STEP_ARGS = ("first_step",)
+    _STEP_ARGS = U.STEP_ARGS["sgd"]
 
     def _step_scalars(self, state, h):
         return (state.get("momentum_buffer") is None,)
@@ -173,7 +173,7 @@ class Adagrad(_Stored):
 
     spec = _spec.ADAGRAD
     _KERNEL_ARG = {"sum": "state_sum"}
-    _STEP_ARGS = ("neg_clr",)
+    _STEP_ARGS = U.STEP_ARGS["adagrad"]
 
     def _step_scalars(self, state, h):
         state["step"] += 1
@@ -230,7 +230,7 @@ class Adam(_Stored):
     spec = _spec.ADAM
     _KERNEL_ARG = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "max_exp_avg_sq"}
-    _STEP_ARGS = ("neg_step_size", "bias_correction2_sqrt")
+    _STEP_ARGS = U.STEP_ARGS["adam"]
 
     def _step_scalars(self, state, h):
         state["step"] += 1

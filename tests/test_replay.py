@@ -204,3 +204,74 @@ def test_threads_share_one_optimizer():
     for t in threads:
         t.join()
     assert np.all(p == -2000.0)
+
+
+# --- functional calls --------------------------------------------------------
+
+FUNCTIONAL = [
+    (fastopt.functional.adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+     dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
+    (fastopt.functional.adam, ("exp_avg", "exp_avg_sq"), dict(lr=1e-2, betas=(0.3, 0.9))),
+    (fastopt.functional.adamw, ("exp_avg", "exp_avg_sq"), dict(lr=1e-2)),
+    (fastopt.functional.adagrad, ("state_sum",), dict(lr=0.1, lr_decay=0.01)),
+    (fastopt.functional.sgd, ("momentum_buffer",), dict(lr=0.1, momentum=0.9, nesterov=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn, states, hyper", FUNCTIONAL)
+def test_repeated_functional_calls_equal_checked_calls_bitwise(fn, states, hyper, dtype):
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((4, 25)).astype(dtype)
+    q = p.copy()
+    sa = [np.zeros_like(p) for _ in states]
+    sb = [np.zeros_like(p) for _ in states]
+    for t in range(1, 7):
+        g = rng.standard_normal(p.shape).astype(dtype)
+        extra = dict(first_step=t == 1) if fn is fastopt.functional.sgd else dict(step=t)
+        fn(p, g, *sa, **extra, **hyper)
+        fn(q, g, *sb, **extra, check_finite=True, **hyper)  # always the checked path
+        assert p.tobytes() == q.tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(sa, sb))
+
+
+@pytest.mark.parametrize("change", [
+    lambda args, kw: (args, {**kw, "lr": 0.5}),
+    lambda args, kw: (args, {**kw, "amsgrad": 1}),  # retyped: refused
+    lambda args, kw: (args, {**kw, "step": 0}),
+    lambda args, kw: (args, {**kw, "step": 3.0}),
+    lambda args, kw: (args, {**kw, "target": "gpu"}),
+    lambda args, kw: ((args[0], args[0]) + args[2:], kw),  # grad is the parameter
+    lambda args, kw: ((args[0], args[1], args[0], args[3]), kw),  # state is the parameter
+    lambda args, kw: ((args[0], args[1].astype(np.float64)) + args[2:], kw),
+    lambda args, kw: ((args[0], args[1][::-1]) + args[2:], kw),  # not C-contiguous: copied
+    lambda args, kw: ((args[0], args[1], args[2][:-1], args[3]), kw),
+])
+def test_changed_functional_calls_get_the_checked_path(change):
+    """After a call is recorded, any change in its arguments gets exactly
+    what the checked path does with it."""
+    def outcome(check_finite):
+        p = np.linspace(-1, 1, 50)
+        args = (p, np.full(50, 0.5), np.zeros(50), np.zeros(50))
+        kw = dict(step=1, lr=1e-2)
+        fastopt.functional.adam(*args, **kw)  # recorded
+        args, kw = change(args, {**kw, "step": 2})
+        if check_finite:
+            kw["check_finite"] = True
+        try:
+            fastopt.functional.adam(*args, **kw)
+        except (TypeError, ValueError) as e:
+            return type(e), str(e), p.tobytes()
+        return p.tobytes()
+    assert outcome(False) == outcome(True)
+
+
+def test_recorded_calls_hold_their_arrays_weakly():
+    import gc
+    import weakref
+    p = np.zeros(10)
+    fastopt.functional.adam(p, np.ones(10), np.zeros(10), np.zeros(10), step=1)
+    ref = weakref.ref(p)
+    del p
+    gc.collect()
+    assert ref() is None
