@@ -113,15 +113,20 @@ class _Timed:
     two), the kernel with the lower recent best time per element runs; the
     other one is tried again after ``FIRST`` calls, then after twice as many
     each time it loses again (up to ``LAST``); when the choice changes, after
-    ``FIRST`` again. Both kernels give bit-identical results.
+    ``FIRST`` again. Each kernel's first call is not counted: it pays for
+    what the next calls do not (a fresh state's first touch of its memory,
+    the thread pool's start, loading the kernel), and counting it made a
+    slower serial kernel win the first trial and run the next ``FIRST``
+    steps. Both kernels give bit-identical results.
     """
 
     FIRST, LAST, KEEP = 16, 4096, 3
     _all: dict = {}
-    __slots__ = ("serial", "parallel", "best", "count", "interval")
+    __slots__ = ("serial", "parallel", "best", "count", "interval", "started")
 
     def __init__(self):
         self.serial = self.parallel = ()  # the last KEEP times per element, newest last
+        self.started = ()  # the targets whose first call is done
         self.best = "parallel"
         self.count = 0
         self.interval = 1  # try serial on the second call
@@ -152,6 +157,9 @@ class _Timed:
 
     def record(self, target, seconds, trial):
         """Note that ``target`` took ``seconds`` per element (``trial``: as a trial)."""
+        if target not in self.started:
+            self.started += (target,)
+            return
         # Tuples are replaced whole: a thread reading one never sees it change.
         setattr(self, target, getattr(self, target)[1 - self.KEEP:] + (seconds,))
         if not (self.serial and self.parallel):

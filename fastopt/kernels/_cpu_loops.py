@@ -130,24 +130,62 @@ def adam_serial(
 
 
 @loop(parallel=True)
+def _adam_parallel_usual_max_exp_avg_sq(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in prange(p.shape[0]):
+        p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _adam(
+            p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], inv_scale, lerp_weight,
+            lerp_weight_complement, beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt,
+            eps, weight_decay, decay_factor, False, False, True, False)
+
+
+@loop(parallel=True)
+def _adam_parallel_usual(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in prange(p.shape[0]):
+        p[i], exp_avg[i], exp_avg_sq[i], _ = _adam(
+            p[i], g[i], exp_avg[i], exp_avg_sq[i], exp_avg_sq[i], inv_scale, lerp_weight,
+            lerp_weight_complement, beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt,
+            eps, weight_decay, decay_factor, False, False, False, False)
+
+
+@loop(parallel=True)
 def adam_parallel(
         p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
         beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
         decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
     if amsgrad:
-        for i in prange(p.shape[0]):
-            p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _adam(
-                p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], inv_scale, lerp_weight,
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_parallel_usual_max_exp_avg_sq(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
                 lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
-                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay, True,
-                lerp_from_end)
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in prange(p.shape[0]):
+                p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _adam(
+                    p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], inv_scale,
+                    lerp_weight, lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    True, lerp_from_end)
     else:
-        for i in prange(p.shape[0]):
-            p[i], exp_avg[i], exp_avg_sq[i], _ = _adam(
-                p[i], g[i], exp_avg[i], exp_avg_sq[i], exp_avg_sq[i], inv_scale, lerp_weight,
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_parallel_usual(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
                 lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
-                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay, False,
-                lerp_from_end)
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in prange(p.shape[0]):
+                p[i], exp_avg[i], exp_avg_sq[i], _ = _adam(
+                    p[i], g[i], exp_avg[i], exp_avg_sq[i], exp_avg_sq[i], inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    False, lerp_from_end)
 
 
 @loop()

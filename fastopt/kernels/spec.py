@@ -386,14 +386,11 @@ def _function(kernel, decorator, suffix, header, target):
             def body(kernel, on, header, indent, fixed):
                 return _block_body(kernel, on, header, indent, target, fixed)
 
-    # Serial CPU loops of plain state get a loop of their own for the usual
-    # case, the ``usual`` flags all off, in a function of its own: LLVM then
-    # also takes the remaining flags' tests out of that loop, which it does
-    # not in a function of many loops. (Coded state spends its time in
-    # look-ups; parallel loops run from the parallel threshold up, where
-    # memory more than arithmetic bounds a step, and each loop of theirs
-    # costs seconds of compilation.)
-    usual = kernel.usual if suffix == "_serial" and not kernel.codec else ()
+    # CPU loops of plain state get a loop of their own for the usual case,
+    # the ``usual`` flags all off, in a function of its own: LLVM then also
+    # takes the remaining flags' tests out of that loop, which it does not
+    # in a function of many loops. (Coded state spends its time in look-ups.)
+    usual = kernel.usual if target == "cpu" and not kernel.codec else ()
     helpers = []
 
     def split(k, on, indent):
