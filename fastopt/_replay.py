@@ -84,10 +84,19 @@ class Replay:
 
     def __init__(self, opt, launches, n):
         self.group_list = opt.param_groups
-        self.groups = tuple((group, group["params"], tuple(group["params"]),
-                             tuple(group.values())) for group in opt.param_groups)
         self.n = n
         self.entries = tuple(_Entry(opt, *launch) for launch in launches)
+        # Per group: [group, its params list, their objects, the values of
+        # its items, its keys, its entries] (the values change with the lr).
+        self.groups = []
+        start = 0
+        for group in opt.param_groups:
+            params = group["params"]
+            members = tuple(params)
+            entries = [e for e in self.entries if start <= e.index < start + len(members)]
+            self.groups.append([group, params, members, tuple(group.values()), tuple(group),
+                                entries])
+            start += len(members)
         present = {e.index for e in self.entries}
         self.absent = tuple(i for i in range(n) if i not in present)
         self.threshold = config.PARALLEL_THRESHOLD
@@ -111,10 +120,12 @@ class Replay:
             if (opt._replay is not self or groups is not self.group_list
                     or len(groups) != len(self.groups)):
                 return False
-            for (group, params, members, values), now in zip(self.groups, groups):
+            for record, now in zip(self.groups, groups):
+                group, params, members, values = record[:4]
                 if (now is not group or group["params"] is not params
-                        or len(params) != len(members) or not all(map(_is, params, members))
-                        or not all(map(_is, group.values(), values))):
+                        or len(params) != len(members) or not all(map(_is, params, members))):
+                    return False
+                if not all(map(_is, group.values(), values)) and not _new_lr(opt, record):
                     return False
             state = opt.state
             flats = []
@@ -145,6 +156,27 @@ class Replay:
                 args[1] = g
                 e.launch(p, args, scalars(e.state, e.hyper), same_choice)
             return True
+
+
+def _new_lr(opt, record):
+    """Whether only the group's learning rate changed (a schedule's doing), to
+    a valid one: then its entries take it (they are its checked values)."""
+    group, _, _, values, keys, entries = record
+    now = tuple(group.values())
+    if len(now) != len(values) or tuple(group) != keys:
+        return False
+    if [k for k, a, b in zip(keys, now, values) if a is not b] != ["lr"]:
+        return False
+    try:
+        lr = opt.spec.hyper("lr").check(group["lr"])
+    except (TypeError, ValueError):
+        return False
+    if entries:
+        hyper = {**entries[0].hyper, "lr": lr}
+        for e in entries:
+            e.hyper = hyper
+    record[3] = now
+    return True
 
 
 class Call(_Launch):

@@ -67,6 +67,10 @@ class Spec:
         """``{name: default}``, in signature order."""
         return {h.name: h.default for h in self.hypers}
 
+    def hyper(self, name: str) -> Hyper:
+        """The hyperparameter ``name``."""
+        return next(h for h in self.hypers if h.name == name)
+
     def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Every hyperparameter of ``values`` checked and normalised, then the
         pinned values and the cross-rules; ``values`` must hold them all."""

@@ -152,11 +152,17 @@ def max_abs_norm(largest, inv_scale):
     return max(norms)
 
 
-# The scalars of each rule that change from step to step, by kernel argument
-# name (``_replay`` sets only these), and the functions that compute them, as
-# Python floats (the replay passes them so; the checked path casts them).
-STEP_ARGS = {"sgd": ("first_step",), "adagrad": ("neg_clr",),
-             "adam": ("neg_step_size", "bias_correction2_sqrt")}
+# The scalars of each rule that change from step to step (with the step count,
+# or a schedule's learning rate), by kernel argument name (``_replay`` sets
+# only these), and the functions that compute them, as Python floats (the
+# replay passes them so; the checked path casts them).
+STEP_ARGS = {"sgd": ("neg_lr", "first_step"), "adagrad": ("neg_clr",),
+             "adam": ("neg_step_size", "bias_correction2_sqrt", "decay_factor")}
+
+
+def sgd_step_scalars(lr, first_step):
+    """``(neg_lr, first_step)``."""
+    return -lr, first_step
 
 
 def adagrad_step_scalars(step, lr, lr_decay):
@@ -164,9 +170,12 @@ def adagrad_step_scalars(step, lr, lr_decay):
     return (-(lr / (1 + (step - 1) * lr_decay)),)
 
 
-def adam_step_scalars(step, lr, beta1, beta2):
-    """``(neg_step_size, bias_correction2_sqrt)`` of step ``step``."""
-    return -(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5
+def adam_step_scalars(step, lr, beta1, beta2, weight_decay, decoupled_weight_decay):
+    """``(neg_step_size, bias_correction2_sqrt, decay_factor)`` of step
+    ``step``: ``decay_factor`` is ``1 - lr * weight_decay`` with decoupled
+    weight decay, else 1 (the rule multiplies by it either way)."""
+    decay_factor = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
+    return -(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5, decay_factor
 
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
@@ -175,7 +184,8 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
     use_momentum = momentum != 0
     return _run("sgd", codec if use_momentum else "", target, p,
                 {"buf": buf if use_momentum else None}, absmax, g=_flat(g),
-                inv_scale=T(inv_scale), neg_lr=T(-lr), weight_decay=T(weight_decay),
+                inv_scale=T(inv_scale), neg_lr=T(sgd_step_scalars(lr, first_step)[0]),
+                weight_decay=T(weight_decay),
                 momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
                 use_weight_decay=weight_decay != 0, use_momentum=use_momentum,
                 first_step=first_step, nesterov=nesterov)
@@ -194,7 +204,8 @@ def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps
 def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
          weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None):
     T = SCALARS[p.dtype]
-    neg_step_size, bias_correction2_sqrt = adam_step_scalars(step, lr, beta1, beta2)
+    neg_step_size, bias_correction2_sqrt, decay_factor = adam_step_scalars(
+        step, lr, beta1, beta2, weight_decay, decoupled_weight_decay)
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
     return _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
@@ -204,7 +215,7 @@ def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta
                 beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(neg_step_size),
                 bias_correction2_sqrt=T(bias_correction2_sqrt), eps=T(eps),
                 weight_decay=T(weight_decay),
-                decay_factor=T(1 - lr * weight_decay if decay and decoupled_weight_decay else 1),
+                decay_factor=T(decay_factor),
                 maximize=maximize,
                 l2_decay=decay and not decoupled_weight_decay,
                 amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5)

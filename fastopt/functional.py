@@ -242,7 +242,7 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
     if _plain(grad_scale, check_finite, max_grad_norm) and type(first_step) is bool:
         call = R.recall("sgd", arrays, hyperparameters, target)
         if call is not None:
-            call.run(arrays, (first_step,))
+            call.run(arrays, U.sgd_step_scalars(call.hyper["lr"], first_step))
             return None
     h = _hypers(_spec.SGD, "sgd", hyperparameters)
     first_step = C.check_flag("first_step", first_step)
@@ -315,8 +315,9 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
     if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
         call = R.recall(fn, arrays, hyperparameters, target)
         if call is not None:
-            beta1, beta2 = call.hyper["betas"]
-            call.run(arrays, U.adam_step_scalars(step, call.hyper["lr"], beta1, beta2))
+            h = call.hyper
+            call.run(arrays, U.adam_step_scalars(step, h["lr"], *h["betas"], h["weight_decay"],
+                                                 h["decoupled_weight_decay"]))
             return None
     step = C.check_step(step)
     h = _hypers(spec, fn, hyperparameters)

@@ -123,7 +123,7 @@ class SGD(_Stored):
     _STEP_ARGS = U.STEP_ARGS["sgd"]
 
     def _step_scalars(self, state, h):
-        return (state.get("momentum_buffer") is None,)
+        return U.sgd_step_scalars(h["lr"], state.get("momentum_buffer") is None)
 
     def _new_state(self, p, h):
         return {}
@@ -234,7 +234,8 @@ class Adam(_Stored):
 
     def _step_scalars(self, state, h):
         state["step"] += 1
-        return U.adam_step_scalars(state["step"], h["lr"], *h["betas"])
+        return U.adam_step_scalars(state["step"], h["lr"], *h["betas"], h["weight_decay"],
+                                   h["decoupled_weight_decay"])
 
     def _new_state(self, p, h):
         state = {"step": 0, **self._fresh(p, h, "exp_avg"), **self._fresh(p, h, "exp_avg_sq")}

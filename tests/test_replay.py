@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import fastopt.lr_scheduler
 from fastopt import _optimizer
 from fastopt.kernels import spec
 from fastopt.kernels.cpu import KERNELS
@@ -275,3 +276,32 @@ def test_recorded_calls_hold_their_arrays_weakly():
     del p
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("cls, hyper", CASES)
+def test_a_schedule_changing_lr_is_replayed(cls, hyper, checked_steps):
+    """A learning-rate schedule sets ``lr`` every step: the step still
+    replays, with the new rate, bitwise as the checked path."""
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(300)
+    q = p.copy()
+    a, b = cls([p], **hyper), cls([q], **hyper)
+    sa, sb = (fastopt.lr_scheduler.CosineAnnealingLR(o, T_max=10) for o in (a, b))
+    for _ in range(8):
+        g = rng.standard_normal(300)
+        a.step([g])
+        b.step([g], check_finite=True)
+        sa.step()
+        sb.step()
+    assert p.tobytes() == q.tobytes()
+    assert len(checked_steps) == 1 + 8  # a: its first step only
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), True, "0.1", np.array(0.1)])
+def test_a_bad_scheduled_lr_is_refused_by_the_checked_path(bad):
+    opt, p, g = _adam()
+    snap = _snapshot(opt, p)
+    opt.param_groups[0]["lr"] = bad
+    with pytest.raises((TypeError, ValueError)):
+        opt.step([g])
+    _unchanged(opt, p, snap)
