@@ -98,7 +98,13 @@ _PROBE = textwrap.dedent(r"""
     import llvmlite.binding as llvm
     from numba import njit
     from fastopt._warmup import cpu_loops, dtypes
+    from fastopt.kernels import cpu
     from fastopt.kernels.spec import BLOCK_CODECS, KERNELS, signature
+
+    # The norms' kernels run their loop over each chunk of the gradient in a
+    # function of their own (their loops only combine the chunks' results, in
+    # order): that function is what must vectorise.
+    CHUNKED = {"sq_norm": cpu._sq_sum, "max_abs_bits": cpu._max_bits}
 
     for option in ("-pass-remarks=loop-vectorize", "-pass-remarks-missed=loop-vectorize"):
         llvm.set_option("", option)
@@ -122,7 +128,8 @@ _PROBE = textwrap.dedent(r"""
     for name, loop in cpu_loops():
         parallel = loop.targetoptions.get("parallel")
         for dtype in dtypes(name):
-            fresh, remarks = compile_capturing_remarks(loop, signature(name, dtype))
+            fresh, remarks = compile_capturing_remarks(CHUNKED.get(name, loop),
+                                                       signature(name, dtype))
             asm = "\n".join(fresh.inspect_asm().values())
             where = f"{loop.py_func.__name__}[{dtype}]"
             checked += 1

@@ -14,10 +14,11 @@ Serial and parallel loops are separate Python functions, not one function
 jitted twice, so each has its own entry in numba's on-disk cache.
 """
 
-from numba import float64, prange
+import numpy as np
+from numba import float64, njit, prange
 
 from . import _cpu_loops, spec
-from ._jit import loop
+from ._jit import RULE, loop
 
 # The number of gradient elements that are NaN or infinite once unscaled
 # (x - x is 0 exactly for every finite x, NaN for inf and NaN).
@@ -51,25 +52,22 @@ def any_nonfinite_parallel(g, inv_scale):
 _STREAMS = 4
 
 
-@loop(reassoc=True)
-def sq_norm_serial(g, inv_scale):
+# The sum of squares is taken over chunks of ``_CHUNK`` elements (each a
+# slice, so its loop indexes from 0 and is vectorised: an offset index can be
+# negative to LLVM, which then keeps numba's wraparound), in the same order by
+# both kernels: the parallel one sums chunks in parallel, then adds the
+# chunks' sums in order, so both give the same bits on any number of threads
+# (``target=None`` may switch between them from step to step). Called from a
+# ``prange`` body, the chunk's loop keeps its own ``reassoc`` (a reduction in
+# the ``prange`` loop itself would lose it, and not be vectorised).
+_CHUNK = 1 << 16
+
+
+@njit(**{**RULE, "fastmath": {"reassoc"}})
+def _sq_sum(g, inv_scale):
     q = g.shape[0] // _STREAMS
     total = 0.0
     for i in range(q):
-        for k in range(_STREAMS):
-            x = float64(g[i + k * q] * inv_scale)
-            total += x * x
-    for i in range(_STREAMS * q, g.shape[0]):
-        x = float64(g[i] * inv_scale)
-        total += x * x
-    return total
-
-
-@loop(parallel=True, reassoc=True)
-def sq_norm_parallel(g, inv_scale):
-    q = g.shape[0] // _STREAMS
-    total = 0.0
-    for i in prange(q):
         for k in range(_STREAMS):
             x = float64(g[i + k * q] * inv_scale)
             total += x * x
@@ -80,9 +78,33 @@ def sq_norm_parallel(g, inv_scale):
 
 
 @loop()
-def max_abs_bits_serial(bits, mask):
+def sq_norm_serial(g, inv_scale):
+    n = g.shape[0]
+    total = 0.0
+    for c in range((n + _CHUNK - 1) // _CHUNK):
+        total += _sq_sum(g[c * _CHUNK:min(c * _CHUNK + _CHUNK, n)], inv_scale)
+    return total
+
+
+@loop(parallel=True)
+def sq_norm_parallel(g, inv_scale):
+    n = g.shape[0]
+    chunks = (n + _CHUNK - 1) // _CHUNK
+    sums = np.empty(chunks)
+    for c in prange(chunks):
+        sums[c] = _sq_sum(g[c * _CHUNK:min(c * _CHUNK + _CHUNK, n)], inv_scale)
+    total = 0.0
+    for c in range(chunks):
+        total += sums[c]
+    return total
+
+
+@njit(**RULE)
+def _max_bits(bits, mask):
+    # ``mask - mask``: a zero of the bits' own width (an int64 0 would widen
+    # every element, and AVX2 has no packed 64-bit maximum).
     q = bits.shape[0] // _STREAMS
-    largest = 0
+    largest = mask - mask
     for i in range(q):
         for k in range(_STREAMS):
             largest = max(largest, bits[i + k * q] & mask)
@@ -91,16 +113,19 @@ def max_abs_bits_serial(bits, mask):
     return largest
 
 
+@loop()
+def max_abs_bits_serial(bits, mask):
+    return _max_bits(bits, mask)
+
+
 @loop(parallel=True)
 def max_abs_bits_parallel(bits, mask):
-    q = bits.shape[0] // _STREAMS
-    largest = 0
-    for i in prange(q):
-        for k in range(_STREAMS):
-            largest = max(largest, bits[i + k * q] & mask)
-    for i in range(_STREAMS * q, bits.shape[0]):
-        largest = max(largest, bits[i] & mask)
-    return largest
+    n = bits.shape[0]
+    chunks = (n + _CHUNK - 1) // _CHUNK
+    largest = np.zeros(chunks, bits.dtype)
+    for c in prange(chunks):
+        largest[c] = _max_bits(bits[c * _CHUNK:min(c * _CHUNK + _CHUNK, n)], mask)
+    return largest.max() if chunks else mask - mask
 
 
 KERNELS = {
