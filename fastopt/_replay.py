@@ -111,9 +111,11 @@ class Replay:
                 and all(entry[2] is not None for entry in opt._hyper_cache.values()))
 
     def run(self, opt, grads):
-        """Step ``opt`` with ``grads`` by replaying, if everything still holds;
-        return whether it did (if not, nothing was changed)."""
-        if (type(grads) is not list and type(grads) is not tuple) or len(grads) != self.n:
+        """Step ``opt`` with ``grads`` (None: its FlatParams' gradients) by
+        replaying, if everything still holds; return whether it did (if not,
+        nothing was changed)."""
+        if grads is not None and (type(grads) is not list and type(grads) is not tuple
+                                  or len(grads) != self.n):
             return False
         with opt._lock:
             groups = opt.param_groups
@@ -126,6 +128,11 @@ class Replay:
                         or len(params) != len(members) or not all(map(_is, params, members))):
                     return False
                 if not all(map(_is, group.values(), values)) and not _new_lr(opt, record):
+                    return False
+            if grads is None:  # FlatParams' gradient buffers, as the checked path takes them
+                flat_grad = opt._plist.flat_grad
+                grads = [flat_grad.get(id(p)) for p in opt._plist.params]
+                if len(grads) != self.n:
                     return False
             state = opt.state
             flats = []
