@@ -135,6 +135,8 @@ def quantize(x, kind, signed):
     int4 two a byte (the even element in the low nibble)."""
     table = quant_maps(kind)[0 if signed else 1]
     mids = ((table[:-1].astype(np.float64) + table[1:]) / 2).astype(np.float32)
+    if table[0] == 0:  # the unsigned map: no positive value rounds to 0
+        mids[0] = 0
     block = QUANT_BLOCK[kind]
     n = x.size
     padded = np.zeros(-(-n // block) * block, np.float32)

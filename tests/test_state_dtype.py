@@ -358,3 +358,20 @@ def test_amsgrad_and_state_dtype_switched_on_together(state_dtype):
     low.load_state_dict(ref.state_dict())
     low.step([grads[1]])
     np.testing.assert_array_equal(p, q)
+
+
+def test_a_positive_second_moment_never_rounds_to_zero():
+    """int8's unsigned map: a tiny positive second moment in a block of large
+    ones keeps the smallest positive code. Rounded to 0 under a nonzero first
+    moment, it made the step lr * m / eps (steps of ~1 with lr 1e-3)."""
+    n = 8192
+    g = np.ones(n, np.float32)
+    g[::97] = 1e-5  # (1e-5)**2 is ~1e-10 of its block's largest second moment
+    p = np.zeros(n, np.float32)
+    opt = fastopt.Adam([p], lr=1e-3, state_dtype="int8")
+    opt.step([g])
+    before = p.copy()
+    opt.step([np.zeros(n, np.float32)])  # the first moment decays, nothing feeds the second
+    assert np.abs(p - before).max() < 2e-3
+    codes, absmax = R.quantize(np.array([0.0, 1e-30, 1e-12, 1.0], np.float32), "int8", False)
+    assert list(codes[:3]) == [0, 1, 1]

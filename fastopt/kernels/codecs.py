@@ -197,7 +197,14 @@ def _table(name):
 
 
 def _midpoints(table):
+    """Where rounding moves from one code to the next. On a map starting at 0
+    (the unsigned 8-bit one, for second moments), every positive value takes
+    at least the smallest positive code: a second moment rounded to 0 under a
+    nonzero first moment makes the step ``lr * m / eps`` (steps of order 1
+    where float32 state took 1e-3 were measured on the digits MLP)."""
     mids = ((table[:-1].astype(np.float64) + table[1:]) / 2).astype(np.float32)
+    if table[0] == 0:
+        mids[0] = 0
     return np.concatenate([mids, [np.inf]]).astype(np.float32)
 
 
