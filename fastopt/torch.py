@@ -47,6 +47,8 @@ __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "flatten_", "FlatModel"]
 
 _DTYPES = (torch.float32, torch.float64)
 
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
 
 def _view(name: str, t: torch.Tensor) -> Any:
     """A CPU tensor as a NumPy array, a CUDA tensor as a numba device array:
@@ -265,6 +267,7 @@ class _Optimizer(torch.optim.Optimizer):
     _extra: dict[str, Any]
     target = None  # read by the NumPy classes' update hooks
     last_grad_norm: float | None = None
+    last_step_taken: bool | None = None  # with check_finite: whether the last step was taken
     # The NumPy classes' state helpers, which their hooks call on ``self``.
     _KERNEL_ARG: dict[str, str] = {}
     _fresh = _numpy_optimizers._Stored._fresh
@@ -378,7 +381,8 @@ class _Optimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *,
-             max_grad_norm: float | None = None, norm_type: float = 2.0) -> Any:
+             max_grad_norm: float | None = None, norm_type: float = 2.0,
+             check_finite: bool = False, grad_scale: float | None = None) -> Any:
         """One step of every parameter with a ``.grad``.
 
         Parameters
@@ -394,6 +398,15 @@ class _Optimizer(torch.optim.Optimizer):
             kept in ``last_grad_norm``.
         norm_type : float
             2 or ``math.inf``.
+        check_finite : bool
+            First scan every (unscaled) gradient; if any element is NaN or
+            infinite, skip the whole step (parameters, state and step counts
+            untouched). With ``max_grad_norm``, the norm's pass is the scan.
+            ``last_step_taken`` says whether the step was taken.
+        grad_scale : float, optional
+            Divide every gradient by it first, inside the update (loss
+            scaling for mixed precision); the norm is that of the unscaled
+            gradients.
 
         Returns
         -------
@@ -404,14 +417,23 @@ class _Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         clip = C.check_clip(max_grad_norm, norm_type)
+        check_finite = C.check_flag("check_finite", check_finite)
+        inv_scale = C.check_grad_scale(grad_scale, {
+            _NUMPY_DTYPE[p.dtype] for group in self.param_groups for p in group["params"]
+            if p.grad is not None and p.dtype in _NUMPY_DTYPE})
         hypers = self._hypers()
         work = self._plan(hypers)  # everything checked; from here on nothing raises
-        inv_scale = 1.0
+        grads = [g for _, g, _, _, _ in work]
+        target = "cuda" if grads and not isinstance(grads[0], np.ndarray) else None
         if clip is not None:
-            grads = [g for _, g, _, _, _ in work]
-            on_gpu = bool(grads) and not isinstance(grads[0], np.ndarray)
-            inv_scale, self.last_grad_norm, _ = U.clip_scale(grads, 1.0, clip[0], clip[1],
-                                                             "cuda" if on_gpu else None)
+            inv_scale, self.last_grad_norm, finite = U.clip_scale(grads, inv_scale, clip[0],
+                                                                  clip[1], target)
+        else:
+            finite = not (check_finite and U.any_nonfinite(grads, inv_scale, target))
+        if check_finite:
+            self.last_step_taken = finite
+            if not finite:
+                return loss
         for p, g, shadow, hyper, commit in work:
             self._numpy_cls._update(self, p, g, inv_scale, shadow, hyper)
             commit(shadow)

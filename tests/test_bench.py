@@ -114,3 +114,20 @@ def test_step_allocates_nothing_that_grows_with_n(cls, kw, target):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024, f"a step allocated {peak} bytes"
+
+
+def test_torch_loop_rows(capfd):
+    """``--torch-loop`` runs the PyTorch-loop rows in a child process (or says
+    it needs PyTorch)."""
+    assert bench.main(["--sizes", "1000", "--optimizers", "sgd", "--no-torch", "--skip-many",
+                       "--no-progress", "--quick", "--torch-loop"]) == 0
+    out = capfd.readouterr().out
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "needs PyTorch" in out
+        return
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    assert set(result["rows"]) == {"many", "one", "clip"}
+    assert all(v > 0 for row in result["rows"].values() for k, v in row.items()
+               if k.endswith(("fused", "plain", "clip")) and isinstance(v, float))

@@ -365,3 +365,49 @@ def test_frozen_and_unused_flattened_parameters_are_skipped_like_torch():
             opt.step()
     assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
     assert len(opts[1].state[ms[1][0].bias]) == 0
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+def test_grad_scale_and_check_finite_match_torch(flat, clip):
+    """Loss scaling: the loss times S, the step told ``grad_scale=S``, equals
+    torch's step on the unscaled gradients (clipped by their norm); a step
+    with a non-finite gradient is skipped whole under ``check_finite``."""
+    mine, theirs = model(), model()
+    if flat:
+        ft.flatten_(mine)
+    a = ft.AdamW(mine.parameters(), lr=0.01)
+    b = torch.optim.AdamW(theirs.parameters(), lr=0.01, foreach=False)
+    scale = 1024.0
+    for k in range(6):
+        a.zero_grad()
+        b.zero_grad()
+        (((mine(X) - Y) ** 2).mean() * scale).backward()  # backward()'s loss, scaled
+        backward(theirs)
+        if k == 3:  # an overflow in the scaled loss
+            next(mine.parameters()).grad.view(-1)[0] = float("inf")
+            before = [p.detach().clone() for p in mine.parameters()]
+            state = copy.deepcopy(a.state_dict())
+            a.step(check_finite=True, grad_scale=scale, max_grad_norm=clip)
+            assert a.last_step_taken is False
+            assert all(torch.equal(x, y) for x, y in zip(before, mine.parameters()))
+            assert str(a.state_dict()) == str(state)
+            continue
+        a.step(check_finite=True, grad_scale=scale, max_grad_norm=clip)
+        assert a.last_step_taken is True
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(theirs.parameters(), clip, foreach=False)
+        b.step()
+    assert rel(list(mine.parameters()), list(theirs.parameters())) < 1e-10
+
+
+def test_bad_grad_scale_is_refused_before_anything_changes():
+    m = model()
+    opt = ft.Adam(m.parameters(), lr=0.01)
+    backward(m)
+    before = [p.detach().clone() for p in m.parameters()]
+    for bad in (0.0, -1.0, float("nan"), 1e-320, "2"):
+        with pytest.raises((TypeError, ValueError)):
+            opt.step(grad_scale=bad)
+    assert all(torch.equal(x, y) for x, y in zip(before, m.parameters()))
+    assert not opt.state

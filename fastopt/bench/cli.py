@@ -162,7 +162,28 @@ def parser():
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout only)")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput against size (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--torch-loop", action="store_true",
+                   help="also time the optimizer step of a PyTorch loop: fastopt.torch (with and "
+                        "without flatten_, with clipping) against torch's fused step, in a child "
+                        "process (python -m fastopt.bench.torch_loop; needs PyTorch)")
     return p
+
+
+def torch_loop(quick, device):
+    """Run ``python -m fastopt.bench.torch_loop`` in a child process (torch's
+    thread pool stays out of this one); return its exit status."""
+    import importlib.util
+    import subprocess
+    import sys
+    print("\nPyTorch training loop, optimizer step (python -m fastopt.bench.torch_loop):",
+          flush=True)
+    if importlib.util.find_spec("torch") is None:
+        print("  skipped: needs PyTorch (pip install torch)")
+        return 0
+    cmd = [sys.executable, "-m", "fastopt.bench.torch_loop"] + (["--quick"] if quick else [])
+    if device == "cuda":
+        cmd += ["--device", "cuda"]
+    return subprocess.call(cmd)
 
 
 def main(argv=None):
@@ -188,4 +209,6 @@ def main(argv=None):
         plot(results["rows"], args.plot)
         if args.json != "-":
             print(f"\nplot written to {args.plot}")
+    if args.torch_loop:
+        return torch_loop(args.quick, args.device)
     return 0
