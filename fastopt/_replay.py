@@ -216,21 +216,35 @@ class Call(_Launch):
                         for a, c in zip(arrays, checked)))
 
     def matches(self, arrays, given, target):
-        """Whether a call with these arguments is this one again (the arrays
-        still of their checked shapes, dtype and layout)."""
+        """Whether a call with these arguments is this one again: the same
+        parameter and state arrays, still of their checked shapes, dtype and
+        layout, and a gradient like the last (any array of that shape,
+        dtype and layout that does not overlap the others)."""
         if target != self.target or _spec.cache_key(given) != self.key:
             return False
         shape, dtype = self.shape, self.dtype
+        new_grad = False
         for a, ref, writes in zip(arrays, self.refs, self.writes):
             if a is None:
                 if ref is not None:
                     return False
                 continue
-            if ref is None or ref() is not a or a.shape != shape or a.dtype is not dtype:
+            if (ref is None or type(a) is not np.ndarray or a.shape != shape
+                    or a.dtype is not dtype):
                 return False
+            if ref() is not a:
+                if writes:  # the parameter and the state must be the same arrays
+                    return False
+                new_grad = True
             flags = a.flags
             if not flags.c_contiguous or (writes and not flags.writeable):
                 return False
+        if new_grad:
+            grad = arrays[1]
+            if any(np.may_share_memory(grad, a) for k, a in enumerate(arrays)
+                   if k != 1 and a is not None):
+                return False
+            self.refs = (self.refs[0], weakref.ref(grad)) + self.refs[2:]
         return True
 
     def run(self, arrays, values):
@@ -242,14 +256,20 @@ class Call(_Launch):
         self.launch(arrays[0], args, values, config.PARALLEL_THRESHOLD == self.threshold)
 
 
-_CALLS: dict = {}  # functional function name -> its last recorded Call
+# (function name, id of the parameter) -> the last recorded call of that
+# function on that parameter: a loop over a model's layers repeats each.
+# Its arrays are held weakly, so an id reused by a new array never matches.
+_CALLS: dict = {}
+_KEEP = 1024  # recorded calls at most (then start afresh)
 
 
 def recall(fn, arrays, given, target):
     """The recorded call of function ``fn`` these arguments repeat, or None."""
-    call = _CALLS.get(fn)
+    call = _CALLS.get((fn, id(arrays[0])))
     return call if call is not None and call.matches(arrays, given, target) else None
 
 
-def remember(fn, call):
-    _CALLS[fn] = call
+def remember(fn, arrays, call):
+    if len(_CALLS) >= _KEEP:
+        _CALLS.clear()
+    _CALLS[fn, id(arrays[0])] = call

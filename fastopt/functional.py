@@ -200,7 +200,8 @@ def _remember(fn, arrays, checked, given, hyper, launched, inv_scale, target, re
             and R.Call.eligible(arrays, checked, inv_scale, target, name)):
         writes = (True, False) + (True,) * (len(arrays) - 2)
         rule = KERNELS[name].rule_function
-        R.remember(fn, R.Call(arrays, writes, key, hyper, name, args, U.STEP_ARGS[rule], target))
+        R.remember(fn, arrays,
+                   R.Call(arrays, writes, key, hyper, name, args, U.STEP_ARGS[rule], target))
 
 
 def _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target):

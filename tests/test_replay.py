@@ -243,6 +243,8 @@ def test_repeated_functional_calls_equal_checked_calls_bitwise(fn, states, hyper
     lambda args, kw: (args, {**kw, "step": 3.0}),
     lambda args, kw: (args, {**kw, "target": "gpu"}),
     lambda args, kw: ((args[0], args[0]) + args[2:], kw),  # grad is the parameter
+    lambda args, kw: ((args[0], args[2]) + args[2:], kw),  # grad is a state array
+    lambda args, kw: ((args[0], args[1].copy()) + args[2:], kw),  # a new gradient: replayed
     lambda args, kw: ((args[0], args[1], args[0], args[3]), kw),  # state is the parameter
     lambda args, kw: ((args[0], args[1].astype(np.float64)) + args[2:], kw),
     lambda args, kw: ((args[0], args[1][::-1]) + args[2:], kw),  # not C-contiguous: copied
@@ -305,3 +307,17 @@ def test_a_bad_scheduled_lr_is_refused_by_the_checked_path(bad):
     with pytest.raises((TypeError, ValueError)):
         opt.step([g])
     _unchanged(opt, p, snap)
+
+
+def test_a_loop_over_layers_replays_each_layer(monkeypatch):
+    """Calls alternating between parameters each repeat their own last call."""
+    from fastopt import _replay
+    calls = []
+    run = _replay.Call.run
+    monkeypatch.setattr(_replay.Call, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    layers = [(np.zeros(n), np.zeros(n), np.zeros(n)) for n in (10, 20, 30)]
+    for t in range(1, 4):
+        for p, m, v in layers:
+            fastopt.functional.adam(p, np.ones_like(p), m, v, step=t, lr=0.1)
+    assert len(calls) == 6  # every call after each layer's first
+    assert all(np.allclose(p, layers[0][0][0]) for p, _, _ in layers)
