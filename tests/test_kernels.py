@@ -169,15 +169,34 @@ _PROBE = textwrap.dedent(r"""
 """)
 
 
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    """One subprocess per CPU, all started at once (they are single-threaded
+    compilations: on two cores, two at a time halve the wall time), each
+    compiling every CPU loop for both dtypes."""
+    started = {}
+    for cpu in CPUS:
+        env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": CPUS[cpu],
+               "NUMBA_CACHE_DIR": str(tmp_path_factory.mktemp(cpu)),
+               "NUMBA_NUM_THREADS": "1"}
+        started[cpu] = subprocess.Popen([sys.executable, "-c", _PROBE], cwd=ROOT, env=env,
+                                        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    yield started
+    for proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.mark.parametrize("cpu", list(CPUS))
-def test_every_cpu_loop_vectorises_and_keeps_precision(cpu, tmp_path):
-    """One subprocess per CPU compiles every CPU loop for both dtypes."""
-    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": CPUS[cpu],
-           "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_every_cpu_loop_vectorises_and_keeps_precision(cpu, probes):
+    try:
+        out, err = probes[cpu].communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        probes[cpu].kill()
+        raise
+    assert probes[cpu].returncode == 0, err[-4000:]
+    report = json.loads(out.strip().splitlines()[-1])
     assert report["checked"] == sum(len(dtypes(name)) for name, _ in cpu_loops())
     assert not report["problems"], "\n".join(report["problems"])
 
