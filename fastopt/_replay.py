@@ -9,10 +9,15 @@ established still holds — the same groups holding the same parameters and
 hyperparameter objects, the parameters still writable, C-contiguous and of
 their shapes, the same state arrays, and gradients that are plain C-contiguous
 arrays of the parameters' shapes and dtypes, not overlapping them — changing
-only the gradient and the scalars that follow the step count, and calling
+only the gradient and the scalars that follow the step count or a
+schedule's learning rate, and calling
 numba's compiled function for the kernel's exact types (its argument checks
 are the ones just made). Anything else takes the checked path, which records
 a new replay. Results are bitwise those of the checked path.
+
+``Call`` does the same for the functions of ``functional``: a call on the
+same parameter and state arrays with the same hyperparameters repeats the
+last one recorded for that function and parameter.
 """
 
 import operator
@@ -32,9 +37,12 @@ class _Launch:
     """A recorded kernel call: ``name``'s arguments ``args`` for a parameter
     like ``p`` under ``target``; ``varying`` the positions of the scalars
     given anew each time (``step_args``); ``fn`` numba's compiled function
-    while the choice of kernel is settled (else None: ask ``kernel`` each time)."""
+    while the choice of kernel is settled, that is while
+    ``config.PARALLEL_THRESHOLD`` is still ``threshold`` (else None: ask
+    ``kernel`` each time)."""
 
-    __slots__ = ("shape", "dtype", "name", "args", "varying", "fn", "scalar", "target")
+    __slots__ = ("shape", "dtype", "name", "args", "varying", "fn", "scalar", "target",
+                 "threshold")
 
     def __init__(self, p, name, args, step_args, target):
         self.shape, self.dtype, self.name, self.target = p.shape, p.dtype, name, target
@@ -44,11 +52,12 @@ class _Launch:
         fn = settled(name, target, p)
         self.fn = None if fn is None else direct(fn, name, p.dtype)
         self.scalar = SCALARS[p.dtype]
+        self.threshold = config.PARALLEL_THRESHOLD
 
-    def launch(self, p, args, values, same_choice):
+    def launch(self, p, args, values):
         """Call the kernel for ``p`` with ``args`` (this launch's, updated by
         the caller), the scalars at ``varying`` set to ``values``."""
-        fn = self.fn if same_choice else None
+        fn = self.fn if config.PARALLEL_THRESHOLD == self.threshold else None
         if fn is None:
             chosen = kernel(self.name, self.target, p)
             fn = direct(chosen, self.name, self.dtype)
@@ -80,7 +89,7 @@ class Replay:
     parameter, kernel name, argument tuple, checked hyperparameters)]`` for
     the parameters it updated, of ``n`` parameters."""
 
-    __slots__ = ("group_list", "groups", "n", "entries", "absent", "threshold")
+    __slots__ = ("group_list", "groups", "n", "entries", "absent")
 
     def __init__(self, opt, launches, n):
         self.group_list = opt.param_groups
@@ -99,7 +108,6 @@ class Replay:
             start += len(members)
         present = {e.index for e in self.entries}
         self.absent = tuple(i for i in range(n) if i not in present)
-        self.threshold = config.PARALLEL_THRESHOLD
 
     @staticmethod
     def eligible(opt, params, grads, inv_scale, check_finite, clip):
@@ -156,12 +164,11 @@ class Replay:
                 return False
             # Everything holds: from here on, nothing raises.
             scalars = opt._step_scalars
-            same_choice = config.PARALLEL_THRESHOLD == self.threshold
             for e, g in zip(self.entries, flats):
                 args, p = e.args, e.p
                 args[0] = p if p.ndim == 1 else p.reshape(-1)
                 args[1] = g
-                e.launch(p, args, scalars(e.state, e.hyper), same_choice)
+                e.launch(p, args, scalars(e.state, e.hyper))
             return True
 
 
@@ -188,12 +195,13 @@ def _new_lr(opt, record):
 
 class Call(_Launch):
     """A checked call of a ``functional`` function, made again (``recall``)
-    for a call with the same array objects (held weakly), the same
-    hyperparameters (by type and value) and the same target; ``arrays`` are
-    the call's arrays in kernel order (None where absent), ``writes``
-    whether each is written, ``positions`` where each goes in ``args``."""
+    for a call with the same parameter and state arrays (held weakly), the
+    same hyperparameters (by type and value) and the same target (see
+    ``matches``); ``arrays`` are the call's arrays in kernel order (None where
+    absent), ``writes`` whether each is written, ``positions`` where each
+    goes in ``args``."""
 
-    __slots__ = ("refs", "writes", "positions", "key", "hyper", "threshold")
+    __slots__ = ("refs", "writes", "positions", "key", "hyper")
 
     def __init__(self, arrays, writes, key, hyper, name, args, step_args, target):
         super().__init__(arrays[0], name, args, step_args, target)
@@ -205,7 +213,6 @@ class Call(_Launch):
             if a is not None:
                 self.args[position] = None  # given at each run: not held here
         self.key, self.hyper = key, hyper
-        self.threshold = config.PARALLEL_THRESHOLD
 
     @staticmethod
     def eligible(arrays, checked, inv_scale, target, name):
@@ -253,7 +260,7 @@ class Call(_Launch):
         for a, position in zip(arrays, self.positions):
             if a is not None:
                 args[position] = a if a.ndim == 1 else a.reshape(-1)
-        self.launch(arrays[0], args, values, config.PARALLEL_THRESHOLD == self.threshold)
+        self.launch(arrays[0], args, values)
 
 
 # (function name, id of the parameter) -> the last recorded call of that
