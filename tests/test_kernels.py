@@ -49,7 +49,8 @@ def test_rule_takes_the_declared_arguments(kernel):
     """The loops pass the rule every argument in the declared order: names and order must match."""
     assert tuple(inspect.signature(getattr(rules, kernel.rule_function)).parameters) \
         == kernel.rule_names
-    assert set(kernel.updated) <= set(kernel.of_kind(spec.ARRAY)) | set(kernel.coded)
+    assert set(kernel.updated) <= (set(kernel.of_kind(spec.ARRAY)) | set(kernel.coded)
+                                   | set(kernel.of_kind(spec.P16)))
     for array, (flag, stand_in) in kernel.optional.items():
         assert flag in kernel.of_kind(spec.FLAG) and stand_in in kernel.rule_names
 
@@ -83,7 +84,8 @@ def test_each_scalar_changes_the_result(kernel):
     read in another's place) would leave every result unchanged."""
     rule = getattr(rules, kernel.rule_function)
     flags = kernel.of_kind(spec.FLAG)
-    base = {**dict.fromkeys(kernel.of_kind(spec.ARRAY) + tuple(kernel.coded), 0.75),
+    base = {**dict.fromkeys(kernel.of_kind(spec.ARRAY) + tuple(kernel.coded)
+                            + kernel.of_kind(spec.P16), 0.75),
             **dict.fromkeys(kernel.of_kind(spec.SCALAR), 0.5)}
     settings = [dict(zip(flags, on)) for on in itertools.product([False, True], repeat=len(flags))]
     for name in kernel.of_kind(spec.SCALAR):

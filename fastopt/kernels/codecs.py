@@ -8,6 +8,10 @@ and run as Python by the CUDA simulator.
 - ``bfloat16``: one ``uint16`` per element (the upper half of a float32);
   ``bf16_decode`` shifts it up, ``bf16_encode`` rounds to nearest, ties to
   even, with integer operations on the float32's bits (NaN stays NaN).
+  ``bf16_encode_stochastic`` rounds up with probability equal to the
+  dropped fraction (stochastic rounding: unbiased on average), the random
+  16 bits of element ``i`` drawn by ``random16(seed, i)``, a hash of both
+  (so serial, parallel and CUDA loops round alike, and a seed repeats a run).
 - ``int8`` and ``int4``: block-wise quantization. Each block of ``BLOCK[kind]``
   elements stores one code per element (int4: two per byte, the even
   element in the low nibble) and one float32 ``absmax``, the largest
@@ -48,6 +52,13 @@ _ONE_BIT = np.uint32(1)
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
 _QUIET = np.uint32(0x0040)
+_LOW16 = np.uint64(0xFFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_U32 = np.uint64(32)
+_U16_64 = np.uint64(16)
+# Odd 32-bit multipliers of the hash's rounds (from the golden ratio and two
+# well-mixing constants of integer hash finalisers).
+_MIX = (np.uint64(0x9E3779B9), np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35))
 _ZERO = np.float32(0)
 _ONE = np.float32(1)
 
@@ -113,6 +124,37 @@ def bf16_encode(x):
     if (b & _ABS) > _INF_BITS:  # NaN: keep the sign and the top payload bits, quiet
         return np.uint16((b >> _U16) | _QUIET)
     return np.uint16((b + _ROUND + ((b >> _U16) & _ONE_BIT)) >> _U16)
+
+
+@_jitable
+def _fold(x, k):
+    """One round of the hash: a 32-bit ``x`` times a 32-bit odd constant (a
+    64-bit product, so nothing overflows), its halves xor-ed back to 32 bits."""
+    x = x * k
+    return (x >> _U32) ^ (x & _LOW32)
+
+
+@_jitable
+def random16(seed, i):
+    """16 random bits (as a uint32 below 65,536) for element ``i`` under the
+    32-bit ``seed``: three multiply-fold rounds of ``i`` and the seed."""
+    j = np.uint64(i)
+    x = ((j >> _U32) ^ (j & _LOW32)) ^ np.uint64(seed)
+    x = _fold(x, _MIX[0])
+    x = _fold(x ^ np.uint64(seed), _MIX[1])
+    x = _fold(x, _MIX[2])
+    return np.uint32((x ^ (x >> _U16_64)) & _LOW16)
+
+
+@_jitable
+def bf16_encode_stochastic(x, seed, i):
+    """Float32 ``x`` rounded to a bfloat16 neighbour at random (uint16 bits):
+    up, away from zero, with probability (dropped bits) / 2**16, using
+    ``random16(seed, i)``. Infinities stay; NaN as ``bf16_encode``."""
+    b = f32_bits(x)
+    if (b & _ABS) > _INF_BITS:
+        return np.uint16((b >> _U16) | _QUIET)
+    return np.uint16((b + random16(seed, i)) >> _U16)
 
 
 # --- block-wise quantization ---------------------------------------------------------

@@ -47,6 +47,12 @@ BITS, BITS_SCALAR, SUM, MAX_BITS = "bits", "bits_scalar", "sum", "max_bits"
 # look-up tables (uint8). Kernels with a codec take float32 parameters.
 BF16, CODES, ABSMAX, TABLE, LUT = "bf16", "codes", "absmax", "table", "lut"
 CODEC_ARGS = (ABSMAX, TABLE, LUT)  # arguments the loops use, never passed to the rule
+# bfloat16 parameters (``_p16`` kernels): the parameter and gradient as
+# bfloat16 bits (uint16), the float32 master copy (``_p16m``), the seed of
+# stochastic rounding (uint32) and the flag that switches it on; the rule
+# sees float32 values.
+P16, MASTER, SEED, ROUNDING = "p16", "master", "seed", "rounding"
+LOOP_ARGS = CODEC_ARGS + (MASTER, SEED, ROUNDING)
 BLOCK_CODECS = {"int8": 256, "int4": 128}  # elements per block (as ``codecs.BLOCK``)
 
 
@@ -72,6 +78,7 @@ class Kernel(NamedTuple):
     rule_name: str = ""  # the element rule in ``rules.py`` (default: ``name``)
     dtypes: tuple = ("float32", "float64")
     usual: tuple = ()
+    params: str = ""  # "": parameters of ``dtypes``; "p16", "p16m": bfloat16 (with a master copy)
 
     @property
     def names(self):
@@ -80,7 +87,7 @@ class Kernel(NamedTuple):
     @property
     def rule_names(self):
         """The arguments the element rule takes, in order."""
-        return tuple(name for name, kind in self.args if kind not in CODEC_ARGS)
+        return tuple(name for name, kind in self.args if kind not in LOOP_ARGS)
 
     @property
     def rule_function(self):
@@ -115,6 +122,26 @@ def _coded(base, codec, coded):
             args += [(name, CODES), (f"{name}_absmax", ABSMAX)]
     return base._replace(name=f"{base.name}_{codec}", args=tuple(args), codec=codec,
                          coded=coded, rule_name=base.name, dtypes=("float32",))
+
+
+def _bf16_params(base, master):
+    """``base`` for bfloat16 parameters and gradients (uint16 bits), float32
+    state and scalars; with ``master``, a float32 copy of the parameter
+    (``master``, right after ``p``) is what the rule updates, and the
+    parameter is written as its rounded copy. ``seed`` and ``stochastic``
+    choose how the new parameter is rounded (``codecs``)."""
+    args = []
+    for name, kind in base.args:
+        if name in ("p", "g"):
+            args.append((name, P16))
+            if name == "p" and master:
+                args.append(("master", MASTER))
+        else:
+            args.append((name, kind))
+    args += [("seed", SEED), ("stochastic", ROUNDING)]
+    suffix = "p16m" if master else "p16"
+    return base._replace(name=f"{base.name}_{suffix}", args=tuple(args), params=suffix,
+                         rule_name=base.name, dtypes=("float32",))
 
 
 # Which state each optimizer stores with a codec, and its sign (the map).
@@ -174,12 +201,16 @@ KERNELS = {k.name: k for k in [
 KERNELS.update({f"{rule}_{codec}": _coded(KERNELS[rule], codec, coded)
                 for rule, coded in CODED_STATE.items() for codec in CODECS})
 
+KERNELS.update({k.name: k for rule in CODED_STATE for master in (False, True)
+                for k in [_bf16_params(KERNELS[rule], master)]})
+
 RULE_KERNELS = tuple(k for k in KERNELS.values() if k.rule)
 
 
-def kernel_name(rule, codec=""):
-    """The kernel of ``rule`` ("sgd", "adagrad", "adam") storing its state with ``codec``."""
-    return f"{rule}_{codec}" if codec else rule
+def kernel_name(rule, codec="", params=""):
+    """The kernel of ``rule`` ("sgd", "adagrad", "adam") storing its state with
+    ``codec``, for parameters ``params`` ("", or "p16"/"p16m": bfloat16)."""
+    return "_".join(part for part in (rule, codec, params) if part)
 
 
 # --- argument order -------------------------------------------------------------
@@ -208,7 +239,10 @@ def signature(name, dtype):
                   MAX_BITS: types.Array(types.int64, 1, "C"),
                   BF16: types.Array(types.uint16, 1, "C"), CODES: types.Array(types.uint8, 1, "C"),
                   ABSMAX: types.Array(types.float32, 1, "C"),
-                  TABLE: types.Array(types.float32, 1, "C"), LUT: types.Array(types.uint8, 1, "C")}
+                  TABLE: types.Array(types.float32, 1, "C"), LUT: types.Array(types.uint8, 1, "C"),
+                  P16: types.Array(types.uint16, 1, "C"), SEED: types.uint32,
+                  MASTER: types.Array(types.float32, 1, "C"),
+                  ROUNDING: types.boolean}
     return tuple(numba_type[kind] for _, kind in KERNELS[name].args)
 
 
@@ -260,9 +294,9 @@ def _rule_call(kernel, on, element, target, fixed=None):
                         for a in kernel.updated)
     call = []
     for name, kind in kernel.args:
-        if kind in CODEC_ARGS:
+        if kind in LOOP_ARGS:
             continue
-        if kind in (ARRAY, BF16, CODES):
+        if kind in (ARRAY, BF16, CODES, P16):
             call.append(read(name))
         elif name in fixed:
             call.append(str(fixed[name]))
@@ -278,17 +312,27 @@ def _loop_body(kernel, on, header, indent, fixed):
     """One loop of ``kernel`` with the optional arrays in ``on`` switched on
     and the flags in ``fixed`` constant."""
     bf16 = kernel.codec == "bf16"
+    p16 = {"p", "g"} if kernel.params else set()
 
     def element(name):
-        return f"codecs.bf16_decode({name}[i])" if bf16 and name in kernel.coded else f"{name}[i]"
+        if name == "p" and kernel.params == "p16m":
+            return "master[i]"
+        if (bf16 and name in kernel.coded) or name in p16:
+            return f"codecs.bf16_decode({name}[i])"
+        return f"{name}[i]"
 
     def target(name):
-        return f"_{name}" if bf16 and name in kernel.coded else f"{name}[i]"
+        return f"_{name}" if (bf16 and name in kernel.coded) or name in p16 else f"{name}[i]"
 
     targets, call = _rule_call(kernel, on, element, target, fixed)
     pad = " " * indent
     stores = [f"{pad}    {a}[i] = codecs.bf16_encode(_{a})" for a in kernel.updated
               if bf16 and a in kernel.coded and (a not in kernel.optional or a in on)]
+    if kernel.params:
+        if kernel.params == "p16m":
+            stores.append(f"{pad}    master[i] = _p")
+        stores.append(f"{pad}    p[i] = codecs.bf16_encode_stochastic(_p, seed, i)"
+                      if fixed.get("stochastic") else f"{pad}    p[i] = codecs.bf16_encode(_p)")
     return [pad + header, f"{pad}    {targets} = _{kernel.rule_function}(",
             *_wrap(call, indent + 8, ")"), *stores]
 
@@ -393,27 +437,38 @@ def _function(kernel, decorator, suffix, header, target):
     usual = kernel.usual if target == "cpu" and not kernel.codec else ()
     helpers = []
 
-    def split(k, on, indent):
+    # Loops split on each optional array's flag, then on stochastic rounding.
+    rounding = [name for name, kind in kernel.args if kind == ROUNDING]
+
+    def split(k, on, indent, fixed):
+        if k == len(optional) and rounding and rounding[0] not in fixed:
+            lines.append(" " * indent + f"if {rounding[0]}:")
+            split(k, on, indent + 4, {**fixed, rounding[0]: True})
+            lines.append(" " * indent + "else:")
+            split(k, on, indent + 4, {**fixed, rounding[0]: False})
+            return
         if k == len(optional):
             if usual:
-                helper = f"_{kernel.name}{suffix}_usual" + "".join(f"_{a}" for a in sorted(on))
+                helper = (f"_{kernel.name}{suffix}_usual" + "".join(f"_{a}" for a in sorted(on))
+                          + "".join("_sr" for flag in rounding if fixed[flag]))
                 helpers.extend([decorator, f"def {helper}(", *_wrap(kernel.names, 8, "):"),
-                                *body(kernel, on, header, 4, dict.fromkeys(usual, False)),
+                                *body(kernel, on, header, 4, {**dict.fromkeys(usual, False),
+                                                              **fixed}),
                                 "", ""])
                 lines.append(" " * indent + f"if not ({' or '.join(usual)}):")
                 lines.extend([" " * (indent + 4) + f"{helper}(",
                               *_wrap(kernel.names, indent + 8, ")")])
                 lines.append(" " * indent + "else:")
                 indent += 4
-            lines.extend(body(kernel, on, header, indent, {}))
+            lines.extend(body(kernel, on, header, indent, fixed))
             return
         flag = kernel.optional[optional[k]][0]
         lines.append(" " * indent + f"if {flag}:")
-        split(k + 1, on | {optional[k]}, indent + 4)
+        split(k + 1, on | {optional[k]}, indent + 4, fixed)
         lines.append(" " * indent + "else:")
-        split(k + 1, on, indent + 4)
+        split(k + 1, on, indent + 4, fixed)
 
-    split(0, frozenset(), base)
+    split(0, frozenset(), base, {})
     return "\n".join(helpers + lines)
 
 
@@ -424,7 +479,7 @@ def generate(target):
                                      for f in ("rules.py", "codecs.py", "_jit.py")))
     parts = [_HEADER.format(what=what, digest=digest.hexdigest()[:16]) + imports]
     parts.append("\n".join(f"_{k.name} = {device}(rules.{k.name})" for k in RULE_KERNELS
-                           if not k.codec))
+                           if not k.codec and not k.params))
     for kernel in RULE_KERNELS:
         for decorator, suffix, header in _LOOPS[target]:
             parts.append("\n" + _function(kernel, decorator, suffix, header, target))
