@@ -25,16 +25,17 @@ def fill(a, value):
         _cuda.fill(a, value)
 
 
-def new_like(p, value=None):
-    """A new array with the shape and dtype of parameter ``p``, where ``p`` lives,
-    filled with ``value`` (uninitialised when it is None).
+def new_like(p, value=None, dtype=None):
+    """A new array with the shape and dtype (or ``dtype``) of parameter ``p``,
+    where ``p`` lives, filled with ``value`` (uninitialised when it is None).
 
     ``p`` is a NumPy array or a numba device array (as the checks return it).
     """
+    dtype = p.dtype if dtype is None else dtype
     if isinstance(p, np.ndarray):
-        return new(p.shape, p.dtype, "cpu", value)
+        return new(p.shape, dtype, "cpu", value)
     from . import _cuda
-    return _cuda.new(p.shape, p.dtype, value, p.stream)
+    return _cuda.new(p.shape, dtype, value, p.stream)
 
 
 def host_array(a):

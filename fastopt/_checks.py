@@ -128,8 +128,18 @@ def _base_ndarray(a):
     return a if type(a) is np.ndarray else a.view(np.ndarray)
 
 
-def check_param(name, p):
-    """A parameter: a writeable, C-contiguous float32 or float64 array.
+def check_seed(name, value):
+    """A seed: an integer (not a bool) in [0, 2**32), returned as an int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be in [0, 2**32), got {value}")
+    return int(value)
+
+
+def check_param(name, p, bfloat16=False):
+    """A parameter: a writeable, C-contiguous float32 or float64 array (or,
+    with ``bfloat16``, an ml_dtypes bfloat16 array on the host).
 
     A NumPy array is returned as a plain ``numpy.ndarray`` over the same
     memory (subclasses such as ``np.matrix`` viewed as one); a GPU array as a
@@ -145,8 +155,9 @@ def check_param(name, p):
         if not p.is_c_contiguous():
             raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update)")
         return p
-    if p.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
+    if p.dtype not in FLOAT_DTYPES and not (bfloat16 and p.dtype.name == "bfloat16"):
+        allowed = "float32, float64 or bfloat16" if bfloat16 else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {allowed}, got {p.dtype}")
     if not p.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update); "
                          "pass numpy.ascontiguousarray(...) and use that array")

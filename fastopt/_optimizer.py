@@ -21,6 +21,7 @@ from . import _state_io
 from . import _update as U
 from ._params import ParamList, as_groups
 from ._replay import Replay
+from ._state_dtype import plain_dtype
 from .kernels.spec import KERNELS
 
 __all__ = ["Optimizer"]
@@ -165,7 +166,7 @@ class Optimizer:
             check_finite = C.check_flag("check_finite", check_finite)
             clip = C.check_clip(max_grad_norm, norm_type)
             params = self._plist.current_views(self.state)
-            inv_scale = C.check_grad_scale(grad_scale, {p.dtype for p in params})
+            inv_scale = C.check_grad_scale(grad_scale, {plain_dtype(p) for p in params})
             if grads is None:
                 grads = [self._plist.flat_grad.get(id(p)) for p in self._plist.params]
                 if any(g is None for g in grads):
@@ -252,7 +253,8 @@ class Optimizer:
                     launches.append((i, p, name, args, hyper))
                 i += 1
         if (Replay.eligible(self, params, grads, inv_scale, check_finite, clip)
-                and all(not KERNELS[name].codec for _, _, name, _, _ in launches)):
+                and all(not KERNELS[name].codec and not KERNELS[name].params
+                        for _, _, name, _, _ in launches)):
             self._replay = Replay(self, launches, len(params))
         return True if check_finite else None
 

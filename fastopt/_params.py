@@ -25,6 +25,11 @@ from .flat import FlatParams, FlatSegment
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
+def _check_param(name: str, p: Any) -> Any:
+    """A parameter of an optimizer class (bfloat16 host arrays included)."""
+    return C.check_param(name, p, bfloat16=True)
+
+
 class ParamList:
     """The checked parameters of one optimizer.
 
@@ -84,7 +89,7 @@ class ParamList:
         self._commit(groups, lists, params, views, state, new_state, old, defaults, flat)
 
     def _check(self, params: list) -> list:
-        views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+        views = [_check_param(f"params[{i}]", p) for i, p in enumerate(params)]
         on_gpu = None
         for i, v in enumerate(views):
             here = not isinstance(v, np.ndarray)
@@ -138,9 +143,10 @@ class ParamList:
                                  f"does not fit it ({problem}): the parameter changed after its "
                                  "first step; give the optimizer a new array instead")
             return
-        for key in self.state_keys:
+        for key in (*self.state_keys, "master"):
             a = state.get(key) if state else None
-            if a is not None and (a.shape != p.shape or a.dtype != p.dtype):
+            if a is not None and (a.shape != p.shape
+                                  or a.dtype != _state_dtype.plain_dtype(p)):
                 raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
                                  f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
                                  "after its first step; give the optimizer a new array instead")
@@ -151,13 +157,13 @@ class ParamList:
         new memory): a parameter whose shape changed must still fit its state."""
         params, shapes = self.params, self.shapes
         if self.on_gpu:
-            views = [C.check_param(f"params[{i}]", p) for i, p in enumerate(params)]
+            views = [_check_param(f"params[{i}]", p) for i, p in enumerate(params)]
         else:
             views = self.views
             for i, p in enumerate(params):
                 flags = p.flags
                 if p.shape != shapes[i] or not (flags.writeable and flags.c_contiguous):
-                    views[i] = C.check_param(f"params[{i}]", p)
+                    views[i] = _check_param(f"params[{i}]", p)
         for i, v in enumerate(views):
             if v.shape != shapes[i]:
                 self.check_fits(i, v, state.get(i))
@@ -211,7 +217,7 @@ def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
             grad = p.grad_data
             ps[k] = p = p.data
             name = f"{where}['params'][{k}]"
-            view = C.check_param(name, p)
+            view = _check_param(name, p)
             C.check_state(f"{name}'s grad_data", grad, view, "its data")
             C.check_no_overlap([("its data", view),
                                 (f"{name}'s grad_data", C.check_grad("grad_data", grad, view, "data"))])

@@ -22,8 +22,9 @@ __all__ = ["Hyper", "Spec", "SGD", "ADAGRAD", "ADAM", "ADAMW", "SPECS"]
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter: a real number ``>= low`` (``"real"``), a bool
-    (``"flag"``), a pair of reals in [0, 1) (``"betas"``) or the state's
-    storage (``"state_dtype"``: None or a name of ``_state_dtype.NAMES``)."""
+    (``"flag"``), a pair of reals in [0, 1) (``"betas"``), the state's
+    storage (``"state_dtype"``: None or a name of ``_state_dtype.NAMES``) or
+    a seed (``"seed"``: an integer in [0, 2**32))."""
 
     name: str
     default: Any
@@ -39,6 +40,8 @@ class Hyper:
             return C.check_betas(value)
         if self.kind == "state_dtype":
             return _state_dtype.check_name(value)
+        if self.kind == "seed":
+            return C.check_seed(self.name, value)
         return C.check_real(self.name, value, low=self.low)
 
 
@@ -111,10 +114,18 @@ class Spec:
 
 
 _ANNOTATIONS = {"real": "float", "flag": "bool", "betas": "tuple[float, float]",
-                "state_dtype": "str | None"}
+                "state_dtype": "str | None", "seed": "int"}
 # How the state is stored (README, "Reduced-precision state"): None keeps the
 # parameter's dtype.
 _STATE_DTYPE = Hyper("state_dtype", None, "state_dtype", keyword_only=True)
+# How bfloat16 parameters are written back (README, "bfloat16 parameters"):
+# from a float32 master copy kept in the state, and rounded at random (a
+# stream of the step count, which SGD does not keep: it rounds to nearest).
+_MASTER = Hyper("master_weights", False, "flag", keyword_only=True)
+_ROUNDING = (Hyper("stochastic_rounding", False, "flag", keyword_only=True),
+             Hyper("rounding_seed", 0, "seed", keyword_only=True))
+# The optimizer classes' alone: functional and fastopt.torch take no bfloat16 parameters.
+BFLOAT16_PARAMS = ("master_weights", "stochastic_rounding", "rounding_seed")
 
 
 _CACHEABLE = (float, int, bool, str, type(None))
@@ -151,6 +162,7 @@ SGD = Spec("SGD", (
     Hyper("nesterov", False, "flag"),
     Hyper("maximize", False, "flag", keyword_only=True),
     _STATE_DTYPE,
+    _MASTER,
 ), state_keys=("momentum_buffer",), has_step=False, rules=_sgd_rules, update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
@@ -167,6 +179,7 @@ ADAGRAD = Spec("Adagrad", (
     Hyper("eps", 1e-10),
     Hyper("maximize", False, "flag", keyword_only=True),
     _STATE_DTYPE,
+    _MASTER, *_ROUNDING,
 ), state_keys=("sum",), update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize};\quad g \leftarrow g + \lambda p \ \text{if}\ \lambda \ne 0 \\
@@ -183,6 +196,7 @@ ADAM = Spec("Adam", (
     Hyper("maximize", False, "flag", keyword_only=True),
     Hyper("decoupled_weight_decay", False, "flag", keyword_only=True),
     _STATE_DTYPE,
+    _MASTER, *_ROUNDING,
 ), state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), update_rule=r""".. math::
 
     g &\leftarrow -g \ \text{if maximize} \\

@@ -124,7 +124,8 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
     if not isinstance(saved, dict):
         raise TypeError(f"{name} must be a dict, got {type(saved).__name__}")
     allowed = (set(spec.state_keys) | ({"step"} if spec.has_step else set())
-               | {"state_dtype"} | {k + "_absmax" for k in spec.state_keys})
+               | {"state_dtype"} | {k + "_absmax" for k in spec.state_keys}
+               | ({"master"} if p.dtype.name == "bfloat16" else set()))
     unknown = set(saved) - allowed
     if unknown:
         raise ValueError(f"{name} has unknown key(s) {sorted(map(str, unknown))}; "
@@ -151,17 +152,26 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
             value = D.decode(have, key, stored, p.shape)
         else:
             value = _host_value(f"{name}['{key}']", saved[key])
-        # Another float dtype is cast to the parameter's, as torch does.
-        a = np.array(value, dtype=p.dtype, copy=True, order="C")
-        if a.shape != p.shape:
-            raise ValueError(f"{name}['{key}'] has shape {a.shape}, its parameter has shape {p.shape}")
+        a = _plain(f"{name}['{key}']", value, p)
         state.update(D.encode(want, key, a, p) if want else {key: place_like(p, a)})
+    if saved.get("master") is not None:  # a bfloat16 parameter's float32 copy
+        state["master"] = _plain(f"{name}['master']", _host_value(f"{name}['master']",
+                                                                   saved["master"]), p)
     if want and any(k in state for k in spec.state_keys):
         state["state_dtype"] = want
     missing = set(optimizer._required_state(state, hyper)) - set(state)
     if missing:
         raise ValueError(f"{name} lacks {sorted(missing)}")
     return state
+
+
+def _plain(name: str, value: Any, p: Any) -> np.ndarray:
+    """A full-precision state array of ``p`` (another float dtype is cast to
+    ``p``'s state dtype, as torch casts to the parameter's)."""
+    a = np.array(value, dtype=D.plain_dtype(p), copy=True, order="C")
+    if a.shape != p.shape:
+        raise ValueError(f"{name} has shape {a.shape}, its parameter has shape {p.shape}")
+    return a
 
 
 def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:

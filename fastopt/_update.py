@@ -10,6 +10,11 @@ Reduced-precision state (``_state_dtype``): ``codec`` names how the state
 arrays are stored ("" for the parameter's dtype, "bfloat16", "int8",
 "int4"); with a block-wise codec, ``absmax`` maps each state array's name
 (the kernel's) to its per-block scales.
+
+bfloat16 parameters (and gradients) take the ``_p16`` kernels: float32
+state and scalars, the parameter written back rounded to nearest or, with
+``stochastic``, at random (stream ``seed``); with a float32 ``master`` copy,
+the rule updates the copy and the parameter is its rounding.
 """
 
 import math
@@ -55,12 +60,25 @@ def _flat(a):
 
 def _absent(p):
     """A stand-in for a state array a flag switches off: never read or written."""
-    return _EMPTY[p.dtype] if isinstance(p, np.ndarray) else _flat(p)[:0]
+    return _EMPTY[_state_dtype.plain_dtype(p)] if isinstance(p, np.ndarray) else _flat(p)[:0]
 
 
-def _run(rule, codec, target, p, states, absmax, **values):
+def rounding_seed(seed, step, size):
+    """The 32-bit seed of stochastic rounding at step ``step`` of a parameter
+    of ``size`` elements, under the user's ``seed`` (a new stream each step)."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + size * 0xC2B2AE3D) & 0xFFFFFFFF
+
+
+def _bits(a):
+    """bfloat16 array ``a`` as the uint16 bits the ``_p16`` kernels take."""
+    return _flat(a).view(np.uint16)
+
+
+def _run(rule, codec, target, p, states, absmax, master=None, stochastic=False, seed=0,
+         **values):
     """Launch ``rule``'s kernel for ``codec``: ``states`` maps the kernel's state
-    arguments to their arrays (None: switched off, an empty stand-in)."""
+    arguments to their arrays (None: switched off, an empty stand-in);
+    ``master``, ``stochastic`` and ``seed`` for bfloat16 parameters."""
     for name, a in states.items():
         if a is None:
             values[name] = _absent(p) if not codec else _absent_coded(codec, p)
@@ -74,8 +92,17 @@ def _run(rule, codec, target, p, states, absmax, **values):
             values[name] = _flat(a)
     if codec in _state_dtype.BLOCKWISE:
         values["qmaps"], values["qluts"] = _state_dtype.tables(codec, p)
-    name = kernel_name(rule, _KERNEL_CODEC[codec])
-    args = pack[name](p=_flat(p), **values)
+    params = ""
+    if p.dtype.name == "bfloat16":
+        params = "p16" if master is None else "p16m"
+        values.update(g=_bits(values["g"]), seed=np.uint32(seed), stochastic=stochastic)
+        if master is not None:
+            values["master"] = _flat(master)
+        flat_p = _bits(p)
+    else:
+        flat_p = _flat(p)
+    name = kernel_name(rule, _KERNEL_CODEC[codec], params)
+    args = pack[name](p=flat_p, **values)
     kernel(name, target, p)(*args)
     return name, args
 
@@ -98,8 +125,15 @@ def any_nonfinite(grads, inv_scale, target):
         from . import _cuda
         return _cuda.any_nonfinite([_flat(g) for g in grads],
                                              [g.dtype.type(inv_scale) for g in grads])
+    grads = [_widened(g) for g in grads]
     return any(kernel("any_nonfinite", target, g)(_flat(g), g.dtype.type(inv_scale))
                for g in grads)
+
+
+def _widened(g):
+    """Host gradient ``g`` in a dtype the scans take: bfloat16 widened
+    (exactly) to float32, the dtype its update computes in."""
+    return g.astype(np.float32) if g.dtype.name == "bfloat16" else g
 
 
 # The integer view of each float dtype, and the mask that clears its sign bit.
@@ -119,6 +153,7 @@ def grad_norm(grads, inv_scale, norm_type, target):
     if target == "cuda" or not isinstance(grads[0], np.ndarray):
         from . import _cuda
         return _cuda.grad_norm([_flat(g) for g in grads], inv_scale, inf)
+    grads = [_widened(g) for g in grads]
     if not inf:
         return math.sqrt(sum(kernel("sq_norm", target, g)(_flat(g), g.dtype.type(inv_scale))
                              for g in grads))
@@ -179,11 +214,11 @@ def adam_step_scalars(step, lr, beta1, beta2, weight_decay, decoupled_weight_dec
 
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
-        first_step, target, codec="", absmax=None):
-    T = SCALARS[p.dtype]
+        first_step, target, codec="", absmax=None, master=None):
+    T = SCALARS[_state_dtype.plain_dtype(p)]
     use_momentum = momentum != 0
     return _run("sgd", codec if use_momentum else "", target, p,
-                {"buf": buf if use_momentum else None}, absmax, g=_flat(g),
+                {"buf": buf if use_momentum else None}, absmax, master, g=_flat(g),
                 inv_scale=T(inv_scale), neg_lr=T(sgd_step_scalars(lr, first_step)[0]),
                 weight_decay=T(weight_decay),
                 momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
@@ -192,25 +227,26 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
 
 
 def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
-            codec="", absmax=None):
-    T = SCALARS[p.dtype]
+            codec="", absmax=None, master=None, stochastic=False, seed=0):
+    T = SCALARS[_state_dtype.plain_dtype(p)]
     (neg_clr,) = adagrad_step_scalars(step, lr, lr_decay)
     return _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
-                g=_flat(g), inv_scale=T(inv_scale),
+                master, stochastic, seed, g=_flat(g), inv_scale=T(inv_scale),
                 neg_clr=T(neg_clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
                 use_weight_decay=weight_decay != 0)
 
 
 def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta1, beta2, eps,
-         weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None):
-    T = SCALARS[p.dtype]
+         weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None,
+         master=None, stochastic=False, seed=0):
+    T = SCALARS[_state_dtype.plain_dtype(p)]
     neg_step_size, bias_correction2_sqrt, decay_factor = adam_step_scalars(
         step, lr, beta1, beta2, weight_decay, decoupled_weight_decay)
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
     return _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
                                            "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
-                absmax, g=_flat(g), inv_scale=T(inv_scale),
+                absmax, master, stochastic, seed, g=_flat(g), inv_scale=T(inv_scale),
                 lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
                 beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(neg_step_size),
                 bias_correction2_sqrt=T(bias_correction2_sqrt), eps=T(eps),

@@ -67,7 +67,9 @@ Array = Any
 _checked: dict = {}  # (spec name, typed keyword values) -> checked hyperparameters
 # Hyperparameters of a class that a one-array call does not take: the caller
 # owns the state, so Adagrad's initial accumulator value is theirs to fill.
-_NOT_TAKEN = {"Adagrad": ("initial_accumulator_value",)}
+_NOT_TAKEN = {"SGD": _spec.BFLOAT16_PARAMS, "Adam": _spec.BFLOAT16_PARAMS,
+              "AdamW": _spec.BFLOAT16_PARAMS,
+              "Adagrad": ("initial_accumulator_value", *_spec.BFLOAT16_PARAMS)}
 
 
 def _hypers(spec: _spec.Spec, fn: str, given: dict[str, Any]) -> dict[str, Any]:

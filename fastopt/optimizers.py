@@ -37,6 +37,24 @@ from ._optimizer import Optimizer
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 
 
+def _bf16_args(p: Any, h: dict, state: dict) -> dict[str, Any]:
+    """The update's arguments for a bfloat16 parameter (none for others):
+    its float32 master copy, made from the parameter when
+    ``master_weights`` is switched on (dropped when it is switched off),
+    and, where the optimizer counts steps, its stochastic rounding."""
+    if p.dtype.name != "bfloat16":
+        return {}
+    if not h["master_weights"]:
+        state.pop("master", None)
+    elif "master" not in state:
+        state["master"] = p.astype(np.float32).reshape(p.shape)
+    out = {"master": state.get("master")}
+    if "stochastic_rounding" in h:
+        out.update(stochastic=h["stochastic_rounding"],
+                   seed=U.rounding_seed(h["rounding_seed"], state["step"], p.size))
+    return out
+
+
 class _Stored(Optimizer):
     """An optimizer whose state may be stored in reduced precision
     (``state_dtype``, see ``_state_dtype``). ``_KERNEL_ARG`` names each state
@@ -60,7 +78,7 @@ class _Stored(Optimizer):
         """New state array ``key`` of ``p`` (filled with ``value``), stored as the group says."""
         codec = D.resolve(h["state_dtype"], p)
         if not codec:
-            return {key: new_like(p, value)}
+            return {key: new_like(p, value, D.plain_dtype(p))}
         return {**D.new(codec, key, p, value or 0.0), "state_dtype": codec}
 
     def _stored(self, p: Any, h: dict, state: dict) -> tuple[str, dict | None]:
@@ -75,7 +93,7 @@ class _Stored(Optimizer):
                 values = D.decode(have, key, state, p.shape) if have else host_array(state[key])
                 state.pop(key + "_absmax", None)
                 state.update(D.encode(want, key, values, p) if want
-                             else {key: place_like(p, np.asarray(values, p.dtype))})
+                             else {key: place_like(p, np.asarray(values, D.plain_dtype(p)))})
             state.pop("state_dtype", None)
             if want:
                 state["state_dtype"] = want
@@ -134,6 +152,7 @@ class SGD(_Stored):
             state.update(self._fresh(p, h, "momentum_buffer", None))
         codec, absmax = self._stored(p, h, state)
         return U.sgd(p=p, g=g, buf=state.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
+              **_bf16_args(p, h, state),
               momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],
               nesterov=h["nesterov"], maximize=h["maximize"], first_step=first,
               target=self.target, codec=codec, absmax=absmax)
@@ -193,7 +212,8 @@ class Adagrad(_Stored):
         state["step"] += 1
         return U.adagrad(p=p, g=g, state_sum=state["sum"], inv_scale=inv_scale, step=state["step"],
                   lr=h["lr"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
-                  maximize=h["maximize"], target=self.target, codec=codec, absmax=absmax)
+                  maximize=h["maximize"], target=self.target, codec=codec, absmax=absmax,
+                  **_bf16_args(p, h, state))
 
 
 class Adam(_Stored):
@@ -258,7 +278,7 @@ class Adam(_Stored):
                lr=h["lr"], beta1=beta1, beta2=beta2, eps=h["eps"], weight_decay=h["weight_decay"],
                amsgrad=h["amsgrad"], maximize=h["maximize"],
                decoupled_weight_decay=h["decoupled_weight_decay"], target=self.target,
-               codec=codec, absmax=absmax)
+               codec=codec, absmax=absmax, **_bf16_args(p, h, state))
 
     def _required_state(self, state, hyper):
         if hyper["amsgrad"] and state["step"] > 0:

@@ -251,7 +251,7 @@ _warned_copy = False
 
 # Hyperparameters of the specs that torch's optimizers do not have and this
 # front-end does not take: reduced-precision state is the NumPy classes' only.
-_NOT_HERE = ("state_dtype",)
+_NOT_HERE = ("state_dtype", *_spec.BFLOAT16_PARAMS)
 
 
 def _hyper_parameters(spec: _spec.Spec) -> list[inspect.Parameter]:
@@ -308,8 +308,11 @@ class _Optimizer(torch.optim.Optimizer):
         if group.get("state_dtype") is not None:
             raise ValueError(f"{where}: state_dtype is not supported by fastopt.torch yet "
                              "(its state is torch tensors); use the NumPy classes")
-        try:  # torch's own state dicts have no state_dtype: the parameters' dtype
-            return self.spec.check({"state_dtype": None, **group})
+        # torch's own state dicts have none of the NumPy classes' own options
+        # (state_dtype: the parameters' dtype; no bfloat16 parameters here).
+        absent = {k: v for k, v in self.spec.defaults.items() if k in _NOT_HERE}
+        try:
+            return self.spec.check({**absent, **group})
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
 

@@ -186,3 +186,55 @@ def stored_step(step, p, g, state, signs, state_dtype, **hp):
         elif state_dtype == "bfloat16":
             new[name] = to_bf16(new[name])
     return p, new
+
+
+# --- bfloat16 parameters ---------------------------------------------------------------
+# Written from the description (README, "bfloat16 parameters"): the update in
+# float32 on the widened parameter (or its float32 master copy), then the new
+# value rounded to bfloat16: to nearest by ml_dtypes' own cast, or at random.
+
+def random16(seed, n):
+    """The 16 random bits of elements 0..n-1 under a 32-bit seed: three
+    rounds of (32-bit value times a 32-bit odd constant, the 64-bit product's
+    halves xor-ed), the seed xor-ed in before the first two; then the top
+    and low halves of the result xor-ed, low 16 bits kept."""
+    low = np.uint64(0xFFFFFFFF)
+    i = np.arange(n, dtype=np.uint64)
+    s = np.uint64(seed)
+    x = ((i >> np.uint64(32)) ^ (i & low)) ^ s
+    for k, constant in enumerate((0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35)):
+        if k == 1:
+            x = x ^ s
+        x = x * np.uint64(constant)
+        x = (x >> np.uint64(32)) ^ (x & low)
+    return ((x ^ (x >> np.uint64(16))) & np.uint64(0xFFFF)).astype(np.uint32)
+
+
+def rounding_seed(seed, step, size):
+    """The stream of stochastic rounding at a parameter's step ``step``."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + size * 0xC2B2AE3D) % 2**32
+
+
+def to_bf16_stochastic(x, seed):
+    """float32 ``x`` (1-D) rounded at random to bfloat16 bits (uint16): the
+    random bits added below the kept 16, then truncated; NaN kept quiet."""
+    bits = x.astype(np.float32).view(np.uint32)
+    out = ((bits.astype(np.uint64) + random16(seed, x.size)) >> np.uint64(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    out[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
+    return out
+
+
+def bf16_param_step(step, p, g, state, master=None, stochastic=False, seed=0, **hp):
+    """One ``step`` of bfloat16 parameter ``p`` (an ml_dtypes array) with
+    gradient ``g``: returns ``(new p, new state, new master)``."""
+    import ml_dtypes
+    x = master if master is not None else p.astype(np.float32)
+    new, state = step(x, g.astype(np.float32), state, **hp)
+    if stochastic:
+        t = state.get("t")
+        bits = to_bf16_stochastic(new.reshape(-1), rounding_seed(seed, t, p.size))
+        out = bits.reshape(p.shape).view(ml_dtypes.bfloat16)
+    else:
+        out = new.astype(ml_dtypes.bfloat16)
+    return out, state, (new if master is not None else None)

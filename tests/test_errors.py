@@ -113,7 +113,7 @@ def test_class_bad_hyperparameters(cls, kwargs, match):
 
 
 @pytest.mark.parametrize("params,exc,match", [
-    ([np.arange(3)], TypeError, r"params\[0\].*float32 or float64"),
+    ([np.arange(3)], TypeError, r"params\[0\].*float32, float64 or bfloat16"),
     ([np.zeros(3), np.arange(3.0)[::-1]], ValueError, r"params\[1\].*C-contiguous"),
     ([], ValueError, "empty"),
     (np.zeros(3), TypeError, "single array"),

@@ -151,7 +151,7 @@ def test_bad_edits_are_refused_before_any_write():
     cases = [
         (lambda: group["params"].append(a), ValueError, "listed more than once"),
         (lambda: group["params"].append("x"), TypeError, "params[2] must be a numpy.ndarray"),
-        (lambda: group["params"].append(np.ones(3, np.int64)), TypeError, "float32 or float64"),
+        (lambda: group["params"].append(np.ones(3, np.int64)), TypeError, "float32, float64 or bfloat16"),
         (lambda: group["params"].append(np.ones(3)[::2]), ValueError, "C-contiguous"),
         (lambda: group["params"].append(a[:2]), ValueError, "share memory"),
         (lambda: group.__setitem__("params", 5), TypeError, "must be a list of arrays"),
