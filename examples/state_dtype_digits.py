@@ -198,8 +198,8 @@ def plot(rows, path):
         vals = [np.atleast_1d(r[key]) * scale for r in rows.values()]
         mean = np.array([v.mean() for v in vals])
         err = np.array([[m - v.min(), v.max() - m] for m, v in zip(mean, vals)]).T
-        ax.barh(y, mean, xerr=err if key != "state_bytes_per_param" else None, color=colours,
-                capsize=3, height=0.6)
+        whiskers = key != "state_bytes_per_param" and max(len(v) for v in vals) > 1
+        ax.barh(y, mean, xerr=err if whiskers else None, color=colours, capsize=3, height=0.6)
         for yi, m, v in zip(y, mean, vals):  # the mean, right of the highest seed's value
             ax.annotate(fmt.format(m), (v.max(), yi), xytext=(6, -3), textcoords="offset points",
                         fontsize=8)
@@ -214,8 +214,9 @@ def plot(rows, path):
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(labels, fontsize=9)
     n_seeds = len(np.atleast_1d(next(iter(rows.values()))["test_accuracy"]))
-    fig.suptitle(f"Digits MLP (19,210 parameters), AdamW: bars the mean over {n_seeds} seed(s), "
-                 "whiskers the lowest and highest seed", fontsize=10)
+    fig.suptitle("Digits MLP (19,210 parameters), AdamW: " + (
+        f"bars the mean over {n_seeds} seeds, whiskers the lowest and highest seed"
+        if n_seeds > 1 else "one seed"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
