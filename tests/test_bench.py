@@ -75,6 +75,41 @@ def test_torch_child_process_takes_turns():
         torch.close()
 
 
+def test_bitsandbytes_row_beside_int8(capsys):
+    """The adam-int8 rows get bitsandbytes' 8-bit AdamW as contender, timed in its
+    child process in turn with fastopt."""
+    pytest.importorskip("bitsandbytes")
+    results = bench.run(bench.cli.parser().parse_args(
+        ["--sizes", "5000", "--optimizers", "adam,adam-int8", "--no-torch", "--skip-many",
+         "--no-progress", "--quick"]))
+    assert results["bitsandbytes"] == {"version": None, "skipped": "--no-torch"}
+    assert "bitsandbytes AdamW8bit (CPU): skipped (--no-torch)" in bench.report(results)
+    bnb = bench.BitsandbytesChild(threads=1)
+    try:
+        assert bnb.version
+        row = bench.measure("adam-int8", 5000, "float32", 2, 1, bnb=bnb)
+        assert row["bnb_ms"] > 0 and row["speedup_bnb"] > 0
+        assert set(row["spread_pct"]) == {"fastopt", "roofline", "bitsandbytes"}
+        assert "bnb_ms" not in bench.measure("adam", 5000, "float32", 2, 1, bnb=bnb)
+    finally:
+        bnb.close()
+
+
+def test_bitsandbytes_skipped_when_missing(monkeypatch, capsys):
+    """Without bitsandbytes the adam-int8 rows are measured all the same, and the
+    report says the contender was skipped."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    assert bench.main(["--sizes", "5000", "--optimizers", "adam-int8", "--skip-many",
+                       "--no-progress", "--quick"]) == 0
+    captured = capsys.readouterr()
+    assert "bitsandbytes AdamW8bit rows skipped: bitsandbytes is not installed" in captured.err
+    assert "bitsandbytes AdamW8bit (CPU): skipped (bitsandbytes is not installed)" in captured.out
+    assert "adam-int8" in captured.out
+
+
 def test_interleaved_ratio():
     times = bench.interleaved({"a": lambda: None, "b": lambda: sum(range(2000))}, rounds=3)
     assert len(times["a"]) == len(times["b"]) == 3

@@ -47,11 +47,27 @@ CASES = {
     "optimizer_paths.py": (
         ["matplotlib"], True,
         lambda r: all(r["checks"].values()) and len(r["checks"]) == 4),
+    "state_dtype_digits.py": (
+        ["sklearn", "matplotlib"], True,
+        lambda r: _state_dtype_rows_ok(r["rows"])),
     "zero_mlp.py": (
         ["sklearn", "mpi4py"], False,
         lambda r: r["test_accuracy"] >= 0.95 and r["ranks"] == 2 and r["identical_on_all_ranks"]
         and max(r["state_bytes_per_rank"]) * 2 == r["single_process_state_bytes"]),
 }
+
+def _state_dtype_rows_ok(rows):
+    """Each state dtype trained, held fewer bytes than the one before, and float32
+    state is its own reference path."""
+    ours = {r["optimizer"]: r for r in rows if r["layout"] == "one tensor"
+            and r["optimizer"].startswith("fastopt")}
+    names = [n for n in ("float32", "bfloat16", "int8", "int4") if f"fastopt {n}" in ours]
+    sizes = [ours[f"fastopt {n}"]["state_bytes_per_param"] for n in names]
+    return (names[0] == "float32" and "int8" in names and "int4" in names
+            and sizes == sorted(sizes, reverse=True) and sizes[0] == 8.0
+            and ours["fastopt float32"]["deviation"] == [0.0]
+            and all(0 < d < 1 for n in names[1:] for d in ours[f"fastopt {n}"]["deviation"]))
+
 
 # Scripts run under a launcher: the mpich wheel's mpiexec (beside this Python), else PATH's.
 _MPIEXEC = (str(Path(sys.executable).parent / "mpiexec")

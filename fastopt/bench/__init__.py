@@ -4,8 +4,10 @@ For each optimizer and size it times one step of fastopt (the optimizer
 class on one array), the same-shape roofline kernel (the memory-bandwidth
 limit, see ``fastopt.kernels.roofline``), a plain NumPy implementation and,
 when torch is installed, torch's fused CPU optimizer (in a child process, so
-the two thread pools do not compete). It prints milliseconds per step
-(median of several), GB/s moved, % of the roofline and the speed-ups, for
+the two thread pools do not compete); the ``adam-int8`` rows also time
+bitsandbytes' 8-bit AdamW on the CPU when it is installed (in a child
+process too; said to be skipped when it is not). It prints milliseconds per
+step (median of several), GB/s moved, % of the roofline and the speed-ups, for
 sizes on the serial path (1e4, 5e4) and the parallel one. Then the
 many-small-tensors case (2,000 tensors of 5,000 floats: FlatParams against
 torch over the 2,000 tensors), the cost of ``check_finite`` and the
@@ -23,8 +25,9 @@ with CUDA is installed. Without a GPU those rows are skipped with a message.
 
 Modules: ``cases`` (the variants, their bytes, one step of each
 contender), ``timing`` (interleaved rounds), ``measure`` and ``gpu`` (the
-CPU and CUDA rows), ``children`` (torch's process and the start-up
-process; their scripts are ``_torch_server.py`` and ``_startup_child.py``),
+CPU and CUDA rows), ``children`` (torch's and bitsandbytes' process and
+the start-up process; their scripts are ``_torch_server.py`` and
+``_startup_child.py``),
 ``noise`` (the checks), ``reporting`` and ``plotting`` (output), ``cli``.
 
 ``make_step`` gives the bench's steps (fastopt, the roofline or torch, on
@@ -36,7 +39,7 @@ commits too, so ``asv_bench/benchmarks/common.py`` builds its own cases
 """
 
 from .cases import TORCH_FUSED, VARIANTS, bytes_per_step, make_step, numpy_step
-from .children import TorchChild, measure_startup
+from .children import BitsandbytesChild, TorchChild, measure_startup
 from .cli import CUDA_SIZES, FULL_SIZES, MANY, QUICK_MANY, QUICK_SIZES, main, run
 from .gpu import cuda_device, measure_cuda
 from .measure import measure, measure_guards, measure_many, measure_threshold, roofline_time
@@ -45,7 +48,7 @@ from .reporting import format_table, report
 from .timing import batch_time, interleaved, median_time, ratio
 
 __all__ = ["CUDA_SIZES", "FULL_SIZES", "MANY", "QUICK_MANY", "QUICK_SIZES", "TORCH_FUSED",
-           "VARIANTS", "TorchChild", "batch_time", "bytes_per_step", "cuda_device",
+           "VARIANTS", "BitsandbytesChild", "TorchChild", "batch_time", "bytes_per_step", "cuda_device",
            "format_table", "interleaved", "main", "make_step", "measure", "measure_cuda",
            "measure_guards", "measure_many", "measure_startup", "measure_threshold",
            "median_time", "numpy_step", "plot", "ratio", "report", "roofline_time", "run"]

@@ -1,4 +1,5 @@
-"""The bench's child processes: torch's optimizers, and a fresh process's start-up.
+"""The bench's child processes: torch's optimizers, bitsandbytes' 8-bit AdamW,
+and a fresh process's start-up.
 
 Both children are scripts beside this module, run by path through
 ``runpy`` (``script``), so that neither imports fastopt before it means to
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,8 +33,10 @@ class TorchChild:
     ``interleaved``). ``version`` is None when torch is not installed.
     """
 
+    library = "torch"
+
     def __init__(self, threads):
-        self._proc = subprocess.Popen(script("_torch_server.py", threads),
+        self._proc = subprocess.Popen(script("_torch_server.py", threads, self.library),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = json.loads(self._proc.stdout.readline() or "null")
         if self.version is None:
@@ -64,6 +68,29 @@ class TorchChild:
         if self._proc.poll() is None:
             self._proc.stdin.close()
             self._proc.wait()
+
+
+class BitsandbytesChild(TorchChild):
+    """bitsandbytes' 8-bit AdamW on the CPU (``bitsandbytes.optim.AdamW8bit``) in a
+    child process, stepped on request, the contender of the ``adam-int8`` variant.
+
+    Its weight decay is 0, so its rule is Adam's, as fastopt's ``adam-int8``;
+    its state is 8-bit from 4,096 elements (bitsandbytes' ``min_8bit_size``),
+    as fastopt's. It runs in torch's process, on torch's threads, with no
+    fused kernel of its own on the CPU. ``version`` (bitsandbytes') is None
+    when bitsandbytes cannot be imported; ``bool(child)`` says whether it runs.
+    """
+
+    library = "bitsandbytes"
+    # variant -> (bitsandbytes.optim class, hyperparameters)
+    VARIANTS: ClassVar[dict] = {"adam-int8": ("AdamW8bit", {"lr": 1e-3, "weight_decay": 0.0})}
+
+    def setup(self, variant, n, dtype, count=1):
+        """Build the 8-bit optimizer for ``variant`` (one of ``VARIANTS``) over
+        ``count`` tensors of ``n // count`` elements."""
+        cls, hp = self.VARIANTS[variant]
+        self._ask(cmd="setup", cls=cls, hp=hp, dtype=np.dtype(dtype).name, count=count,
+                  size=n // count)
 
 
 def measure_startup():

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import config
 from .cases import VARIANTS, unavailable
-from .children import TorchChild, measure_startup
+from .children import BitsandbytesChild, TorchChild, measure_startup
 from .gpu import cuda_device, measure_cuda
 from .measure import check_rows, measure, measure_guards, measure_many, measure_threshold
 from .noise import load
@@ -89,6 +89,25 @@ def _cuda_rows(args, dtypes, repeats, results, show):
     check_rows(results["cuda_rows"])
 
 
+def _bitsandbytes(args, threads, results):
+    """bitsandbytes' 8-bit AdamW in a child process, or None, saying why (in
+    ``results["bitsandbytes"]`` and on stderr) when it cannot run."""
+    import importlib.util
+    info = results["bitsandbytes"] = {"version": None, "skipped": None}
+    if args.no_torch:
+        info["skipped"] = "--no-torch"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        info["skipped"] = "bitsandbytes is not installed"
+    else:
+        child = BitsandbytesChild(threads)
+        if child:
+            info["version"] = child.version
+            return child
+        info["skipped"] = "bitsandbytes (or torch) cannot be imported"
+    print(f"bitsandbytes AdamW8bit rows skipped: {info['skipped']}", file=sys.stderr)
+    return None
+
+
 def _cpu_rows(args, dtypes, rounds, results, show):
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     numpy_repeats = 3 if args.quick else 5
@@ -96,19 +115,23 @@ def _cpu_rows(args, dtypes, rounds, results, show):
     torch = None if args.no_torch else TorchChild(numba.get_num_threads())
     if torch:
         results["torch_version"] = torch.version
+    jobs = _jobs(args, dtypes, sizes)
+    bnb = None
     try:
-        jobs = _jobs(args, dtypes, sizes)
+        if any(v in BitsandbytesChild.VARIANTS for v, _, _ in jobs):
+            bnb = _bitsandbytes(args, numba.get_num_threads(), results)
         for k, (variant, n, dtype) in enumerate(jobs, 1):
             _progress(f"[{k}/{len(jobs)}] {variant} n={n:.0e} {dtype}", show)
-            results["rows"].append(measure(variant, n, dtype, rounds, numpy_repeats, torch))
+            results["rows"].append(measure(variant, n, dtype, rounds, numpy_repeats, torch, bnb))
         check_rows(results["rows"])
         if not args.skip_many:
             count, size = QUICK_MANY if args.quick else MANY
             _progress(f"many tensors: {count} x {size}", show)
             results["many"] = measure_many(count, size, "float32", rounds, torch)
     finally:
-        if torch:
-            torch.close()
+        for child in (torch, bnb):
+            if child:
+                child.close()
     _progress("check_finite cost", show)
     results["guards"] = measure_guards(max(sizes), dtypes[0], rounds)
     if args.threshold:
@@ -128,7 +151,8 @@ def run(args):
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     show = not args.no_progress
     results = {"machine": None, "rows": [], "many": None, "guards": None, "startup": None,
-               "threshold": None, "gpu": None, "cuda_rows": [], "noise": {"load_before": load()}}
+               "threshold": None, "bitsandbytes": None, "gpu": None, "cuda_rows": [],
+               "noise": {"load_before": load()}}
     if args.device in ("cuda", "both"):
         _cuda_rows(args, dtypes, 5 if args.quick else 15, results, show)
     if args.device != "cuda":
@@ -155,7 +179,9 @@ def parser():
                    help="where to run: the CPU (default), the current GPU, or both")
     p.add_argument("--cuda", action="store_const", dest="device", const="both",
                    help="add the CUDA rows (same as --device both)")
-    p.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
+    p.add_argument("--no-torch", action="store_true",
+                   help="skip the comparisons run in torch: torch's fused optimizers and "
+                        "bitsandbytes' 8-bit AdamW (the adam-int8 rows' contender)")
     p.add_argument("--skip-many", action="store_true", help="skip the many-small-tensors case")
     p.add_argument("--threshold", action="store_true",
                    help="also measure where the parallel kernel starts to win")

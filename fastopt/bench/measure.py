@@ -27,18 +27,23 @@ def roofline_time(variant, n, dtype, repeats):
     return median_time(make_step(variant, n, dtype, kind="roofline")[0], repeats, min_seconds=0.2)
 
 
-def measure(variant, n, dtype, rounds, numpy_repeats, torch=None):
+def measure(variant, n, dtype, rounds, numpy_repeats, torch=None, bnb=None):
     """Time one variant at one size on the CPU; return a result dict (times in ms).
 
     fastopt, the roofline (and torch's fused optimizer, if ``torch`` is a
-    ``TorchChild``) are interleaved; NumPy, an order of magnitude slower at
-    size, is timed after them.
+    ``TorchChild``, and bitsandbytes' 8-bit AdamW for the variants it has, if
+    ``bnb`` is a ``BitsandbytesChild``) are interleaved; NumPy, an order of
+    magnitude slower at size, is timed after them.
     """
     if torch:
         torch.setup(variant, n, dtype)
+    children = {}
+    if bnb and variant in bnb.VARIANTS:
+        bnb.setup(variant, n, dtype)
+        children["bitsandbytes"] = bnb
     times = interleaved({"fastopt": make_step(variant, n, dtype)[0],
                          "roofline": make_step(variant, n, dtype, kind="roofline")[0]},
-                        rounds, torch)
+                        rounds, torch, children)
     t_fast = statistics.median(times["fastopt"])
     p, g = data(n, dtype)
     q, state, count = p.copy(), {}, [0]
@@ -59,9 +64,13 @@ def measure(variant, n, dtype, rounds, numpy_repeats, torch=None):
     if torch:
         row["torch_ms"] = _ms(times, "torch")
         row["speedup_torch"] = ratio(times, "torch", "fastopt")
+    if children:
+        row["bnb_ms"] = _ms(times, "bitsandbytes")
+        row["speedup_bnb"] = ratio(times, "bitsandbytes", "fastopt")
     return check_row(row, times, {"fastopt": ("fastopt_ms", "gbps", "speedup_numpy"),
                                   "roofline": ("roofline_pct",),
-                                  "torch": ("torch_ms", "speedup_torch")})
+                                  "torch": ("torch_ms", "speedup_torch"),
+                                  "bitsandbytes": ("bnb_ms", "speedup_bnb")})
 
 
 def check_rows(rows):

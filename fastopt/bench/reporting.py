@@ -16,6 +16,9 @@ COLUMNS = [("optimizer", "optimizer", "{}"), ("n", "n", "{:.0e}"), ("dtype", "dt
            ("flags", "check", ",".join)]
 CUDA_COLUMNS = COLUMNS[:8] + [("torch_ms", "torch fused ms", "{:.3f}"),
                                ("speedup_torch", "vs torch", "{:.2f}x"), COLUMNS[-1]]
+BNB_COLUMNS = [COLUMNS[0], COLUMNS[1], COLUMNS[2], ("fastopt_ms", "fastopt ms", "{:.3f}"),
+               ("bnb_ms", "bitsandbytes ms", "{:.3f}"), ("speedup_bnb", "vs bitsandbytes", "{:.1f}x")]
+# (a doubted figure ends in "?" here too; the reasons are under the main table)
 THRESHOLD_COLUMNS = [("n", "n", "{}"), ("serial_us", "serial", "{:.1f}"),
                      ("parallel_us", "parallel", "{:.1f}"), COLUMNS[-1]]
 MARK = "?"
@@ -81,6 +84,21 @@ def _crossover(th, threshold):
             f"(fastopt.config.PARALLEL_THRESHOLD is {threshold})")
 
 
+def _bitsandbytes(results):
+    """The lines on bitsandbytes' 8-bit AdamW: its rows beside fastopt's adam-int8, or why
+    there are none (nothing when no row had it as contender)."""
+    info = results.get("bitsandbytes")
+    if not info:
+        return []
+    head = "bitsandbytes AdamW8bit (CPU)"
+    if info["skipped"]:
+        return ["", f"{head}: skipped ({info['skipped']})"]
+    rows = [r for r in results["rows"] if r.get("bnb_ms") is not None]
+    title = (f"{head} {info['version']}, weight decay 0 (Adam's rule), child process, "
+             "against fastopt's adam-int8:")
+    return ["", title, format_table(rows, BNB_COLUMNS)]
+
+
 def report(results):
     """The text report of a ``run``'s results."""
     m, noise = results["machine"], results.get("noise") or {}
@@ -104,6 +122,7 @@ def report(results):
               "Medians. roofline: same-traffic in-place kernel, same target, same run. "
               "torch: fused=True, child process. Ratios: medians of per-round ratios.", "",
               format_table(results["rows"], COLUMNS)] + _warnings(results["rows"])
+    lines += _bitsandbytes(results)
     many = results["many"]
     if many:
         pct = _cell(many, "roofline_pct", "{:.0f}%")

@@ -44,13 +44,15 @@ def block(fn, calls):
     return statistics.median(times)
 
 
-def interleaved(contenders, rounds, torch=None):
+def interleaved(contenders, rounds, torch=None, children=None):
     """Time ``contenders`` (name -> zero-argument step, already set up) in turn.
 
     Each of ``rounds`` rounds runs one block of calls of every contender, the
     first one moving down the list from round to round (whoever goes first
     can look 5-10% faster or slower). With ``torch``, a ``TorchChild`` set up
-    for the same job, it takes its turn as "torch".
+    for the same job, it takes its turn as "torch"; ``children`` (name ->
+    child process set up for the job, such as a ``BitsandbytesChild``) take
+    theirs under their names.
 
     Returns name -> list of per-round medians (seconds); blocks are sized from
     the first contender's speed.
@@ -63,6 +65,7 @@ def interleaved(contenders, rounds, torch=None):
     turns = [(name, lambda c, fn=fn: block(fn, c)) for name, fn in contenders.items()]
     if torch:
         turns.append(("torch", torch.time))
+    turns += [(name, child.time) for name, child in (children or {}).items()]
     out = {name: [] for name, _ in turns}
     for r in range(rounds):
         k = r % len(turns)
