@@ -194,20 +194,18 @@ def stored_step(step, p, g, state, signs, state_dtype, **hp):
 # value rounded to bfloat16: to nearest by ml_dtypes' own cast, or at random.
 
 def random16(seed, n):
-    """The 16 random bits of elements 0..n-1 under a 32-bit seed: three
-    rounds of (32-bit value times a 32-bit odd constant, the 64-bit product's
-    halves xor-ed), the seed xor-ed in before the first two; then the top
-    and low halves of the result xor-ed, low 16 bits kept."""
-    low = np.uint64(0xFFFFFFFF)
+    """The 16 random bits of elements 0..n-1 under a 32-bit seed: murmur3's
+    32-bit finaliser (xor-shift 16, times 0x85EBCA6B, xor-shift 13, times
+    0xC2B2AE35, xor-shift 16, products modulo 2**32) of the index (its high
+    half xor-ed into its low) xor the seed; the low 16 bits."""
     i = np.arange(n, dtype=np.uint64)
-    s = np.uint64(seed)
-    x = ((i >> np.uint64(32)) ^ (i & low)) ^ s
-    for k, constant in enumerate((0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35)):
-        if k == 1:
-            x = x ^ s
-        x = x * np.uint64(constant)
-        x = (x >> np.uint64(32)) ^ (x & low)
-    return ((x ^ (x >> np.uint64(16))) & np.uint64(0xFFFF)).astype(np.uint32)
+    h = (((i >> np.uint64(32)) ^ i) & np.uint64(0xFFFFFFFF)).astype(np.uint32) ^ np.uint32(seed)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h & np.uint32(0xFFFF)
 
 
 def rounding_seed(seed, step, size):

@@ -52,13 +52,9 @@ _ONE_BIT = np.uint32(1)
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
 _QUIET = np.uint32(0x0040)
-_LOW16 = np.uint64(0xFFFF)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _U32 = np.uint64(32)
-_U16_64 = np.uint64(16)
-# Odd 32-bit multipliers of the hash's rounds (from the golden ratio and two
-# well-mixing constants of integer hash finalisers).
-_MIX = (np.uint64(0x9E3779B9), np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35))
+_LOW16_32 = np.uint32(0xFFFF)
 _ZERO = np.float32(0)
 _ONE = np.float32(1)
 
@@ -101,6 +97,39 @@ def _bits_f32_jit(u):
         return lambda u: _bits_f32(np.uint32(u))
 
 
+def fmix32(x):
+    """murmur3's 32-bit finaliser of uint32 ``x`` (a bijection that spreads
+    every input bit over the output): xor-shift 16, times 0x85EBCA6B,
+    xor-shift 13, times 0xC2B2AE35, xor-shift 16, all modulo 2**32. Plain
+    Python here; compiled, 32-bit integer operations (numba would widen
+    them to 64 bits, halving the vector lanes)."""
+    x = int(x)
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    x ^= x >> 16
+    return np.uint32(x)
+
+
+@intrinsic
+def _fmix32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        h = args[0]
+        for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            h = builder.xor(h, builder.lshr(h, ir.Constant(i32, shift)))
+            h = builder.mul(h, ir.Constant(i32, multiplier))
+        return builder.xor(h, builder.lshr(h, ir.Constant(i32, 16)))
+    return types.uint32(types.uint32), codegen
+
+
+@overload(fmix32, target="generic")
+def _fmix32_jit(x):
+    if isinstance(x, types.Integer):  # numba widens integer arithmetic: take the low 32 bits
+        return lambda x: _fmix32(np.uint32(x))
+
+
 def _jitable(fn):
     """Make ``fn`` callable from compiled code of every target (inlined as if
     jitted with the caller's types); it stays a plain Python function."""
@@ -127,23 +156,12 @@ def bf16_encode(x):
 
 
 @_jitable
-def _fold(x, k):
-    """One round of the hash: a 32-bit ``x`` times a 32-bit odd constant (a
-    64-bit product, so nothing overflows), its halves xor-ed back to 32 bits."""
-    x = x * k
-    return (x >> _U32) ^ (x & _LOW32)
-
-
-@_jitable
 def random16(seed, i):
     """16 random bits (as a uint32 below 65,536) for element ``i`` under the
-    32-bit ``seed``: three multiply-fold rounds of ``i`` and the seed."""
+    32-bit ``seed``: ``fmix32`` of the index (its high half folded into its
+    low) xor the seed, low half."""
     j = np.uint64(i)
-    x = ((j >> _U32) ^ (j & _LOW32)) ^ np.uint64(seed)
-    x = _fold(x, _MIX[0])
-    x = _fold(x ^ np.uint64(seed), _MIX[1])
-    x = _fold(x, _MIX[2])
-    return np.uint32((x ^ (x >> _U16_64)) & _LOW16)
+    return np.uint32(fmix32(((j >> _U32) ^ j ^ np.uint64(seed)) & _LOW32) & _LOW16_32)
 
 
 @_jitable
