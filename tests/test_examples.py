@@ -50,6 +50,10 @@ CASES = {
     "state_dtype_digits.py": (
         ["sklearn", "matplotlib"], True,
         lambda r: _state_dtype_rows_ok(r["rows"])),
+    "bf16_params.py": (
+        ["sklearn", "ml_dtypes"], False,
+        lambda r: all(r["checks"].values()) and len(r["quality"]) == 10
+        and r["speed"]["n"] == 100_000 and all(t > 0 for t in r["speed"]["ms"].values())),
     "zero_mlp.py": (
         ["sklearn", "mpi4py"], False,
         lambda r: r["test_accuracy"] >= 0.95 and r["ranks"] == 2 and r["identical_on_all_ranks"]
