@@ -3,15 +3,10 @@
 Every optimizer and flag set, with and without a float32 master copy and
 stochastic rounding, against the NumPy oracle bit for bit on both CPU
 targets; stochastic rounding is unbiased and reproducible; state dicts
-resume exactly; bad input is refused with nothing changed.
+resume exactly; bad input is refused with nothing changed. (The CUDA loops
+are checked against the CPU's under the simulator by
+``tests/test_state_dtype_cuda.py``.)
 """
-
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,63 +234,3 @@ def test_bad_input_is_refused_with_nothing_changed():
         fastopt.Adam([np.zeros(3, np.float16)])
     _unchanged(p, before)
 
-
-_SIM = textwrap.dedent(r"""
-    import numpy as np
-    from numba import cuda
-    from fastopt.kernels import cpu, spec
-    from fastopt.kernels import cuda as K
-
-    rng = np.random.default_rng(0)
-    T = np.float32
-    SCALARS = {
-        "sgd": dict(inv_scale=T(1), neg_lr=T(-0.05), weight_decay=T(0.01), momentum=T(0.9),
-                    one_minus_dampening=T(0.9), maximize=False, use_weight_decay=True,
-                    use_momentum=True, first_step=False, nesterov=True),
-        "adagrad": dict(inv_scale=T(0.5), neg_clr=T(-0.05), weight_decay=T(0.01), eps=T(1e-10),
-                        maximize=True, use_weight_decay=True),
-        "adam": dict(inv_scale=T(1), lerp_weight=T(0.1), lerp_weight_complement=T(0.9),
-                     beta2=T(0.999), one_minus_beta2=T(0.001), neg_step_size=T(-0.01),
-                     bias_correction2_sqrt=T(0.0316), eps=T(1e-8), weight_decay=T(0.01),
-                     decay_factor=T(1), maximize=False, l2_decay=True,
-                     amsgrad=True, lerp_from_end=False),
-    }
-    checked = 0
-    n = 37
-    for rule in spec.CODED_STATE:
-        for params in ("p16", "p16m"):
-            for stochastic in (False, True):
-                name = f"{rule}_{params}"
-                kernel = spec.KERNELS[name]
-                values = {a: np.abs(rng.standard_normal(n)).astype(T)
-                          for a in kernel.of_kind(spec.ARRAY)}
-                values.update({a: rng.standard_normal(n).astype(T).view(np.uint32)
-                               .__rshift__(16).astype(np.uint16) for a in ("p", "g")})
-                if params == "p16m":
-                    values["master"] = rng.standard_normal(n).astype(T)
-                args = spec.pack[name](**values, **SCALARS[rule], seed=np.uint32(99),
-                                       stochastic=stochastic)
-                host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-                cpu.KERNELS[name]["serial"](*host)
-                dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
-                K.ALL[name][2, 4](*dev)  # eight threads: each takes several elements
-                for k, (h, d) in enumerate(zip(host, dev)):
-                    if isinstance(h, np.ndarray):
-                        assert np.array_equal(d.copy_to_host().view(np.uint8), h.view(np.uint8)), \
-                            (name, stochastic, k)
-                checked += 1
-    print("checked", checked)
-""")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
-                    reason="numba-cuda is not installed")
-def test_cuda_kernels_match_cpu_under_the_simulator():
-    """The CUDA loops of bfloat16 parameters give the CPU loop's bits (the
-    random bits follow the element's index, not the thread)."""
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", _SIM], cwd=root, text=True,
-                            capture_output=True, timeout=600,
-                            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    assert "checked 12" in result.stdout

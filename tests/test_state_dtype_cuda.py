@@ -2,7 +2,8 @@
 
 Under the CUDA simulator (in a subprocess: it must be chosen before numba.cuda
 is imported), every coded kernel gives the CPU kernel's results bit for bit
-on tiny launches that exercise the grid-stride loop over blocks, and an
+on tiny launches that exercise the grid-stride loop over blocks (and so do
+the kernels of bfloat16 parameters, with stochastic rounding too), and an
 optimizer with GPU parameters and int8 state matches the CPU one. The PTX of
 every kernel is checked by ``tests/test_cuda.py``.
 """
@@ -42,6 +43,20 @@ _SCRIPT = textwrap.dedent(r"""
                      amsgrad=True, lerp_from_end=False),
     }
     checked = 0
+
+    def same(name, args, launch):
+        # The CUDA kernel on ``launch`` (blocks, threads) writes the serial
+        # CPU loop's bits into every array.
+        global checked
+        host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        cpu.KERNELS[name]["serial"](*host)
+        dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
+        K.ALL[name][launch](*dev)
+        for k, (h, d) in enumerate(zip(host, dev)):
+            if isinstance(h, np.ndarray):
+                assert np.array_equal(d.copy_to_host().view(np.uint8), h.view(np.uint8)), (name, k)
+        checked += 1
+
     for rule, coded in spec.CODED_STATE.items():
         for codec in spec.CODECS:
             name = f"{rule}_{codec}"
@@ -63,16 +78,23 @@ _SCRIPT = textwrap.dedent(r"""
                     values[a], values[a + "_absmax"] = stored[key], stored[key + "_absmax"]
             if codec != "bf16":
                 values["qmaps"], values["qluts"] = codecs.tables(codec)
-            args = spec.pack[name](**values, **SCALARS[rule])
-            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-            cpu.KERNELS[name]["serial"](*host)
-            dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
-            K.ALL[name][2, 1](*dev)  # two threads: each takes several blocks
-            for k, (h, d) in enumerate(zip(host, dev)):
-                if isinstance(h, np.ndarray):
-                    got = d.copy_to_host()
-                    assert np.array_equal(got.view(np.uint8), h.view(np.uint8)), (name, k)
-            checked += 1
+            same(name, spec.pack[name](**values, **SCALARS[rule]), (2, 1))  # each thread: blocks
+
+    # bfloat16 parameters, rounded to nearest and stochastically: the random
+    # bits follow the element's index, not the thread.
+    n = 37
+    for rule in spec.CODED_STATE:
+        for params in ("p16", "p16m"):
+            for stochastic in (False, True):
+                name = f"{rule}_{params}"
+                values = {a: np.abs(rng.standard_normal(n)).astype(T)
+                          for a in spec.KERNELS[name].of_kind(spec.ARRAY)}
+                values.update({a: (rng.standard_normal(n).astype(T).view(np.uint32) >> 16)
+                               .astype(np.uint16) for a in ("p", "g")})
+                if params == "p16m":
+                    values["master"] = rng.standard_normal(n).astype(T)
+                same(name, spec.pack[name](**values, **SCALARS[rule], seed=np.uint32(99),
+                                           stochastic=stochastic), (2, 4))
 
     # An optimizer with GPU parameters and int8 state, against the CPU one.
     import fastopt
@@ -101,4 +123,4 @@ def test_coded_kernels_match_cpu_under_the_simulator():
                                  "FASTOPT_CUDA_THREADS_PER_BLOCK": "8",
                                  "FASTOPT_CUDA_MAX_BLOCKS": "2"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    assert "checked 9" in result.stdout
+    assert "checked 21" in result.stdout
