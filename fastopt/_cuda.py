@@ -10,6 +10,8 @@ numba-cuda, or without a usable GPU, asking for CUDA raises an error that
 says what is missing.
 """
 
+import importlib
+
 import numpy as np
 
 from . import config
@@ -32,6 +34,7 @@ def cuda():
         except ImportError:
             raise ImportError("the CUDA target needs numba-cuda and the CUDA compiler libraries, "
                               f"which are not installed: {INSTALL}") from None
+        check_numpy_supported()
         from numba import cuda as module
         if not module.is_available():
             raise RuntimeError("the CUDA target needs an NVIDIA GPU and its driver, and numba-cuda "
@@ -39,6 +42,24 @@ def cuda():
                                "cuda.detect()' says why)")
         _numba_cuda = module
     return _numba_cuda
+
+
+def check_numpy_supported():
+    """Raise ImportError, naming the versions, when the installed numba-cuda
+    cannot compile with the installed NumPy. numba-cuda 0.30.x registers
+    ``numpy.row_stack``, which NumPy 2.5 removed: without this check its
+    first compilation fails deep inside with an AttributeError."""
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except AttributeError as e:
+        if "row_stack" not in str(e):
+            raise
+        from importlib.metadata import version
+        raise ImportError(f"numba-cuda {version('numba-cuda')} does not work with NumPy "
+                          f"{np.__version__} (it uses numpy.row_stack, which NumPy 2.5 removed): "
+                          "pip install 'numpy<2.5' (the cuda extra asks for it)") from None
+    except ImportError:
+        pass  # the CUDA simulator has no such module, and compiles nothing
 
 
 def kernels():

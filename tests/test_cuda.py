@@ -242,3 +242,26 @@ def test_bench_make_step_on_the_cpu(kind):
     wait()
     with pytest.raises(ValueError, match="torch"):
         bench.make_step("adam", 100, np.float32, kind="torch")
+
+
+def test_numba_cuda_on_a_numpy_it_cannot_compile_with_is_named(monkeypatch):
+    """numba-cuda 0.30.x fails at its first compile on NumPy 2.5 (numpy.row_stack
+    is gone): fastopt says which versions and what to install, before that."""
+    import importlib
+    from fastopt import _cuda
+
+    def removed(name):
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.30.4")
+    monkeypatch.setattr(importlib, "import_module", removed)
+    with pytest.raises(ImportError, match=r"numba-cuda 0\.30\.4 does not work with NumPy .*"
+                                          r"numpy<2\.5"):
+        _cuda.check_numpy_supported()
+
+
+def test_the_cuda_extra_keeps_numpy_below_2_5():
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "numpy<2.5" in extras["cuda"]

@@ -21,7 +21,11 @@ nvcc does by default, so results agree with the CPU kernels to rounding (a few
 units in the last place; tested), not bit for bit.
 """
 
-from numba import cuda, float64, int64
+from .._cuda import check_numpy_supported
+
+check_numpy_supported()  # before numba-cuda compiles anything (its own error is obscure)
+
+from numba import cuda, float64, int64  # noqa: E402
 
 from . import _cuda_loops, spec
 
