@@ -253,8 +253,7 @@ class Optimizer:
                     launches.append((i, p, name, args, hyper))
                 i += 1
         if (Replay.eligible(self, params, grads, inv_scale, check_finite, clip)
-                and all(not KERNELS[name].codec and not KERNELS[name].params
-                        for _, _, name, _, _ in launches)):
+                and all(not KERNELS[name].codec for _, _, name, _, _ in launches)):
             self._replay = Replay(self, launches, len(params))
         return True if check_finite else None
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _spec, config
 from ._dispatch import direct, kernel, settled
-from ._update import SCALARS
+from ._state_dtype import plain_dtype
+from ._update import SCALARS, rounding_seed
 from .kernels.spec import KERNELS
 
 _is = operator.is_
@@ -41,7 +42,7 @@ class _Launch:
     ``config.PARALLEL_THRESHOLD`` is still ``threshold`` (else None: ask
     ``kernel`` each time)."""
 
-    __slots__ = ("shape", "dtype", "name", "args", "varying", "fn", "scalar", "target",
+    __slots__ = ("shape", "dtype", "scalars", "name", "args", "varying", "fn", "scalar", "target",
                  "threshold")
 
     def __init__(self, p, name, args, step_args, target):
@@ -49,9 +50,10 @@ class _Launch:
         self.args = list(args)
         names = KERNELS[name].names
         self.varying = tuple(names.index(arg) for arg in step_args)
+        self.scalars = plain_dtype(p)  # the kernel's scalars' dtype (float32 for bfloat16)
         fn = settled(name, target, p)
-        self.fn = None if fn is None else direct(fn, name, p.dtype)
-        self.scalar = SCALARS[p.dtype]
+        self.fn = None if fn is None else direct(fn, name, self.scalars)
+        self.scalar = SCALARS[self.scalars]
         self.threshold = config.PARALLEL_THRESHOLD
 
     def launch(self, p, args, values):
@@ -60,7 +62,7 @@ class _Launch:
         fn = self.fn if config.PARALLEL_THRESHOLD == self.threshold else None
         if fn is None:
             chosen = kernel(self.name, self.target, p)
-            fn = direct(chosen, self.name, self.dtype)
+            fn = direct(chosen, self.name, self.scalars)
         if fn is not None:  # numba's compiled function: takes Python floats
             for position, value in zip(self.varying, values):
                 args[position] = value
@@ -72,16 +74,31 @@ class _Launch:
 
 
 class _Entry(_Launch):
-    """One parameter's recorded kernel call in an optimizer's step."""
+    """One parameter's recorded kernel call in an optimizer's step. A
+    bfloat16 parameter (``bits``) is passed as its uint16 bits, and its
+    gradient too; where the optimizer counts steps (``seeded``), the seed of
+    its stochastic rounding is given anew each step."""
 
-    __slots__ = ("p", "index", "state", "held", "last_g", "hyper")
+    __slots__ = ("p", "index", "state", "held", "last_g", "hyper", "bits", "seeded", "grad_at")
 
     def __init__(self, opt, index, p, name, args, hyper):
-        super().__init__(p, name, args, opt._STEP_ARGS, opt.target)
+        self.bits = bool(KERNELS[name].params)
+        self.seeded = self.bits and opt.spec.has_step
+        super().__init__(p, name, args, opt._STEP_ARGS + (("seed",) if self.seeded else ()),
+                         opt.target)
         self.p, self.index, self.state, self.hyper = p, index, opt.state[index], hyper
-        self.held = tuple((key, self.state[key]) for key in opt.spec.state_keys
+        self.grad_at = KERNELS[name].names.index("g")  # after the master copy, if any
+        self.held = tuple((key, self.state[key]) for key in (*opt.spec.state_keys, "master")
                           if self.state.get(key) is not None)
         self.last_g = None
+
+    def step_values(self, scalars):
+        """This step's values of the varying scalars (the step count advances)."""
+        values = scalars(self.state, self.hyper)
+        if self.seeded:
+            values = (*values, rounding_seed(self.hyper["rounding_seed"], self.state["step"],
+                                             self.p.size))
+        return values
 
 
 class Replay:
@@ -159,16 +176,18 @@ class Replay:
                     if np.may_share_memory(g, p):
                         return False
                     e.last_g = g
-                flats.append(g if g.ndim == 1 else g.reshape(-1))
+                flat = g if g.ndim == 1 else g.reshape(-1)
+                flats.append(flat.view(np.uint16) if e.bits else flat)
             if self.absent and any(grads[i] is not None for i in self.absent):
                 return False
             # Everything holds: from here on, nothing raises.
             scalars = opt._step_scalars
             for e, g in zip(self.entries, flats):
                 args, p = e.args, e.p
-                args[0] = p if p.ndim == 1 else p.reshape(-1)
-                args[1] = g
-                e.launch(p, args, scalars(e.state, e.hyper))
+                flat = p if p.ndim == 1 else p.reshape(-1)
+                args[0] = flat.view(np.uint16) if e.bits else flat
+                args[e.grad_at] = g
+                e.launch(p, args, e.step_values(scalars))
             return True
 
 

@@ -70,6 +70,10 @@ def test_class_matches_oracle_bit_for_bit(case, master, stochastic, target):
         opt.step([g])
         want, state, want_master = R.bf16_param_step(step, want, g, state, want_master,
                                                      stochastic, 12345, **hp)
+    # The steps after the first are replayed (kernel arguments kept); one more, by hand.
+    assert opt._replay.run(opt, [grads[0]])
+    want, state, want_master = R.bf16_param_step(step, want, grads[0], state, want_master,
+                                                 stochastic, 12345, **hp)
     assert p.dtype == BF16
     np.testing.assert_array_equal(p.view(np.uint16), want.view(np.uint16))
     got = opt.state[0]
