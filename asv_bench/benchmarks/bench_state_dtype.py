@@ -59,3 +59,44 @@ class StateDtype:
         return sum(a.nbytes for a in arrays) / n
 
     track_state_bytes_per_param.unit = "bytes"
+
+
+# bfloat16 parameters: how the new value is written back (keyword options of
+# the classes); "float32" is float32 parameters, the baseline.
+WRITE_BACK = {"float32": {}, "nearest": {}, "stochastic": {"stochastic_rounding": True},
+              "master": {"master_weights": True},
+              "master+stochastic": {"master_weights": True, "stochastic_rounding": True}}
+
+
+class BFloat16Params:
+    """``opt.step([g])`` of Adam on bfloat16 parameters (with bfloat16
+    gradients and float32 state), each way of writing them back, per size and
+    CPU target; "float32" steps float32 parameters. Skips on a fastopt
+    without bfloat16 parameters, and without ml_dtypes."""
+
+    params = [list(WRITE_BACK), SIZES, ["serial", "parallel"]]
+    param_names = ["write_back", "n", "target"]
+    version = "1"
+    repeat = REPEAT
+
+    def setup(self, write_back, n, target):
+        require_target(target)
+        options = WRITE_BACK[write_back]
+        require_arguments(fastopt.Adam, {"master_weights": None, "stochastic_rounding": None})
+        _require("bfloat16")
+        import ml_dtypes
+        dtype = np.float32 if write_back == "float32" else ml_dtypes.bfloat16
+
+        def build():
+            rng = np.random.default_rng(0)
+            p = rng.standard_normal(n).astype(dtype)
+            g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+            opt = fastopt.Adam([p], lr=LR, target=target, **options)
+            step = (lambda: opt.step([g]))
+            warm(step)
+            return step
+
+        self.step = memo(("bf16_params", write_back, n, target), build)
+
+    def time_step(self, write_back, n, target):
+        self.step()
