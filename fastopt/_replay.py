@@ -96,8 +96,9 @@ class _Entry(_Launch):
         """This step's values of the varying scalars (the step count advances)."""
         values = scalars(self.state, self.hyper)
         if self.seeded:
-            values = (*values, rounding_seed(self.hyper["rounding_seed"], self.state["step"],
-                                             self.p.size))
+            # a uint32 (not a Python int) through a dispatcher too: no new signature
+            values = (*values, np.uint32(rounding_seed(self.hyper["rounding_seed"],
+                                                       self.state["step"], self.p.size)))
         return values
 
 

@@ -100,6 +100,12 @@ def test_parallel_size_and_timed_choice_agree_with_serial():
     for p, opt in zip(ps[1:], opts[1:]):
         np.testing.assert_array_equal(p.view(np.uint16), ps[0].view(np.uint16))
         np.testing.assert_array_equal(opt.state[0]["master"], opts[0].state[0]["master"])
+    # Replayed through the timed choice, the seed reached the kernel as a
+    # uint32: nothing was compiled but the declared signature.
+    from fastopt.kernels.cpu import KERNELS
+    from fastopt.kernels.spec import signature
+    for loop in KERNELS["adam_p16m"].values():
+        assert set(loop.signatures) <= {signature("adam_p16m", "float32")}
 
 
 @pytest.mark.parametrize("value", [1.0 + 2.0**-9 + 2.0**-12, -3.0e-3, 7.1e-30, 123.456, 2.0**-130])
