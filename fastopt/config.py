@@ -14,6 +14,8 @@ import textwrap
 import types
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 
 class _Setting(NamedTuple):
     name: str
@@ -72,7 +74,8 @@ CUDA_MAX_BLOCKS: int
 
 def _checked(setting, value, label):
     """``value`` as a Python int if it is an integer in ``setting``'s range."""
-    if isinstance(value, bool):
+    # np.bool_ too: before NumPy 2.3, operator.index takes it as 0 or 1.
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{label} must be an integer, got a bool ({value!r})")
     try:
         number = operator.index(value)
