@@ -59,22 +59,23 @@ def bfloat16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def is_bfloat16(dtype: Any) -> bool:
-    """Whether ``dtype`` is ml_dtypes' bfloat16 (told by name: ml_dtypes need not be imported)."""
-    return np.dtype(dtype).name == "bfloat16"
+def is_bfloat16(a: Any) -> bool:
+    """Whether array ``a`` holds ml_dtypes' bfloat16 (told by the dtype's
+    name: ml_dtypes need not be imported)."""
+    return a.dtype.name == "bfloat16"
 
 
 def plain_dtype(p: Any) -> np.dtype:
     """The dtype of parameter ``p``'s full-precision state (and of its
     kernel's scalars): the parameter's own, float32 for bfloat16 parameters."""
-    return np.dtype(np.float32) if p.dtype.name == "bfloat16" else p.dtype
+    return np.dtype(np.float32) if is_bfloat16(p) else p.dtype
 
 
 def resolve(state_dtype: str | None, p: Any, where: str = "") -> str:
     """The codec of parameter ``p``'s state: "" (full precision, ``plain_dtype``),
     "bfloat16", "int8" or "int4"; raises if ``state_dtype`` cannot apply to ``p``."""
     at = f"{where}: " if where else ""
-    if p.dtype.name == "bfloat16":
+    if is_bfloat16(p):
         if state_dtype is None or state_dtype == "float32":
             return ""
         raise ValueError(f"{at}state_dtype={state_dtype!r} on a bfloat16 parameter: "

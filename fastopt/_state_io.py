@@ -125,7 +125,7 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
         raise TypeError(f"{name} must be a dict, got {type(saved).__name__}")
     allowed = (set(spec.state_keys) | ({"step"} if spec.has_step else set())
                | {"state_dtype"} | {k + "_absmax" for k in spec.state_keys}
-               | ({"master"} if p.dtype.name == "bfloat16" else set()))
+               | ({"master"} if D.is_bfloat16(p) else set()))
     unknown = set(saved) - allowed
     if unknown:
         raise ValueError(f"{name} has unknown key(s) {sorted(map(str, unknown))}; "

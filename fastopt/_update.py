@@ -93,7 +93,7 @@ def _run(rule, codec, target, p, states, absmax, master=None, stochastic=False, 
     if codec in _state_dtype.BLOCKWISE:
         values["qmaps"], values["qluts"] = _state_dtype.tables(codec, p)
     params = ""
-    if p.dtype.name == "bfloat16":
+    if _state_dtype.is_bfloat16(p):
         params = "p16" if master is None else "p16m"
         values.update(g=_bits(values["g"]), seed=np.uint32(seed), stochastic=stochastic)
         if master is not None:
@@ -133,7 +133,7 @@ def any_nonfinite(grads, inv_scale, target):
 def _widened(g):
     """Host gradient ``g`` in a dtype the scans take: bfloat16 widened
     (exactly) to float32, the dtype its update computes in."""
-    return g.astype(np.float32) if g.dtype.name == "bfloat16" else g
+    return g.astype(np.float32) if _state_dtype.is_bfloat16(g) else g
 
 
 # The integer view of each float dtype, and the mask that clears its sign bit.

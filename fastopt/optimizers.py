@@ -42,12 +42,12 @@ def _bf16_args(p: Any, h: dict, state: dict) -> dict[str, Any]:
     its float32 master copy, made from the parameter when
     ``master_weights`` is switched on (dropped when it is switched off),
     and, where the optimizer counts steps, its stochastic rounding."""
-    if p.dtype.name != "bfloat16":
+    if not D.is_bfloat16(p):
         return {}
     if not h["master_weights"]:
         state.pop("master", None)
     elif "master" not in state:
-        state["master"] = p.astype(np.float32).reshape(p.shape)
+        state["master"] = p.astype(np.float32)
     out = {"master": state.get("master")}
     if "stochastic_rounding" in h:
         out.update(stochastic=h["stochastic_rounding"],

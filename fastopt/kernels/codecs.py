@@ -97,6 +97,10 @@ def _bits_f32_jit(u):
         return lambda u: _bits_f32(np.uint32(u))
 
 
+# murmur3's 32-bit finaliser: (xor-shift, multiplier) rounds, then a last xor-shift.
+_FMIX_ROUNDS, _FMIX_LAST = ((16, 0x85EBCA6B), (13, 0xC2B2AE35)), 16
+
+
 def fmix32(x):
     """murmur3's 32-bit finaliser of uint32 ``x`` (a bijection that spreads
     every input bit over the output): xor-shift 16, times 0x85EBCA6B,
@@ -104,12 +108,9 @@ def fmix32(x):
     Python here; compiled, 32-bit integer operations (numba would widen
     them to 64 bits, halving the vector lanes)."""
     x = int(x)
-    x ^= x >> 16
-    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
-    x ^= x >> 13
-    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
-    x ^= x >> 16
-    return np.uint32(x)
+    for shift, multiplier in _FMIX_ROUNDS:
+        x = ((x ^ (x >> shift)) * multiplier) & 0xFFFFFFFF
+    return np.uint32(x ^ (x >> _FMIX_LAST))
 
 
 @intrinsic
@@ -117,10 +118,10 @@ def _fmix32(typingctx, x):
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
         h = args[0]
-        for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        for shift, multiplier in _FMIX_ROUNDS:
             h = builder.xor(h, builder.lshr(h, ir.Constant(i32, shift)))
             h = builder.mul(h, ir.Constant(i32, multiplier))
-        return builder.xor(h, builder.lshr(h, ir.Constant(i32, 16)))
+        return builder.xor(h, builder.lshr(h, ir.Constant(i32, _FMIX_LAST)))
     return types.uint32(types.uint32), codegen
 
 
