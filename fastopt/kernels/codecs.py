@@ -147,7 +147,6 @@ def bf16_decode(u):
     return bits_f32(np.uint32(u) << _U16)
 
 
-@_jitable
 def bf16_encode(x):
     """Float32 ``x`` rounded to the nearest bfloat16 (ties to even), as uint16 bits."""
     b = f32_bits(x)
@@ -165,7 +164,6 @@ def random16(seed, i):
     return np.uint32(fmix32(((j >> _U32) ^ j ^ np.uint64(seed)) & _LOW32) & _LOW16_32)
 
 
-@_jitable
 def bf16_encode_stochastic(x, seed, i):
     """Float32 ``x`` rounded to a bfloat16 neighbour at random (uint16 bits):
     up, away from zero, with probability (dropped bits) / 2**16, using
@@ -174,6 +172,49 @@ def bf16_encode_stochastic(x, seed, i):
     if (b & _ABS) > _INF_BITS:
         return np.uint16((b >> _U16) | _QUIET)
     return np.uint16((b + random16(seed, i)) >> _U16)
+
+
+# Compiled, both encodings are one 32-bit integer sequence (numba would widen
+# the integer arithmetic to 64 bits and, around the NaN test, keep it so,
+# halving the vector lanes): the upper half of the float's bits plus an
+# addend (nearest: ``_ROUND`` plus the kept half's lowest bit; stochastic:
+# the random bits), or, for NaN, the upper half made quiet.
+
+def _bf16_codegen(builder, x, addend=None):
+    i32 = ir.IntType(32)
+    b = builder.bitcast(x, i32)
+    high = builder.lshr(b, ir.Constant(i32, int(_U16)))
+    if addend is None:
+        addend = builder.add(ir.Constant(i32, int(_ROUND)),
+                             builder.and_(high, ir.Constant(i32, int(_ONE_BIT))))
+    rounded = builder.lshr(builder.add(b, addend), ir.Constant(i32, int(_U16)))
+    quiet = builder.or_(high, ir.Constant(i32, int(_QUIET)))
+    nan = builder.fcmp_unordered("uno", x, x)
+    return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+
+
+@intrinsic
+def _bf16_nearest(typingctx, x):
+    return types.uint16(types.float32), lambda context, builder, sig, args: _bf16_codegen(
+        builder, args[0])
+
+
+@intrinsic
+def _bf16_plus(typingctx, x, addend):
+    return types.uint16(types.float32, types.uint32), lambda context, builder, sig, args: (
+        _bf16_codegen(builder, *args))
+
+
+@overload(bf16_encode, target="generic")
+def _bf16_encode_jit(x):
+    if x == types.float32:
+        return lambda x: _bf16_nearest(x)
+
+
+@overload(bf16_encode_stochastic, target="generic")
+def _bf16_encode_stochastic_jit(x, seed, i):
+    if x == types.float32:
+        return lambda x, seed, i: _bf16_plus(x, random16(seed, i))
 
 
 # --- block-wise quantization ---------------------------------------------------------
