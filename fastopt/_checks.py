@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from . import _cuda
+from ._state_dtype import is_bfloat16
 from ._targets import TARGETS
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -155,7 +156,7 @@ def check_param(name, p, bfloat16=False):
         if not p.is_c_contiguous():
             raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update)")
         return p
-    if p.dtype not in FLOAT_DTYPES and not (bfloat16 and p.dtype.name == "bfloat16"):
+    if p.dtype not in FLOAT_DTYPES and not (bfloat16 and is_bfloat16(p)):
         allowed = "float32, float64 or bfloat16" if bfloat16 else "float32 or float64"
         raise TypeError(f"{name} must have dtype {allowed}, got {p.dtype}")
     if not p.flags.c_contiguous:

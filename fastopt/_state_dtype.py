@@ -60,15 +60,19 @@ def bfloat16() -> np.dtype:
 
 
 def is_bfloat16(a: Any) -> bool:
-    """Whether array ``a`` holds ml_dtypes' bfloat16 (told by the dtype's
-    name: ml_dtypes need not be imported)."""
-    return a.dtype.name == "bfloat16"
+    """Whether array ``a`` holds ml_dtypes' bfloat16 (told by the name of the
+    dtype's scalar type: ml_dtypes need not be imported, and NumPy 2 builds
+    ``dtype.name`` anew on each call, microseconds on every step)."""
+    return a.dtype.type.__name__ == "bfloat16"
 
 
 def plain_dtype(p: Any) -> np.dtype:
     """The dtype of parameter ``p``'s full-precision state (and of its
     kernel's scalars): the parameter's own, float32 for bfloat16 parameters."""
     return np.dtype(np.float32) if is_bfloat16(p) else p.dtype
+
+
+_FULL = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 def resolve(state_dtype: str | None, p: Any, where: str = "") -> str:
@@ -80,9 +84,11 @@ def resolve(state_dtype: str | None, p: Any, where: str = "") -> str:
             return ""
         raise ValueError(f"{at}state_dtype={state_dtype!r} on a bfloat16 parameter: "
                          "bfloat16 parameters keep float32 state (state_dtype None or 'float32')")
-    if state_dtype is None or state_dtype == p.dtype.name:
+    if state_dtype is None:
         return ""
     if state_dtype in ("float32", "float64"):
+        if p.dtype == _FULL[state_dtype]:
+            return ""
         raise ValueError(f"{at}state_dtype={state_dtype!r} on a {p.dtype} parameter: "
                          "full-precision state has the parameter's dtype")
     if p.dtype != np.float32:
