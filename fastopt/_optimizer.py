@@ -22,7 +22,6 @@ from . import _update as U
 from ._params import ParamList, as_groups
 from ._replay import Replay
 from ._state_dtype import plain_dtype
-from .kernels.spec import KERNELS
 
 __all__ = ["Optimizer"]
 
@@ -252,8 +251,7 @@ class Optimizer:
                     name, args = self._update(p, g, inv_scale, state, hyper)
                     launches.append((i, p, name, args, hyper))
                 i += 1
-        if (Replay.eligible(self, params, grads, inv_scale, check_finite, clip)
-                and all(not KERNELS[name].codec for _, _, name, _, _ in launches)):
+        if Replay.eligible(self, params, grads, inv_scale, check_finite, clip):
             self._replay = Replay(self, launches, len(params))
         return True if check_finite else None
 

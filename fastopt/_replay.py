@@ -7,7 +7,8 @@ step, ``Replay`` keeps each parameter's kernel arguments. The next
 ``step(grads)`` with default options replays them when every fact the checks
 established still holds — the same groups holding the same parameters and
 hyperparameter objects, the parameters still writable, C-contiguous and of
-their shapes, the same state arrays, and gradients that are plain C-contiguous
+their shapes, the same state arrays (stored as they were, with the same
+block scales), and gradients that are plain C-contiguous
 arrays of the parameters' shapes and dtypes, not overlapping them — changing
 only the gradient and the scalars that follow the step count or a
 schedule's learning rate, and calling
@@ -88,7 +89,11 @@ class _Entry(_Launch):
                          opt.target)
         self.p, self.index, self.state, self.hyper = p, index, opt.state[index], hyper
         self.grad_at = KERNELS[name].names.index("g")  # after the master copy, if any
-        self.held = tuple((key, self.state[key]) for key in (*opt.spec.state_keys, "master")
+        # What the arguments were made from: the state arrays (reduced-precision
+        # ones with their block scales) and how they are stored.
+        keys = opt.spec.state_keys
+        self.held = tuple((key, self.state[key])
+                          for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
                           if self.state.get(key) is not None)
         self.last_g = None
 

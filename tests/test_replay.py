@@ -191,6 +191,72 @@ def test_replaced_state_is_used(checked_steps):
     assert other.state[0]["step"] == 4
 
 
+STATE_DTYPES = ["bfloat16", "int8", "int4"]
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("cls, hyper", [(fastopt.Adam, dict(lr=1e-2, amsgrad=True)),
+                                        (fastopt.AdamW, dict(lr=1e-2)),
+                                        (fastopt.SGD, dict(lr=0.1, momentum=0.9)),
+                                        (fastopt.Adagrad, dict(lr=0.1))])
+@pytest.mark.parametrize("target", ["serial", "parallel"])
+def test_reduced_precision_state_is_replayed_bitwise(state_dtype, cls, hyper, target,
+                                                     checked_steps):
+    pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(1)
+    # one blockwise-sized parameter with an odd length, one kept at full precision
+    replayed = [rng.standard_normal(4099).astype(np.float32),
+                rng.standard_normal(5).astype(np.float32)]
+    checked = [p.copy() for p in replayed]
+    a = cls(replayed, target=target, state_dtype=state_dtype, **hyper)
+    b = cls(checked, target=target, state_dtype=state_dtype, **hyper)
+    for _ in range(5):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in replayed]
+        a.step(grads)
+        b.step(grads, check_finite=True)
+    assert len(checked_steps) == 1 + 5  # a: the first step only
+    for x, y in zip(replayed, checked):
+        assert x.tobytes() == y.tobytes()
+    for i in a.state:
+        assert a.state[i].keys() == b.state[i].keys()
+        for key, value in a.state[i].items():
+            assert np.asarray(value).tobytes() == np.asarray(b.state[i][key]).tobytes(), key
+
+
+@pytest.mark.parametrize("replace", ["codes", "absmax", "state_dtype"])
+def test_replaced_reduced_precision_state_is_used(replace, checked_steps):
+    """A state array, block scale or storage name replaced between steps is
+    what the next step reads (the replay notices and steps checked)."""
+    n = 4096
+    p = np.linspace(-1, 1, n, dtype=np.float32)
+    opt = fastopt.Adam([p], lr=1e-2, state_dtype="int8")
+    g = np.full(n, 0.5, np.float32)
+    opt.step([g])
+    opt.step([g])
+    state = opt.state[0]
+    if replace == "codes":
+        state["exp_avg"] = state["exp_avg"].copy()
+    elif replace == "absmax":
+        state["exp_avg_absmax"] = state["exp_avg_absmax"] * 2
+    else:
+        state["state_dtype"] = "".join(["in", "t8"])  # equal, not the same object
+    expected = _outcome_of_fresh_load(opt, p, g)
+    count = len(checked_steps)
+    opt.step([g])
+    assert len(checked_steps) == count + 1
+    assert p.tobytes() == expected[0]
+    assert {k: np.asarray(v).tobytes() for k, v in opt.state[0].items()} == expected[1]
+
+
+def _outcome_of_fresh_load(opt, p, g):
+    """What a fresh optimizer given ``opt``'s state dict does next (checked)."""
+    q = p.copy()
+    other = fastopt.Adam([q], lr=1e-2, state_dtype="int8")
+    other.load_state_dict(opt.state_dict())
+    other.step([g])
+    return q.tobytes(), {k: np.asarray(v).tobytes() for k, v in other.state[0].items()}
+
+
 def test_threads_share_one_optimizer():
     p = np.zeros(1000, np.float32)
     opt = fastopt.SGD([p], lr=1.0)
