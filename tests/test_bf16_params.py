@@ -242,5 +242,8 @@ def test_bad_input_is_refused_with_nothing_changed():
         fastopt.functional.sgd(np.zeros(3), np.zeros(3), master_weights=True)
     with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
         fastopt.Adam([np.zeros(3, np.float16)])
+    swapped = p.astype(p.dtype.newbyteorder(">"))  # bfloat16 too, its bytes the other way
+    with pytest.raises(TypeError, match="non-native byte order"):
+        fastopt.SGD([swapped])
     _unchanged(p, before)
 
