@@ -35,8 +35,9 @@ class ParamList:
 
     ``params``: the parameter objects in order (FlatParams and segments
     replaced by their buffers); ``views``: the same as the kernels take them;
-    ``shapes``: their shapes when checked; ``flat_grad``: id -> FlatParams
-    gradient buffer; ``on_gpu``: whether they are GPU arrays.
+    ``shapes``: their shapes when checked; ``dtypes``: the parameters' own
+    dtypes then (one set in place is checked again); ``flat_grad``: id ->
+    FlatParams gradient buffer; ``on_gpu``: whether they are GPU arrays.
     """
 
     def __init__(self, owner_name: str, target: str | None, state_keys: tuple[str, ...]):
@@ -45,6 +46,7 @@ class ParamList:
         self.ids: tuple = ()
         self.views: list = []
         self.shapes: list = []
+        self.dtypes: list = []
         self.flat_grad: dict = {}
         self.detached: dict = {}  # id -> (parameter, state) taken out of the groups
         self.on_gpu: bool | None = None
@@ -127,6 +129,7 @@ class ParamList:
         shared = _shared_with(self, [v for p, v in zip(params, views) if id(p) not in known])
         self.params, self.ids, self.views = params, tuple(id(p) for p in params), views
         self.shapes = [v.shape for v in views]
+        self.dtypes = [p.dtype for p in params]
         self.on_gpu = bool(views) and not isinstance(views[0], np.ndarray)
         if shared:
             warnings.warn(f"a parameter of this {self.owner_name} is also a parameter "
@@ -155,19 +158,20 @@ class ParamList:
         """The parameters as the kernels take them, checked again where they may
         have changed since (made read-only, resized in place; GPU tensors given
         new memory): a parameter whose shape changed must still fit its state."""
-        params, shapes = self.params, self.shapes
+        params, shapes, dtypes = self.params, self.shapes, self.dtypes
         if self.on_gpu:
             views = [_check_param(f"params[{i}]", p) for i, p in enumerate(params)]
         else:
             views = self.views
             for i, p in enumerate(params):
                 flags = p.flags
-                if p.shape != shapes[i] or not (flags.writeable and flags.c_contiguous):
+                if (p.shape != shapes[i] or p.dtype is not dtypes[i]
+                        or not (flags.writeable and flags.c_contiguous)):
                     views[i] = _check_param(f"params[{i}]", p)
         for i, v in enumerate(views):
-            if v.shape != shapes[i]:
+            if v.shape != shapes[i] or params[i].dtype is not dtypes[i]:
                 self.check_fits(i, v, state.get(i))
-                shapes[i] = v.shape
+                shapes[i], dtypes[i] = v.shape, params[i].dtype
         return views
 
 

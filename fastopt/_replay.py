@@ -80,7 +80,8 @@ class _Entry(_Launch):
     gradient too; where the optimizer counts steps (``seeded``), the seed of
     its stochastic rounding is given anew each step."""
 
-    __slots__ = ("p", "index", "state", "held", "last_g", "hyper", "bits", "seeded", "grad_at")
+    __slots__ = ("p", "index", "state", "held", "keys", "owner", "owner_dtype", "last_g", "hyper",
+                 "bits", "seeded", "grad_at")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
@@ -95,6 +96,12 @@ class _Entry(_Launch):
         self.held = tuple((key, self.state[key])
                           for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
                           if self.state.get(key) is not None)
+        self.keys = len(self.state)  # and nothing added (a stray "master" would be read later)
+        # The user's array, where the kernels take a base-class view of it (a
+        # subclass): its own flags and dtype can change without the view's.
+        user = opt._plist.params[index]
+        self.owner = None if user is p else user
+        self.owner_dtype = user.dtype
         self.last_g = None
 
     def step_values(self, scalars):
@@ -172,8 +179,14 @@ class Replay:
                 if (type(g) is not np.ndarray or g.dtype is not e.dtype or g.shape != shape
                         or p.shape != shape or state.get(e.index) is not e.state):
                     return False
+                owner = e.owner
+                if owner is not None and (owner.shape != shape or not owner.flags.writeable):
+                    return False
                 flags = p.flags
-                if not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous):
+                if (not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous)
+                        or (p if owner is None else owner).dtype is not e.owner_dtype):
+                    return False
+                if len(e.state) != e.keys:
                     return False
                 for key, a in e.held:
                     if e.state.get(key) is not a:
@@ -204,7 +217,8 @@ def _new_lr(opt, record):
     now = tuple(group.values())
     if len(now) != len(values) or tuple(group) != keys:
         return False
-    if [k for k, a, b in zip(keys, now, values) if a is not b] != ["lr"]:
+    if ([k for k, a, b in zip(keys, now, values) if a is not b] != ["lr"]
+            or not _spec.immutable(group["lr"])):  # held by identity from here on
         return False
     try:
         lr = opt.spec.hyper("lr").check(group["lr"])

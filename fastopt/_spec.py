@@ -131,6 +131,12 @@ BFLOAT16_PARAMS = ("master_weights", "stochastic_rounding", "rounding_seed")
 _CACHEABLE = (float, int, bool, str, type(None))
 
 
+def immutable(value: Any) -> bool:
+    """Whether ``value`` is of a kind that cannot change in place (so a
+    checked value can be recognised again by identity or equality)."""
+    return type(value) in _CACHEABLE
+
+
 def cache_key(group: Mapping[str, Any]) -> tuple | None:
     """A group's hyperparameters with their types, to compare with the last
     checked ones (``0 == False`` and ``1 == True`` must not count as equal),
@@ -140,9 +146,9 @@ def cache_key(group: Mapping[str, Any]) -> tuple | None:
         if name == "params":
             continue
         kind = type(value)
-        if kind in _CACHEABLE:
+        if immutable(value):
             key.append((name, kind, value))
-        elif kind in (tuple, list) and all(type(x) in _CACHEABLE for x in value):
+        elif kind in (tuple, list) and all(immutable(x) for x in value):
             key.append((name, kind, tuple((type(x), x) for x in value)))
         else:
             return None

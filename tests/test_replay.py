@@ -257,6 +257,78 @@ def _outcome_of_fresh_load(opt, p, g):
     return q.tobytes(), {k: np.asarray(v).tobytes() for k, v in other.state[0].items()}
 
 
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+@pytest.mark.parametrize("wrap", [np.asmatrix, lambda a: a])
+def test_a_parameter_made_read_only_is_refused(wrap, state_dtype):
+    """Read-only after a step, a subclass (whose base-class view the kernels
+    write) as much as a plain array: refused, not written."""
+    p = wrap(np.ones((64, 80), np.float32))
+    opt = fastopt.Adam([p], lr=0.1, state_dtype=state_dtype)
+    g = np.ones((64, 80), np.float32)
+    opt.step([g])
+    opt.step([g])
+    p.setflags(write=False)
+    before = p.tobytes()
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step([g])
+    assert p.tobytes() == before
+
+
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+@pytest.mark.parametrize("wrap", [np.asmatrix, lambda a: a])
+def test_a_dtype_set_in_place_is_refused_with_nothing_changed(wrap, state_dtype):
+    p = wrap(np.ones((64, 80), np.float32))
+    opt = fastopt.Adam([p], lr=0.1, state_dtype=state_dtype)
+    g = np.ones((64, 80), np.float32)
+    opt.step([g])
+    opt.step([g])
+    p.dtype = np.dtype(">f4")  # the same bytes, read the other way round
+    snap = p.tobytes(), {k: np.asarray(v).tobytes() for k, v in opt.state[0].items()}
+    for grad in (g, g.astype(">f4")):
+        with pytest.raises(TypeError, match=">f4"):
+            opt.step([grad])
+        assert (p.tobytes(), {k: np.asarray(v).tobytes() for k, v in opt.state[0].items()}) == snap
+
+
+def test_a_mutable_learning_rate_is_read_at_every_step():
+    """A scheduled lr of a kind that can change in place is not held by
+    identity: each step reads its value."""
+    class Rate(float):  # a float subclass that can change under the same object
+        def __float__(self):
+            return self.value
+    results = []
+    for options in ({}, {"check_finite": True}):
+        p = np.zeros(100, np.float32)
+        opt = fastopt.SGD([p], lr=1.0)
+        g = np.ones(100, np.float32)
+        opt.step([g])
+        rate = opt.param_groups[0]["lr"] = Rate(1.0)
+        rate.value = 1.0
+        opt.step([g], **options)
+        rate.value = 0.25
+        opt.step([g], **options)
+        results.append(p[0])
+    assert results[0] == results[1]
+
+
+def test_state_entries_added_between_steps_are_seen():
+    """An entry put into a parameter's state (here a "master" copy while
+    master weights are off) is handled as the checked path handles it."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    results = []
+    for options in ({}, {"check_finite": True}):
+        p = np.ones(100, ml_dtypes.bfloat16)
+        opt = fastopt.Adam([p], lr=0.01)
+        g = np.ones(100, ml_dtypes.bfloat16)
+        opt.step([g])
+        opt.state[0]["master"] = np.zeros(100, np.float32)
+        opt.step([g], **options)
+        opt.param_groups[0]["master_weights"] = True
+        opt.step([g])
+        results.append((p.tobytes(), sorted(opt.state[0])))
+    assert results[0] == results[1]
+
+
 def test_threads_share_one_optimizer():
     p = np.zeros(1000, np.float32)
     opt = fastopt.SGD([p], lr=1.0)
