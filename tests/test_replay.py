@@ -290,14 +290,20 @@ def test_a_dtype_set_in_place_is_refused_with_nothing_changed(wrap, state_dtype)
         assert (p.tobytes(), {k: np.asarray(v).tobytes() for k, v in opt.state[0].items()}) == snap
 
 
+def _same_replayed_and_checked(run):
+    """``run(options)`` gives the same whether its steps are replayed
+    (``{}``) or always checked (``check_finite=True``)."""
+    assert run({}) == run({"check_finite": True})
+
+
 def test_a_mutable_learning_rate_is_read_at_every_step():
     """A scheduled lr of a kind that can change in place is not held by
     identity: each step reads its value."""
     class Rate(float):  # a float subclass that can change under the same object
         def __float__(self):
             return self.value
-    results = []
-    for options in ({}, {"check_finite": True}):
+
+    def run(options):
         p = np.zeros(100, np.float32)
         opt = fastopt.SGD([p], lr=1.0)
         g = np.ones(100, np.float32)
@@ -307,16 +313,16 @@ def test_a_mutable_learning_rate_is_read_at_every_step():
         opt.step([g], **options)
         rate.value = 0.25
         opt.step([g], **options)
-        results.append(p[0])
-    assert results[0] == results[1]
+        return p.tobytes()
+    _same_replayed_and_checked(run)
 
 
 def test_state_entries_added_between_steps_are_seen():
     """An entry put into a parameter's state (here a "master" copy while
     master weights are off) is handled as the checked path handles it."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    results = []
-    for options in ({}, {"check_finite": True}):
+
+    def run(options):
         p = np.ones(100, ml_dtypes.bfloat16)
         opt = fastopt.Adam([p], lr=0.01)
         g = np.ones(100, ml_dtypes.bfloat16)
@@ -325,8 +331,8 @@ def test_state_entries_added_between_steps_are_seen():
         opt.step([g], **options)
         opt.param_groups[0]["master_weights"] = True
         opt.step([g])
-        results.append((p.tobytes(), sorted(opt.state[0])))
-    assert results[0] == results[1]
+        return p.tobytes(), sorted(opt.state[0])
+    _same_replayed_and_checked(run)
 
 
 def test_threads_share_one_optimizer():
