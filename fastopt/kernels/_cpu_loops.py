@@ -515,30 +515,107 @@ def adagrad_int4_parallel(
 
 
 @loop()
+def _adam_bf16_serial_usual_max_exp_avg_sq(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in range(p.shape[0]):
+        p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
+            p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+            codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
+            beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+            decay_factor, False, False, True, False)
+        exp_avg[i] = codecs.bf16_encode(_exp_avg)
+        exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+        max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
+
+
+@loop()
+def _adam_bf16_serial_usual(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in range(p.shape[0]):
+        p[i], _exp_avg, _exp_avg_sq, _ = _adam(
+            p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+            codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
+            beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+            decay_factor, False, False, False, False)
+        exp_avg[i] = codecs.bf16_encode(_exp_avg)
+        exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+
+
+@loop()
 def adam_bf16_serial(
         p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
         beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
         decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
     if amsgrad:
-        for i in range(p.shape[0]):
-            p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
-                p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
-                codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight,
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_bf16_serial_usual_max_exp_avg_sq(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
                 lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
-                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay, True,
-                lerp_from_end)
-            exp_avg[i] = codecs.bf16_encode(_exp_avg)
-            exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
-            max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in range(p.shape[0]):
+                p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
+                    p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+                    codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    True, lerp_from_end)
+                exp_avg[i] = codecs.bf16_encode(_exp_avg)
+                exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+                max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
     else:
-        for i in range(p.shape[0]):
-            p[i], _exp_avg, _exp_avg_sq, _ = _adam(
-                p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
-                codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
-                beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
-                decay_factor, maximize, l2_decay, False, lerp_from_end)
-            exp_avg[i] = codecs.bf16_encode(_exp_avg)
-            exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_bf16_serial_usual(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in range(p.shape[0]):
+                p[i], _exp_avg, _exp_avg_sq, _ = _adam(
+                    p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+                    codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    False, lerp_from_end)
+                exp_avg[i] = codecs.bf16_encode(_exp_avg)
+                exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+
+
+@loop(parallel=True)
+def _adam_bf16_parallel_usual_max_exp_avg_sq(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in prange(p.shape[0]):
+        p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
+            p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+            codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
+            beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+            decay_factor, False, False, True, False)
+        exp_avg[i] = codecs.bf16_encode(_exp_avg)
+        exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+        max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
+
+
+@loop(parallel=True)
+def _adam_bf16_parallel_usual(
+        p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight, lerp_weight_complement,
+        beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+        decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
+    for i in prange(p.shape[0]):
+        p[i], _exp_avg, _exp_avg_sq, _ = _adam(
+            p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+            codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
+            beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
+            decay_factor, False, False, False, False)
+        exp_avg[i] = codecs.bf16_encode(_exp_avg)
+        exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
 
 
 @loop(parallel=True)
@@ -547,25 +624,40 @@ def adam_bf16_parallel(
         beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
         decay_factor, maximize, l2_decay, amsgrad, lerp_from_end):
     if amsgrad:
-        for i in prange(p.shape[0]):
-            p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
-                p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
-                codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight,
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_bf16_parallel_usual_max_exp_avg_sq(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
                 lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
-                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay, True,
-                lerp_from_end)
-            exp_avg[i] = codecs.bf16_encode(_exp_avg)
-            exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
-            max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in prange(p.shape[0]):
+                p[i], _exp_avg, _exp_avg_sq, _max_exp_avg_sq = _adam(
+                    p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+                    codecs.bf16_decode(max_exp_avg_sq[i]), inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    True, lerp_from_end)
+                exp_avg[i] = codecs.bf16_encode(_exp_avg)
+                exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+                max_exp_avg_sq[i] = codecs.bf16_encode(_max_exp_avg_sq)
     else:
-        for i in prange(p.shape[0]):
-            p[i], _exp_avg, _exp_avg_sq, _ = _adam(
-                p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
-                codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight, lerp_weight_complement,
-                beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, weight_decay,
-                decay_factor, maximize, l2_decay, False, lerp_from_end)
-            exp_avg[i] = codecs.bf16_encode(_exp_avg)
-            exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
+        if not (maximize or l2_decay or lerp_from_end):
+            _adam_bf16_parallel_usual(
+                p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, lerp_weight,
+                lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                amsgrad, lerp_from_end)
+        else:
+            for i in prange(p.shape[0]):
+                p[i], _exp_avg, _exp_avg_sq, _ = _adam(
+                    p[i], g[i], codecs.bf16_decode(exp_avg[i]), codecs.bf16_decode(exp_avg_sq[i]),
+                    codecs.bf16_decode(exp_avg_sq[i]), inv_scale, lerp_weight,
+                    lerp_weight_complement, beta2, one_minus_beta2, neg_step_size,
+                    bias_correction2_sqrt, eps, weight_decay, decay_factor, maximize, l2_decay,
+                    False, lerp_from_end)
+                exp_avg[i] = codecs.bf16_encode(_exp_avg)
+                exp_avg_sq[i] = codecs.bf16_encode(_exp_avg_sq)
 
 
 @loop()

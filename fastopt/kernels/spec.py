@@ -430,11 +430,12 @@ def _function(kernel, decorator, suffix, header, target):
             def body(kernel, on, header, indent, fixed):
                 return _block_body(kernel, on, header, indent, target, fixed)
 
-    # CPU loops of plain state get a loop of their own for the usual case,
-    # the ``usual`` flags all off, in a function of its own: LLVM then also
-    # takes the remaining flags' tests out of that loop, which it does not
-    # in a function of many loops. (Coded state spends its time in look-ups.)
-    usual = kernel.usual if target == "cpu" and not kernel.codec else ()
+    # CPU loops of plain and bfloat16 state get a loop of their own for the
+    # usual case, the ``usual`` flags all off, in a function of its own: LLVM
+    # then also takes the remaining flags' tests out of that loop, which it
+    # does not in a function of many loops. Block-coded state spends its
+    # time in look-ups.
+    usual = kernel.usual if target == "cpu" and kernel.codec not in BLOCK_CODECS else ()
     helpers = []
 
     # Loops split on each optional array's flag, then on stochastic rounding.
