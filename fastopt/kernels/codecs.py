@@ -174,11 +174,12 @@ def bf16_encode_stochastic(x, seed, i):
     return np.uint16((b + random16(seed, i)) >> _U16)
 
 
-# Compiled, both encodings are one 32-bit integer sequence (numba would widen
-# the integer arithmetic to 64 bits and, around the NaN test, keep it so,
-# halving the vector lanes): the upper half of the float's bits plus an
-# addend (nearest: ``_ROUND`` plus the kept half's lowest bit; stochastic:
-# the random bits), or, for NaN, the upper half made quiet.
+# Compiled, both encodings are one 32-bit integer sequence: the upper half
+# of the float's bits plus an addend (nearest: ``_ROUND`` plus the kept
+# half's lowest bit; stochastic: the random bits), or, for NaN, the upper half
+# made quiet, selected before narrowing to 16 bits. Written with numba's
+# integers, the NaN test became a blend after narrowing (each result packed
+# three times) or, written as a select, widened the lanes to 64 bits.
 
 def _bf16_codegen(builder, x, addend=None):
     i32 = ir.IntType(32)
