@@ -46,6 +46,10 @@ CASES = {
                               dict(lr=0.01, amsgrad=True, maximize=True)),
     "adamw": ("AdamW", R.adam_step, {"m": ("exp_avg", True), "v": ("exp_avg_sq", False)},
               dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    # the usual-case loop with the maximum (no maximize, no L2 term, beta1 > 0.5)
+    "adamw_amsgrad": ("AdamW", R.adam_step, {"m": ("exp_avg", True), "v": ("exp_avg_sq", False),
+                                             "vmax": ("max_exp_avg_sq", False)},
+                      dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True)),
 }
 
 
