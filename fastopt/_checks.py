@@ -64,6 +64,8 @@ def check_betas(betas):
 def check_grad_scale(grad_scale, dtypes=()):
     """``grad_scale`` (None or a finite number > 0); returns ``1 / grad_scale``.
 
+    ``dtypes`` may be a generator: it is read only when a scale is given.
+
     The gradient is multiplied by the reciprocal, cast to the arrays' dtype:
     it must be a normal number in each of ``dtypes`` (not infinite, not zero
     or subnormal), or unscaling would turn gradients into NaN or zero.
@@ -74,7 +76,7 @@ def check_grad_scale(grad_scale, dtypes=()):
     if scale <= 0:
         raise ValueError(f"grad_scale must be > 0, got {scale}")
     inv = 1.0 / scale
-    for dtype in dtypes:
+    for dtype in set(dtypes):
         info = np.finfo(dtype)
         if not float(info.tiny) <= inv <= float(info.max):
             raise ValueError(f"grad_scale={scale:g} is out of range for {np.dtype(dtype)} arrays: "

@@ -165,8 +165,7 @@ class Optimizer:
             check_finite = C.check_flag("check_finite", check_finite)
             clip = C.check_clip(max_grad_norm, norm_type)
             params = self._plist.current_views(self.state)
-            inv_scale = C.check_grad_scale(grad_scale, () if grad_scale is None
-                                           else {plain_dtype(p) for p in params})
+            inv_scale = C.check_grad_scale(grad_scale, (plain_dtype(p) for p in params))
             if grads is None:
                 grads = [self._plist.flat_grad.get(id(p)) for p in self._plist.params]
                 if any(g is None for g in grads):

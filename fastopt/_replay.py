@@ -101,7 +101,7 @@ class _Entry(_Launch):
         # subclass): its own flags and dtype can change without the view's.
         user = opt._plist.params[index]
         self.owner = None if user is p else user
-        self.owner_dtype = user.dtype
+        self.owner_dtype = user.dtype  # (the view's own is ``dtype``)
         self.last_g = None
 
     def step_values(self, scalars):
@@ -180,11 +180,12 @@ class Replay:
                         or p.shape != shape or state.get(e.index) is not e.state):
                     return False
                 owner = e.owner
-                if owner is not None and (owner.shape != shape or not owner.flags.writeable):
+                if owner is not None and (owner.shape != shape or not owner.flags.writeable
+                                          or owner.dtype is not e.owner_dtype):
                     return False
                 flags = p.flags
                 if (not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous)
-                        or (p if owner is None else owner).dtype is not e.owner_dtype):
+                        or p.dtype is not e.dtype):
                     return False
                 if len(e.state) != e.keys:
                     return False

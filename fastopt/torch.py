@@ -421,9 +421,9 @@ class _Optimizer(torch.optim.Optimizer):
                 loss = closure()
         clip = C.check_clip(max_grad_norm, norm_type)
         check_finite = C.check_flag("check_finite", check_finite)
-        inv_scale = C.check_grad_scale(grad_scale, () if grad_scale is None else {
+        inv_scale = C.check_grad_scale(grad_scale, (
             _NUMPY_DTYPE[p.dtype] for group in self.param_groups for p in group["params"]
-            if p.grad is not None and p.dtype in _NUMPY_DTYPE})
+            if p.grad is not None and p.dtype in _NUMPY_DTYPE))
         hypers = self._hypers()
         work = self._plan(hypers)  # everything checked; from here on nothing raises
         grads = [g for _, g, _, _, _ in work]
