@@ -232,13 +232,31 @@ def decode4(codes, i, qmaps, off, absmax):
     return qmaps[off + ((np.int32(codes[i >> 1]) >> ((i & 1) << 2)) & 15)] * absmax
 
 
-@_jitable
 def amax(a, x):
     """``max(a, |x|)`` on the bits: ``a`` is the uint32 bits of the largest
     magnitude so far. Magnitudes order as their bits do, and NaN's bits are
     above infinity's, so NaN propagates; an integer maximum vectorises."""
     b = f32_bits(x) & _ABS
     return b if b > a else a
+
+
+# Compiled, one unsigned 32-bit maximum: written with numba's integers, the
+# comparison widened the lanes to 64 bits (no packed maximum, a 64-bit
+# compare and blend per four elements), which cost as much as the update.
+@intrinsic
+def _amax32(typingctx, a, x):
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, int(_ABS)))
+        return builder.select(builder.icmp_unsigned(">", b, args[0]), b, args[0])
+    return types.uint32(types.uint32, types.float32), codegen
+
+
+@overload(amax, target="generic")
+def _amax_jit(a, x):
+    if a == types.uint32 and x == types.float32:
+        return lambda a, x: _amax32(a, x)
+    return amax
 
 
 @_jitable
