@@ -7,10 +7,12 @@ for bit on both CPU targets. Then the codec tables, state dicts (exact
 resume, float32 in, dequantized out) and bad input.
 """
 
+import os
 import pickle
 
 import numpy as np
 import pytest
+from numba import njit, prange
 
 import reference as R
 import fastopt
@@ -143,6 +145,85 @@ def test_quantize_matches_oracle_on_edges(kind, signed):
     np.testing.assert_array_equal(got[key + "_absmax"], absmax)
     back = _state_dtype.decode(kind, key, got, x.shape)
     np.testing.assert_array_equal(back, R.dequantize(codes, absmax, x.size, kind, signed))
+
+
+# The stores encode by arithmetic and fall back to the table look-up
+# (``codecs.encode``) for a block with an element flagged near a midpoint;
+# each element's arithmetic code must be the look-up's wherever it is not
+# flagged. A sample of every float32 bit pattern and the neighbourhood of
+# every midpoint; FASTOPT_EXHAUSTIVE=1 takes all 2**32 patterns (minutes).
+ARITHMETIC_MAPS = {"signed8": ("int8", 0), "unsigned8": ("int8", 1), "signed4": ("int4", 0),
+                   "linear4": ("int4", 1)}
+
+
+@njit(parallel=True, error_model="numpy", boundscheck=False)
+def _arithmetic_misses(bits, kind, consts, qmaps, off, size, qluts, loff):
+    """(elements whose unflagged arithmetic code differs from the look-up's,
+    elements flagged) among the float32s with these bits."""
+    gaps, scales, h0, half = consts
+    top = np.float32(size - 1)
+    missed = np.zeros(bits.size, np.bool_)
+    flagged = np.zeros(bits.size, np.bool_)
+    for k in prange(bits.size):
+        n = codecs.bits_f32(bits[k])
+        if kind == 0:
+            c, close = codecs._signed_code(n, gaps, scales, h0, half)
+        elif kind == 1:
+            c, close = codecs._unsigned_code(n, gaps, scales)
+        else:
+            c, close = codecs._linear_code(n), np.float32(0)
+        flagged[k] = close != 0
+        missed[k] = close == 0 and np.int32(c if n == n else top) != codecs.encode(
+            n, np.float32(1), qmaps, off, size, qluts, loff)
+    return missed.sum(), flagged.sum()
+
+
+@pytest.mark.parametrize("name", ARITHMETIC_MAPS)
+def test_arithmetic_encoding_is_the_lookup(name):
+    kind, second = ARITHMETIC_MAPS[name]
+    size = 256 if kind == "int8" else 16
+    off, loff = (2 * size, 65536) if second else (0, 0)
+    qmaps, qluts = codecs.tables(kind)
+    mids = codecs.MIDPOINTS[name][:-1]
+    near = (mids.view(np.uint32)[:, None].astype(np.int64) + np.arange(-64, 65)).reshape(-1)
+    near = np.concatenate([near, near ^ 0x80000000]) & 0xFFFFFFFF  # both signs
+    how = {"signed8": (0, codecs._SIGNED8), "unsigned8": (1, codecs._UNSIGNED8),
+           "signed4": (0, codecs._SIGNED4), "linear4": (2, codecs._SIGNED4)}[name]
+    exhaustive = os.environ.get("FASTOPT_EXHAUSTIVE") == "1"
+    stride, chunk = (1, 1 << 28) if exhaustive else (4099, 1 << 32)
+    missed = flagged = 0
+    samples = [near.astype(np.uint32)]
+    samples += (np.arange(start, min(start + chunk, 1 << 32), stride, dtype=np.uint64).astype(np.uint32)
+                for start in range(0, 1 << 32, chunk))
+    for bits in samples:
+        m, f = _arithmetic_misses(bits, how[0], how[1], qmaps, off, size, qluts, loff)
+        missed += m
+        flagged += f
+    assert missed == 0
+    if name != "linear4":  # (its codes are exact: nothing is flagged)
+        assert 0 < flagged
+    else:
+        assert flagged == 0
+
+
+def test_flagged_blocks_are_encoded_exactly():
+    """A block whose element sits at a midpoint is encoded by the look-up:
+    the same codes as the oracle, its other elements included; int4 with
+    an odd tail."""
+    rng = np.random.default_rng(5)
+    for kind, signed in [("int8", True), ("int8", False), ("int4", True), ("int4", False)]:
+        table = R.quant_maps(kind)[0 if signed else 1]
+        mids = ((table[:-1].astype(np.float64) + table[1:]) / 2).astype(np.float32)
+        x = rng.standard_normal(4096 + 129).astype(np.float32)
+        x = x if signed else np.abs(x)
+        block = codecs.BLOCK[kind]
+        x[::block] = 1.0  # each block's absmax is 1: its elements are their own codes' inputs
+        x[3::block] = mids[rng.integers(0, mids.size, x[3::block].size)]
+        key = "exp_avg" if signed else "exp_avg_sq"
+        got = _state_dtype.encode(kind, key, x, np.zeros(x.size, np.float32))
+        codes, absmax = R.quantize(x, kind, signed)
+        np.testing.assert_array_equal(got[key], codes, err_msg=f"{kind} signed={signed}")
+        np.testing.assert_array_equal(got[key + "_absmax"], absmax)
 
 
 def test_bf16_encode_rounds_to_nearest_even():
