@@ -235,8 +235,9 @@ def sgd_int8_serial(
             hi = min(lo + 256, n)
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
+            buf_c = buf[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(buf_c, j, qmaps, 0, s_buf)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -274,8 +275,9 @@ def sgd_int8_parallel(
                 hi = min(lo + 256, n)
                 s_buf = buf_absmax[b]
                 a_buf = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
+                buf_c = buf[lo:hi]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode8(buf_c, j, qmaps, 0, s_buf)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):
@@ -316,8 +318,9 @@ def sgd_int4_serial(
             hi = min(lo + 128, n)
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
+            buf_c = buf[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(buf_c, j, qmaps, 0, s_buf)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -355,8 +358,9 @@ def sgd_int4_parallel(
                 hi = min(lo + 128, n)
                 s_buf = buf_absmax[b]
                 a_buf = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
+                buf_c = buf[lo >> 1:(hi + 1) >> 1]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode4(buf_c, j, qmaps, 0, s_buf)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):
@@ -416,8 +420,9 @@ def adagrad_int8_serial(
         hi = min(lo + 256, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
-        for i in range(lo, hi):
-            _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
+        state_sum_c = state_sum[lo:hi]
+        for j in range(hi - lo):
+            _work0[j] = codecs.decode8(state_sum_c, j, qmaps, 512, s_state_sum)
         p_b = p[lo:hi]
         g_b = g[lo:hi]
         for j in range(hi - lo):
@@ -444,8 +449,9 @@ def adagrad_int8_parallel(
             hi = min(lo + 256, n)
             s_state_sum = state_sum_absmax[b]
             a_state_sum = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
+            state_sum_c = state_sum[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(state_sum_c, j, qmaps, 512, s_state_sum)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -471,8 +477,9 @@ def adagrad_int4_serial(
         hi = min(lo + 128, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
-        for i in range(lo, hi):
-            _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
+        state_sum_c = state_sum[lo >> 1:(hi + 1) >> 1]
+        for j in range(hi - lo):
+            _work0[j] = codecs.decode4(state_sum_c, j, qmaps, 32, s_state_sum)
         p_b = p[lo:hi]
         g_b = g[lo:hi]
         for j in range(hi - lo):
@@ -499,8 +506,9 @@ def adagrad_int4_parallel(
             hi = min(lo + 128, n)
             s_state_sum = state_sum_absmax[b]
             a_state_sum = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
+            state_sum_c = state_sum[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(state_sum_c, j, qmaps, 32, s_state_sum)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -681,10 +689,13 @@ def adam_int8_serial(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-                _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
+            exp_avg_c = exp_avg[lo:hi]
+            exp_avg_sq_c = exp_avg_sq[lo:hi]
+            max_exp_avg_sq_c = max_exp_avg_sq[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
+                _work2[j] = codecs.decode8(max_exp_avg_sq_c, j, qmaps, 512, s_max_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -716,9 +727,11 @@ def adam_int8_serial(
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+            exp_avg_c = exp_avg[lo:hi]
+            exp_avg_sq_c = exp_avg_sq[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -761,10 +774,13 @@ def adam_int8_parallel(
                 a_exp_avg = np.uint32(0)
                 a_exp_avg_sq = np.uint32(0)
                 a_max_exp_avg_sq = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                    _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-                    _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
+                exp_avg_c = exp_avg[lo:hi]
+                exp_avg_sq_c = exp_avg_sq[lo:hi]
+                max_exp_avg_sq_c = max_exp_avg_sq[lo:hi]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                    _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
+                    _work2[j] = codecs.decode8(max_exp_avg_sq_c, j, qmaps, 512, s_max_exp_avg_sq)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):
@@ -800,9 +816,11 @@ def adam_int8_parallel(
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
                 a_exp_avg = np.uint32(0)
                 a_exp_avg_sq = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                    _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+                exp_avg_c = exp_avg[lo:hi]
+                exp_avg_sq_c = exp_avg_sq[lo:hi]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                    _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):
@@ -844,10 +862,13 @@ def adam_int4_serial(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-                _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
+            exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+            exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            max_exp_avg_sq_c = max_exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
+                _work2[j] = codecs.decode4(max_exp_avg_sq_c, j, qmaps, 32, s_max_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -879,9 +900,11 @@ def adam_int4_serial(
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+            exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+            exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -924,10 +947,13 @@ def adam_int4_parallel(
                 a_exp_avg = np.uint32(0)
                 a_exp_avg_sq = np.uint32(0)
                 a_max_exp_avg_sq = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                    _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-                    _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
+                exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+                exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+                max_exp_avg_sq_c = max_exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                    _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
+                    _work2[j] = codecs.decode4(max_exp_avg_sq_c, j, qmaps, 32, s_max_exp_avg_sq)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):
@@ -963,9 +989,11 @@ def adam_int4_parallel(
                 s_exp_avg_sq = exp_avg_sq_absmax[b]
                 a_exp_avg = np.uint32(0)
                 a_exp_avg_sq = np.uint32(0)
-                for i in range(lo, hi):
-                    _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                    _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+                exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+                exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+                for j in range(hi - lo):
+                    _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                    _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
                 p_b = p[lo:hi]
                 g_b = g[lo:hi]
                 for j in range(hi - lo):

@@ -95,8 +95,9 @@ def sgd_int8(
             hi = min(lo + 256, n)
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(buf, i, qmaps, 0, s_buf)
+            buf_c = buf[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(buf_c, j, qmaps, 0, s_buf)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -133,8 +134,9 @@ def sgd_int4(
             hi = min(lo + 128, n)
             s_buf = buf_absmax[b]
             a_buf = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(buf, i, qmaps, 0, s_buf)
+            buf_c = buf[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(buf_c, j, qmaps, 0, s_buf)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -180,8 +182,9 @@ def adagrad_int8(
         hi = min(lo + 256, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
-        for i in range(lo, hi):
-            _work0[i - lo] = codecs.decode8(state_sum, i, qmaps, 512, s_state_sum)
+        state_sum_c = state_sum[lo:hi]
+        for j in range(hi - lo):
+            _work0[j] = codecs.decode8(state_sum_c, j, qmaps, 512, s_state_sum)
         p_b = p[lo:hi]
         g_b = g[lo:hi]
         for j in range(hi - lo):
@@ -207,8 +210,9 @@ def adagrad_int4(
         hi = min(lo + 128, n)
         s_state_sum = state_sum_absmax[b]
         a_state_sum = np.uint32(0)
-        for i in range(lo, hi):
-            _work0[i - lo] = codecs.decode4(state_sum, i, qmaps, 32, s_state_sum)
+        state_sum_c = state_sum[lo >> 1:(hi + 1) >> 1]
+        for j in range(hi - lo):
+            _work0[j] = codecs.decode4(state_sum_c, j, qmaps, 32, s_state_sum)
         p_b = p[lo:hi]
         g_b = g[lo:hi]
         for j in range(hi - lo):
@@ -270,10 +274,13 @@ def adam_int8(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
-                _work2[i - lo] = codecs.decode8(max_exp_avg_sq, i, qmaps, 512, s_max_exp_avg_sq)
+            exp_avg_c = exp_avg[lo:hi]
+            exp_avg_sq_c = exp_avg_sq[lo:hi]
+            max_exp_avg_sq_c = max_exp_avg_sq[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
+                _work2[j] = codecs.decode8(max_exp_avg_sq_c, j, qmaps, 512, s_max_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -305,9 +312,11 @@ def adam_int8(
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode8(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode8(exp_avg_sq, i, qmaps, 512, s_exp_avg_sq)
+            exp_avg_c = exp_avg[lo:hi]
+            exp_avg_sq_c = exp_avg_sq[lo:hi]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode8(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode8(exp_avg_sq_c, j, qmaps, 512, s_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -349,10 +358,13 @@ def adam_int4(
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
             a_max_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
-                _work2[i - lo] = codecs.decode4(max_exp_avg_sq, i, qmaps, 32, s_max_exp_avg_sq)
+            exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+            exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            max_exp_avg_sq_c = max_exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
+                _work2[j] = codecs.decode4(max_exp_avg_sq_c, j, qmaps, 32, s_max_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):
@@ -384,9 +396,11 @@ def adam_int4(
             s_exp_avg_sq = exp_avg_sq_absmax[b]
             a_exp_avg = np.uint32(0)
             a_exp_avg_sq = np.uint32(0)
-            for i in range(lo, hi):
-                _work0[i - lo] = codecs.decode4(exp_avg, i, qmaps, 0, s_exp_avg)
-                _work1[i - lo] = codecs.decode4(exp_avg_sq, i, qmaps, 32, s_exp_avg_sq)
+            exp_avg_c = exp_avg[lo >> 1:(hi + 1) >> 1]
+            exp_avg_sq_c = exp_avg_sq[lo >> 1:(hi + 1) >> 1]
+            for j in range(hi - lo):
+                _work0[j] = codecs.decode4(exp_avg_c, j, qmaps, 0, s_exp_avg)
+                _work1[j] = codecs.decode4(exp_avg_sq_c, j, qmaps, 32, s_exp_avg_sq)
             p_b = p[lo:hi]
             g_b = g[lo:hi]
             for j in range(hi - lo):

@@ -355,13 +355,15 @@ def _block_body(kernel, on, header, indent, target, fixed):
     lines += [f"{pad}    s_{a} = {a}_absmax[b]" for a in live]
     lines += [f"{pad}    a_{a} = np.uint32(0)" for a in live]
     # Three loops: decoding (table look-ups), the rule (no look-ups, so LLVM
-    # vectorises it), encoding.
+    # vectorises it), encoding. Each indexes views that start at the block
+    # (int4: two codes a byte, and a block starts on a byte): an index that
+    # starts at 0 cannot be negative, so numba's wraparound goes.
+    coded_view = "[lo:hi]" if bits == "8" else "[lo >> 1:(hi + 1) >> 1]"
+    lines += [f"{pad}    {a}_c = {a}{coded_view}" for a in live]
     if live:
-        lines.append(f"{pad}    for i in range(lo, hi):")
-        lines += [f"{pad}        _work{rows[a]}[i - lo] = codecs.decode{bits}({a}, i, {qmaps}, "
+        lines.append(f"{pad}    for j in range(hi - lo):")
+        lines += [f"{pad}        _work{rows[a]}[j] = codecs.decode{bits}({a}_c, j, {qmaps}, "
                   f"{where[a][0]}, s_{a})" for a in live]
-    # The rule's loop indexes every array from the block's start (views of
-    # the parameter and gradient): LLVM then vectorises it.
     plain = [name for name, kind in kernel.args if kind == ARRAY]
     lines += [f"{pad}    {a}_b = {a}[lo:hi]" for a in plain]
     lines.append(f"{pad}    for j in range(hi - lo):")
