@@ -300,8 +300,6 @@ _NEAR = np.float32(1e-4)
 _TENTH = np.float32(0.1)
 _NINTH = np.float32(1 / 0.9)
 _HALF = np.float32(0.5)
-_TEN = np.float32(10)
-_TWO = np.float32(2)
 _INF32 = np.float32(np.inf)
 _MAGIC = np.float32(1.5 * 2 ** 23)
 
@@ -345,11 +343,11 @@ def _rank(a, gaps, scales):
     float32, and 1.0 if that count may be off by one (else 0.0)."""
     scale, width = scales[0], _ONE
     if gaps[0] < a:
-        scale, width = scales[1], _TWO
+        scale, width = scales[1], np.float32(2)
     if gaps[1] < a:
-        scale, width = scales[2], _TWO * _TWO
+        scale, width = scales[2], np.float32(4)
     if gaps[2] < a:
-        scale, width = scales[3], _TWO * _TWO * _TWO
+        scale, width = scales[3], np.float32(8)
     if gaps[3] < a:
         scale, width = scales[4], np.float32(16)
     if gaps[4] < a:
@@ -397,7 +395,8 @@ def _linear_code(n):
 
 @_jitable
 def store8(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
-    """Encode ``work[:hi - lo]`` into ``codes[lo:hi]`` (as ``encode`` would)."""
+    """Encode ``work[:hi - lo]`` into ``codes[lo:hi]``, as ``encode`` would,
+    on int8's first map (``off`` 0, ``signed8``) or its second (``unsigned8``)."""
     inv = inverse(absmax)
     out = codes[lo:hi]
     top = np.float32(size - 1)
@@ -424,7 +423,9 @@ def store8(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
 @_jitable
 def store4(codes, lo, hi, work, absmax, qmaps, off, size, qluts, loff):
     """Encode ``work[:hi - lo]`` into the nibbles of ``codes[lo // 2:]``
-    (``lo`` is even; an odd last element leaves its high nibble 0)."""
+    (``lo`` is even; an odd last element leaves its high nibble 0), as
+    ``encode`` would, on int4's first map (``off`` 0, ``signed4``) or its
+    second (``linear4``)."""
     inv = inverse(absmax)
     out = codes[lo >> 1:(hi + 1) >> 1]
     pairs = (hi - lo) >> 1
