@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import host_array, place_like
-from .kernels import codecs
-from .kernels._jit import loop
+from .kernels import _cpu_loops, codecs  # (_cpu_loops: the host conversions too)
 
 NAMES = ("float32", "float64", "bfloat16", "int8", "int4")
 BLOCKWISE = ("int8", "int4")
@@ -124,45 +123,6 @@ def fits(codec: str, p: Any, state: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
-# --- conversions (on the host; the kernels' codecs, compiled for the CPU) -------------
-
-@loop()
-def _quantize(x, codes, absmax, qmaps, off, size, qluts, loff, block, four):
-    n = x.shape[0]
-    for b in range((n + block - 1) // block):
-        lo = b * block
-        hi = min(lo + block, n)
-        a = np.uint32(0)
-        for i in range(lo, hi):
-            a = codecs.amax(a, x[i])
-        m = codecs.bits_f32(a)
-        absmax[b] = m
-        if four:
-            codecs.store4(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
-        else:
-            codecs.store8(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
-
-
-@loop()
-def _dequantize(codes, absmax, out, qmaps, off, block, four):
-    for i in range(out.shape[0]):
-        s = absmax[i // block]
-        out[i] = codecs.decode4(codes, i, qmaps, off, s) if four \
-            else codecs.decode8(codes, i, qmaps, off, s)
-
-
-@loop()
-def _to_bf16(x, out):
-    for i in range(x.shape[0]):
-        out[i] = codecs.bf16_encode(x[i])
-
-
-@loop()
-def _from_bf16(bits, out):
-    for i in range(bits.shape[0]):
-        out[i] = codecs.bf16_decode(bits[i])
-
-
 _TABLES: dict = {}
 
 
@@ -186,14 +146,15 @@ def encode(codec: str, key: str, values: np.ndarray, p: Any) -> dict[str, Any]:
     x = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     if codec == "bfloat16":
         bits = np.empty(x.shape, np.uint16)
-        _to_bf16(x, bits)
+        _cpu_loops.to_bf16(x, bits)
         bits = bits.reshape(p.shape)
         return {key: bits.view(bfloat16()) if isinstance(p, np.ndarray) else place_like(p, bits)}
     (codes_shape, _), (absmax_shape, _) = layout(codec, p).values()
     codes, absmax = np.zeros(codes_shape, np.uint8), np.empty(absmax_shape, np.float32)
     off, size, loff = _offsets(codec, SIGNED[key])
     qmaps, qluts = codecs.tables(codec)
-    _quantize(x, codes, absmax, qmaps, off, size, qluts, loff, codecs.BLOCK[codec], codec == "int4")
+    _cpu_loops.quantize_blocks(x, codes, absmax, qmaps, off, size, qluts, loff,
+                               codecs.BLOCK[codec], codec == "int4")
     return {key: place_like(p, codes), key + "_absmax": place_like(p, absmax)}
 
 
@@ -203,12 +164,13 @@ def decode(codec: str, key: str, state: dict, shape: tuple[int, ...]) -> np.ndar
     n = int(np.prod(shape))
     out = np.empty(n, np.float32)
     if codec == "bfloat16":
-        _from_bf16(np.ascontiguousarray(stored).reshape(-1).view(np.uint16), out)
+        _cpu_loops.from_bf16(np.ascontiguousarray(stored).reshape(-1).view(np.uint16), out)
     else:
         off, _, _ = _offsets(codec, SIGNED[key])
         qmaps, _ = codecs.tables(codec)
-        _dequantize(np.ascontiguousarray(stored), host_array(state[key + "_absmax"]), out, qmaps,
-                    off, codecs.BLOCK[codec], codec == "int4")
+        _cpu_loops.dequantize_blocks(np.ascontiguousarray(stored),
+                                     host_array(state[key + "_absmax"]), out, qmaps, off,
+                                     codecs.BLOCK[codec], codec == "int4")
     return out.reshape(shape)
 
 

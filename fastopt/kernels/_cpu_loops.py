@@ -1756,3 +1756,42 @@ def adam_p16m_parallel(
                         decay_factor, maximize, l2_decay, False, lerp_from_end)
                     master[i] = _p
                     p[i] = codecs.bf16_encode(_p)
+
+
+# --- whole-array conversions on the host (``_state_dtype``) ---------------------------
+
+@loop()
+def quantize_blocks(x, codes, absmax, qmaps, off, size, qluts, loff, block, four):
+    n = x.shape[0]
+    for b in range((n + block - 1) // block):
+        lo = b * block
+        hi = min(lo + block, n)
+        a = np.uint32(0)
+        for i in range(lo, hi):
+            a = codecs.amax(a, x[i])
+        m = codecs.bits_f32(a)
+        absmax[b] = m
+        if four:
+            codecs.store4(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
+        else:
+            codecs.store8(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
+
+
+@loop()
+def dequantize_blocks(codes, absmax, out, qmaps, off, block, four):
+    for i in range(out.shape[0]):
+        s = absmax[i // block]
+        out[i] = codecs.decode4(codes, i, qmaps, off, s) if four \
+            else codecs.decode8(codes, i, qmaps, off, s)
+
+
+@loop()
+def to_bf16(x, out):
+    for i in range(x.shape[0]):
+        out[i] = codecs.bf16_encode(x[i])
+
+
+@loop()
+def from_bf16(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = codecs.bf16_decode(bits[i])

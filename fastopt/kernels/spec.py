@@ -273,6 +273,50 @@ _PRELUDE = {
              "cuda.jit(device=True)"),
 }
 
+# The host's conversions of whole state arrays (state dicts, checkpoints):
+# they compile the codecs too, so they live here, where the header's digest
+# keeps numba's cache from loading them stale after ``codecs.py`` changes.
+_HOST_CONVERSIONS = '''
+
+# --- whole-array conversions on the host (``_state_dtype``) ---------------------------
+
+@loop()
+def quantize_blocks(x, codes, absmax, qmaps, off, size, qluts, loff, block, four):
+    n = x.shape[0]
+    for b in range((n + block - 1) // block):
+        lo = b * block
+        hi = min(lo + block, n)
+        a = np.uint32(0)
+        for i in range(lo, hi):
+            a = codecs.amax(a, x[i])
+        m = codecs.bits_f32(a)
+        absmax[b] = m
+        if four:
+            codecs.store4(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
+        else:
+            codecs.store8(codes, lo, hi, x[lo:hi], m, qmaps, off, size, qluts, loff)
+
+
+@loop()
+def dequantize_blocks(codes, absmax, out, qmaps, off, block, four):
+    for i in range(out.shape[0]):
+        s = absmax[i // block]
+        out[i] = codecs.decode4(codes, i, qmaps, off, s) if four \\
+            else codecs.decode8(codes, i, qmaps, off, s)
+
+
+@loop()
+def to_bf16(x, out):
+    for i in range(x.shape[0]):
+        out[i] = codecs.bf16_encode(x[i])
+
+
+@loop()
+def from_bf16(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = codecs.bf16_decode(bits[i])
+'''
+
 _LOOPS = {  # (decorator, function-name suffix, loop header) per variant
     "cpu": [("@loop()", "_serial", "for i in range(p.shape[0]):"),
             ("@loop(parallel=True)", "_parallel", "for i in prange(p.shape[0]):")],
@@ -486,7 +530,8 @@ def generate(target):
     for kernel in RULE_KERNELS:
         for decorator, suffix, header in _LOOPS[target]:
             parts.append("\n" + _function(kernel, decorator, suffix, header, target))
-    return "\n\n".join(parts) + "\n"
+    text = "\n\n".join(parts) + "\n"
+    return text + _HOST_CONVERSIONS if target == "cpu" else text
 
 
 def write():
