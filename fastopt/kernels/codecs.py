@@ -347,20 +347,9 @@ def _rank(a, gaps, scales):
     its positive values' midpoints (after the first) below ``a``, as a
     float32, and 1.0 if that count may be off by one (else 0.0)."""
     scale, width = scales[0], _ONE
-    if gaps[0] < a:
-        scale, width = scales[1], np.float32(2)
-    if gaps[1] < a:
-        scale, width = scales[2], np.float32(4)
-    if gaps[2] < a:
-        scale, width = scales[3], np.float32(8)
-    if gaps[3] < a:
-        scale, width = scales[4], np.float32(16)
-    if gaps[4] < a:
-        scale, width = scales[5], np.float32(32)
-    if gaps[5] < a:
-        scale, width = scales[6], np.float32(64)
-    if gaps[6] < a:
-        scale, width = scales[7], np.float32(128)
+    for k in range(7):  # (a constant count: compiled, unrolled into selects)
+        if gaps[k] < a:
+            scale, width = scales[k + 1], np.float32(2 << k)
     y = (a * scale - _TENTH) * (_NINTH * width) - _HALF
     rounded = nearest_integer(y)
     below = rounded - (_ONE if rounded > y else _ZERO)  # floor(y)
