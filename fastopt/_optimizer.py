@@ -36,7 +36,11 @@ class Optimizer:
     ``_update(p, g, inv_scale, state, hyper)`` (one step of one parameter,
     nothing checked). Optional hooks: ``_group_added`` (Adagrad creates its
     state with the group) and ``_required_state`` (which state keys a
-    loaded state must have).
+    loaded state must have). A replayed step (``_replay``) takes the
+    kernel's scalars named in ``_STEP_ARGS`` anew: ``_advance(state)``
+    counts the step in a parameter's state and returns what those scalars
+    depend on besides the hyperparameters (the step count), and
+    ``_step_scalars(that, hyper)`` computes them.
 
     State follows the parameter object, not its position: ``param_groups``
     and each group's ``"params"`` may be edited between steps (reordered,

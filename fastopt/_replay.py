@@ -104,14 +104,11 @@ class _Entry(_Launch):
         self.owner_dtype = user.dtype  # (the view's own is ``dtype``)
         self.last_g = None
 
-    def step_values(self, scalars):
-        """This step's values of the varying scalars (the step count advances)."""
-        values = scalars(self.state, self.hyper)
-        if self.seeded:
-            # a uint32 (not a Python int) through a dispatcher too: no new signature
-            values = (*values, np.uint32(rounding_seed(self.hyper["rounding_seed"],
-                                                       self.state["step"], self.p.size)))
-        return values
+    def seeded_values(self, values):
+        """``values``, this step's scalars, and the seed of its stochastic rounding."""
+        # a uint32 (not a Python int) through a dispatcher too: no new signature
+        return (*values, np.uint32(rounding_seed(self.hyper["rounding_seed"], self.state["step"],
+                                                 self.p.size)))
 
 
 class Replay:
@@ -201,13 +198,20 @@ class Replay:
             if self.absent and any(grads[i] is not None for i in self.absent):
                 return False
             # Everything holds: from here on, nothing raises.
-            scalars = opt._step_scalars
+            advance, scalars = opt._advance, opt._step_scalars
+            # The step's scalars, kept from one parameter to the next of a group
+            # while its step count is the same: a function of both.
+            key = hyper = values = None
             for e, g in zip(self.entries, flats):
                 args, p = e.args, e.p
                 flat = p if p.ndim == 1 else p.reshape(-1)
                 args[0] = flat.view(np.uint16) if e.bits else flat
                 args[e.grad_at] = g
-                e.launch(p, args, e.step_values(scalars))
+                now = advance(e.state)
+                if now != key or e.hyper is not hyper:
+                    key, hyper = now, e.hyper
+                    values = scalars(key, hyper)
+                e.launch(p, args, e.seeded_values(values) if e.seeded else values)
             return True
 
 

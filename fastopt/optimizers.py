@@ -140,8 +140,11 @@ class SGD(_Stored):
     _KERNEL_ARG = {"momentum_buffer": "buf"}
     _STEP_ARGS = U.STEP_ARGS["sgd"]
 
-    def _step_scalars(self, state, h):
-        return U.sgd_step_scalars(h["lr"], state.get("momentum_buffer") is None)
+    def _advance(self, state):
+        return state.get("momentum_buffer") is None
+
+    def _step_scalars(self, first, h):
+        return U.sgd_step_scalars(h["lr"], first)
 
     def _new_state(self, p, h):
         return {}
@@ -194,9 +197,12 @@ class Adagrad(_Stored):
     _KERNEL_ARG = {"sum": "state_sum"}
     _STEP_ARGS = U.STEP_ARGS["adagrad"]
 
-    def _step_scalars(self, state, h):
+    def _advance(self, state):
         state["step"] += 1
-        return U.adagrad_step_scalars(state["step"], h["lr"], h["lr_decay"])
+        return state["step"]
+
+    def _step_scalars(self, step, h):
+        return U.adagrad_step_scalars(step, h["lr"], h["lr_decay"])
 
     def _group_added(self, group, first, views):
         for p in views:  # the state is made now: check its state_dtype now
@@ -252,9 +258,12 @@ class Adam(_Stored):
                    "max_exp_avg_sq": "max_exp_avg_sq"}
     _STEP_ARGS = U.STEP_ARGS["adam"]
 
-    def _step_scalars(self, state, h):
+    def _advance(self, state):
         state["step"] += 1
-        return U.adam_step_scalars(state["step"], h["lr"], *h["betas"], h["weight_decay"],
+        return state["step"]
+
+    def _step_scalars(self, step, h):
+        return U.adam_step_scalars(step, h["lr"], *h["betas"], h["weight_decay"],
                                    h["decoupled_weight_decay"])
 
     def _new_state(self, p, h):
