@@ -90,6 +90,11 @@ class _Entry(_Launch):
                          opt.target)
         self.p, self.index, self.state, self.hyper = p, index, opt.state[index], hyper
         self.grad_at = KERNELS[name].names.index("g")  # after the master copy, if any
+        # The gradient is given at each step and not held between steps (nor
+        # its identity, below, but weakly): an optimizer that kept the last
+        # one alive would double the gradients' memory in a loop that frees
+        # them after the step.
+        self.args[self.grad_at] = None
         # What the arguments were made from: the state arrays (reduced-precision
         # ones with their block scales) and how they are stored.
         keys = opt.spec.state_keys
@@ -189,10 +194,11 @@ class Replay:
                 for key, a in e.held:
                     if e.state.get(key) is not a:
                         return False
-                if g is not e.last_g:
+                last_g = e.last_g
+                if last_g is None or last_g() is not g:
                     if np.may_share_memory(g, p):
                         return False
-                    e.last_g = g
+                    e.last_g = weakref.ref(g)
                 flat = g if g.ndim == 1 else g.reshape(-1)
                 flats.append(flat.view(np.uint16) if e.bits else flat)
             if self.absent and any(grads[i] is not None for i in self.absent):
@@ -212,6 +218,7 @@ class Replay:
                     key, hyper = now, e.hyper
                     values = scalars(key, hyper)
                 e.launch(p, args, e.seeded_values(values) if e.seeded else values)
+                args[e.grad_at] = None
             return True
 
 

@@ -424,6 +424,32 @@ def test_recorded_calls_hold_their_arrays_weakly():
     assert ref() is None
 
 
+@pytest.mark.parametrize("options", [{}, {"check_finite": True}, {"max_grad_norm": 1.0}])
+@pytest.mark.parametrize("target", [None, "parallel"])
+@pytest.mark.parametrize("cls, hyper", CASES + [
+    (fastopt.Adam, dict(state_dtype="int8")), (fastopt.AdamW, dict(state_dtype="int4")),
+    (fastopt.SGD, dict(momentum=0.9, state_dtype="bfloat16")), ("bfloat16", {}),
+    ("bfloat16", dict(stochastic_rounding=True))])
+def test_gradients_are_not_held_after_a_step(cls, hyper, target, options, checked_steps):
+    """No step, checked or replayed, keeps a gradient alive: a loop that
+    frees each step's gradients needs memory for one set of them, not two."""
+    import weakref
+    rng = np.random.default_rng(5)
+    dtype = np.float32
+    if cls == "bfloat16":  # bfloat16 parameters and gradients
+        import ml_dtypes
+        cls, dtype = fastopt.Adam, ml_dtypes.bfloat16
+    params = [rng.standard_normal(s).astype(dtype) for s in ((50, 100), 5000, 3)]
+    opt = cls(params, target=target, **hyper)
+    for _ in range(4):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+        refs = [weakref.ref(g) for g in grads]
+        opt.step(grads, **options)
+        del grads
+        assert [r() for r in refs] == [None] * 3
+    assert len(checked_steps) == (1 if not options else 4)
+
+
 @pytest.mark.parametrize("cls, hyper", CASES)
 def test_a_schedule_changing_lr_is_replayed(cls, hyper, checked_steps):
     """A learning-rate schedule sets ``lr`` every step: the step still
