@@ -231,6 +231,9 @@ class Optimizer:
         ``check_finite``; their norm, with ``clip``), then step every
         parameter with a gradient."""
         hypers = self._checked_hypers()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is not None:  # state that was replaced since its first step must fit too
+                self._plist.check_fits(i, p, self.state.get(i))
         present = [g for g in grads if g is not None]
         if clip is not None:
             inv_scale, self.last_grad_norm, finite = U.clip_scale(present, inv_scale, *clip,

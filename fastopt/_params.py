@@ -138,21 +138,44 @@ class ParamList:
                           "would be lost)", RuntimeWarning, stacklevel=_caller_level())
 
     def check_fits(self, i: int, p: Any, state: dict | None) -> None:
-        """Parameter ``i`` (as the kernels take it) has the shape and dtype of its state."""
-        if state and state.get("state_dtype"):  # reduced-precision state: its own layout
-            problem = _state_dtype.fits(state["state_dtype"], p, state, self.state_keys)
+        """Parameter ``i`` (as the kernels take it) has the shape and dtype of
+        its state, whose arrays are writeable, C-contiguous, where ``p`` lives
+        and share no memory with it or each other: what the kernels, which
+        check no bounds, write through."""
+        if not state:
+            return
+        codec = state.get("state_dtype")
+        if codec:  # reduced-precision state: its own layout
+            problem = _state_dtype.fits(codec, p, state, self.state_keys)
             if problem:
                 raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
                                  f"does not fit it ({problem}): the parameter changed after its "
-                                 "first step; give the optimizer a new array instead")
-            return
-        for key in (*self.state_keys, "master"):
-            a = state.get(key) if state else None
-            if a is not None and (a.shape != p.shape
-                                  or a.dtype != _state_dtype.plain_dtype(p)):
+                                 "first step, or its state was replaced")
+        keys = (*self.state_keys, "master")
+        if codec:
+            keys += tuple(k + "_absmax" for k in self.state_keys)
+        arrays = [(key, state[key]) for key in keys if state.get(key) is not None]
+        host = isinstance(p, np.ndarray)
+        for key, a in arrays:
+            if not (type(a) is np.ndarray if host else _cuda.is_cuda_array(a)):
+                raise TypeError(f"params[{i}]'s state '{key}' is {type(a).__name__}, not a "
+                                f"{'numpy.ndarray' if host else 'GPU array'} like the parameter")
+            in_layout = codec and key != "master"  # checked by ``fits``
+            if not in_layout and (a.shape != p.shape or a.dtype != _state_dtype.plain_dtype(p)):
                 raise ValueError(f"params[{i}] is {p.dtype}{list(p.shape)}, but its state "
                                  f"'{key}' is {a.dtype}{list(a.shape)}: the parameter changed "
-                                 "after its first step; give the optimizer a new array instead")
+                                 "after its first step, or its state was replaced")
+            if not (a.flags.c_contiguous if host else a.is_c_contiguous()):
+                raise ValueError(f"params[{i}]'s state '{key}' is not C-contiguous")
+            if host and not a.flags.writeable:
+                raise ValueError(f"params[{i}]'s state '{key}' is read-only")
+        if host:
+            for k, (key, a) in enumerate(arrays):
+                for other, b in [("the parameter", p)] + [(f"state '{o}'", c)
+                                                         for o, c in arrays[k + 1:]]:
+                    if np.may_share_memory(a, b):
+                        raise ValueError(f"params[{i}]'s state '{key}' shares memory with "
+                                         f"{other}")
 
     def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may

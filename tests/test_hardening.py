@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +211,71 @@ def test_parameter_changed_in_place_after_its_first_step(how):
     for k, v in before.items():
         np.testing.assert_array_equal(opt.state[0][k], v)
     assert opt.state[0]["step"] == 1
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+def _replaced_state_cases():
+    """name -> (class, hyperparameters, dtype, state key, the replacement
+    made from the state (and "p", the parameter), the error expected)."""
+    import ml_dtypes
+    f32 = np.float32
+    return {
+        "short": (fastopt.Adam, {}, f32, "exp_avg", lambda s: np.zeros(10, f32), ValueError),
+        "codes": (fastopt.Adam, {"state_dtype": "int8"}, f32, "exp_avg",
+                  lambda s: np.zeros(16, np.uint8), ValueError),
+        "absmax": (fastopt.AdamW, {"state_dtype": "int4"}, f32, "exp_avg_sq_absmax",
+                   lambda s: np.zeros(1, f32), ValueError),
+        "bf16 codes": (fastopt.SGD, {"momentum": 0.9, "state_dtype": "bfloat16"}, f32,
+                       "momentum_buffer", lambda s: np.zeros(5000, f32), ValueError),
+        "master": (fastopt.Adam, {"master_weights": True}, ml_dtypes.bfloat16, "master",
+                   lambda s: np.ones(8, f32), ValueError),
+        "master float64": (fastopt.Adam, {"master_weights": True}, ml_dtypes.bfloat16, "master",
+                           lambda s: np.ones(5000), ValueError),
+        "dtype": (fastopt.Adagrad, {}, f32, "sum", lambda s: np.zeros(5000), ValueError),
+        "strided": (fastopt.Adam, {}, f32, "exp_avg", lambda s: np.zeros(10000, f32)[::2],
+                    ValueError),
+        "read-only": (fastopt.Adam, {}, f32, "exp_avg_sq",
+                      lambda s: _read_only(np.zeros(5000, f32)), ValueError),
+        "the parameter": (fastopt.Adam, {}, f32, "exp_avg", lambda s: s["p"], ValueError),
+        "another state": (fastopt.Adam, {}, f32, "exp_avg", lambda s: s["exp_avg_sq"],
+                          ValueError),
+        "list": (fastopt.Adam, {}, f32, "exp_avg", lambda s: [0.0] * 5000, TypeError),
+        "subclass": (fastopt.Adam, {}, f32, "exp_avg",
+                     lambda s: np.zeros(5000, f32).view(np.recarray), TypeError),
+    }
+
+
+def test_state_replaced_between_steps_is_checked_before_any_write():
+    """The kernels check no bounds: a state array replaced since the first
+    step (a wrong size, dtype, layout or kind, or memory shared) is refused
+    with nothing written. In another process, lest a miss write out of bounds."""
+    code = rf"""
+import sys
+import numpy as np, pytest
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_hardening import _replaced_state_cases
+for case, (cls, hyper, dtype, key, make, error) in _replaced_state_cases().items():
+    params = [np.ones(7, dtype), np.linspace(-1, 1, 5000).astype(dtype)]
+    opt = cls(params, lr=0.01, **hyper)
+    grads = [np.full(p.shape, 0.5, dtype) for p in params]
+    opt.step(grads)
+    state = opt.state[1]
+    state[key] = make({{**state, "p": params[1]}})
+    before = [p.copy() for p in params]
+    kept = {{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in opt.state[0].items()}}
+    with pytest.raises(error, match=r"params\[1\]"):
+        opt.step(grads)
+    assert all(np.array_equal(a, b) for a, b in zip(before, params)), case
+    assert all(np.array_equal(opt.state[0][k], v) for k, v in kept.items()), case
+print("ok", len(_replaced_state_cases()))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "ok 13" in result.stdout, result.stdout + result.stderr
 
 
 # --- FlatSegment built by hand --------------------------------------------------
