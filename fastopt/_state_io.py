@@ -142,8 +142,9 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
             continue
         if have:
             # Stored exactly (the same codec), or decoded to float32 first.
-            stored = {k: np.array(host_array(saved[k]), copy=True)
-                      for k in (key, key + "_absmax") if k in saved}
+            stored = {key + suffix: np.array(host_array(saved[key + suffix]), copy=True,
+                                             order="C")
+                      for suffix in D.layout(have, p) if key + suffix in saved}
             if have == want:
                 state.update({k: place_like(p, v) for k, v in stored.items()})
                 if want == "bfloat16" and isinstance(p, np.ndarray):

@@ -277,6 +277,33 @@ def test_resume_is_bit_identical(state_dtype):
 
 
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+def test_state_loaded_in_fortran_order_is_stepped(state_dtype):
+    """Saved arrays in another memory layout are copied in as the kernels
+    take them: one kept in Fortran order was copied at each step, and the
+    copy stepped, so the optimizer's state never moved."""
+    needs_ml_dtypes(state_dtype)
+    rng = np.random.default_rng(6)
+    p = rng.standard_normal((64, 80)).astype(np.float32)
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for _ in range(3)]
+    opt = fastopt.Adam([p], lr=0.01, state_dtype=state_dtype)
+    opt.step([grads[0]])
+    q = p.copy()
+    saved = opt.state_dict(to_host=True)
+    for key, value in saved["state"][0].items():
+        if isinstance(value, np.ndarray):
+            saved["state"][0][key] = np.asfortranarray(value)
+    other = fastopt.Adam([q], lr=0.01, state_dtype=state_dtype)
+    other.load_state_dict(saved)
+    for g in grads[1:]:
+        opt.step([g], check_finite=True)  # the checked path, every time
+        other.step([g], check_finite=True)
+    np.testing.assert_array_equal(p, q)
+    for key, value in opt.state[0].items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value.view(np.uint8), other.state[0][key].view(np.uint8))
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_checkpoint_round_trip(state_dtype, tmp_path):
     needs_ml_dtypes(state_dtype)
     p, opt = _trained(state_dtype)
