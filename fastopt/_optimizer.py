@@ -17,7 +17,7 @@ import numpy as np
 from . import _checks as C
 from . import _cuda
 from . import _spec
-from . import _state_io
+from . import _state_dtype, _state_io
 from . import _update as U
 from ._params import ParamList, as_groups
 from ._replay import Replay
@@ -89,9 +89,15 @@ class Optimizer:
                 raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
             group = {**self.defaults, **param_group}
             groups = self.param_groups + [group]
+
+            where = f"param_groups[{len(self.param_groups)}]['params']"
+
+            def check(views: list) -> None:
+                group.update(self.spec.check(group))
+                for k, p in enumerate(views):  # a state dtype the parameters cannot take
+                    _state_dtype.resolve(group.get("state_dtype"), p, f"{where}[{k}]")
             self._plist.sync(groups, self.state, self.defaults,
-                             new_group=len(self.param_groups),
-                             before_commit=lambda: group.update(self.spec.check(group)))
+                             new_group=len(self.param_groups), before_commit=check)
             self._replay = None
             self.param_groups.append(group)
             n = len(group["params"])

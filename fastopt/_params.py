@@ -64,8 +64,8 @@ class ParamList:
         ``state`` (index -> state dict) by parameter identity.
 
         Each parameter must still fit its state. ``groups[new_group]`` is a group being added (named so in
-        errors); ``before_commit()`` runs last among the checks. On any error
-        nothing changes.
+        errors); ``before_commit(views)``, given its parameters as the kernels
+        take them, runs last among the checks. On any error nothing changes.
         """
         if not isinstance(groups, list):
             raise TypeError(f"param_groups must be a list, got {type(groups).__name__}")
@@ -87,7 +87,8 @@ class ParamList:
                 new_state[j] = state[i]
             self.check_fits(j, views[j], new_state.get(j))
         if before_commit is not None:
-            before_commit()
+            first = sum(len(ps) for ps in lists[:new_group])
+            before_commit(views[first:first + len(lists[new_group])])
         self._commit(groups, lists, params, views, state, new_state, old, defaults, flat)
 
     def _check(self, params: list) -> list:

@@ -359,11 +359,31 @@ def test_unknown_state_dtype_refused():
 
 @pytest.mark.parametrize("state_dtype", ["int8", "bfloat16", "float32"])
 def test_reduced_state_on_float64_refused_nothing_changed(state_dtype):
+    """Refused when the group is made, and at the step when set later."""
     p = np.ones(5000)
-    opt = fastopt.Adam([p], state_dtype=state_dtype)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]: state_dtype"):
+        fastopt.Adam([p], state_dtype=state_dtype)
+    opt = fastopt.Adam([p])
+    opt.param_groups[0]["state_dtype"] = state_dtype
     with pytest.raises(ValueError, match="state_dtype"):
         opt.step([np.ones(5000)])
     assert (p == 1).all() and opt.state == {}
+
+
+@pytest.mark.parametrize("cls", [fastopt.Adam, fastopt.SGD, fastopt.Adagrad])
+@pytest.mark.parametrize("param, state_dtype", [
+    (np.zeros(10), "int8"), (np.zeros(10), "float32"), ("bfloat16", "bfloat16"),
+    ("bfloat16", "int4")])
+def test_added_group_with_a_state_dtype_its_params_cannot_take_is_not_added(cls, param,
+                                                                             state_dtype):
+    if isinstance(param, str):
+        needs_ml_dtypes()
+        param = np.zeros(10, ml_dtypes.bfloat16)
+    opt = cls([np.zeros(10, np.float32)], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\]"):
+        opt.add_param_group({"params": [param], "state_dtype": state_dtype})
+    assert len(opt.param_groups) == 1 and list(opt.state) in ([], [0])
+    opt.step([np.ones(10, np.float32)])  # and the optimizer steps as before
 
 
 def test_wrong_block_layout_refused_nothing_changed():
@@ -390,8 +410,11 @@ def test_wrong_block_layout_refused_nothing_changed():
 def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
-    opt = fastopt.Adam([np.zeros(3, np.float32)], state_dtype="bfloat16")
-    with pytest.raises(ImportError, match=r"fastopt\[lowp\]"):
+    with pytest.raises(ImportError, match=r"fastopt\[lowp\]"):  # when the group is made
+        fastopt.Adam([np.zeros(3, np.float32)], state_dtype="bfloat16")
+    opt = fastopt.Adam([np.zeros(3, np.float32)])
+    opt.param_groups[0]["state_dtype"] = "bfloat16"
+    with pytest.raises(ImportError, match=r"fastopt\[lowp\]"):  # or at the step
         opt.step([np.ones(3, np.float32)])
 
 
