@@ -237,9 +237,24 @@ class Optimizer:
         ``check_finite``; their norm, with ``clip``), then step every
         parameter with a gradient."""
         hypers = self._checked_hypers()
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if g is not None:  # state that was replaced since its first step must fit too
-                self._plist.check_fits(i, p, self.state.get(i))
+        # State replaced or removed since the last step must fit too: the
+        # kernels write through it.
+        i = 0
+        for group, hyper in zip(self.param_groups, hypers):
+            for _ in group["params"]:
+                state = self.state.get(i)
+                if grads[i] is not None and state:
+                    self._plist.check_fits(i, params[i], state)
+                    if self.spec.has_step and type(state.get("step")) is not int:
+                        # set by hand: a whole number, as a state dict's is read
+                        state["step"] = _state_io.step_count(f"params[{i}]'s state 'step'",
+                                                             state.get("step"))
+                    missing = [k for k in self._required_state(state, hyper)
+                               if k not in self._MADE_BY_STEP and state.get(k) is None]
+                    if missing:
+                        raise ValueError(f"params[{i}]'s state lacks {missing} (removed or set "
+                                         "to None since its first step)")
+                i += 1
         present = [g for g in grads if g is not None]
         if clip is not None:
             inv_scale, self.last_grad_norm, finite = U.clip_scale(present, inv_scale, *clip,
@@ -319,6 +334,10 @@ class Optimizer:
     def _required_state(self, state: dict, hyper: dict) -> Iterable[str]:
         """The state keys a loaded parameter state must have."""
         return self.spec.state_keys
+
+    # Of those, the ones a step makes when they are missing (amsgrad's maximum,
+    # when amsgrad is switched on after the first step).
+    _MADE_BY_STEP: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

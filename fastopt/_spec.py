@@ -9,9 +9,12 @@ The defaults and ranges are ``torch.optim``'s.
 from __future__ import annotations
 
 import inspect
+import math
 import textwrap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from . import _checks as C
 from . import _state_dtype
@@ -137,6 +140,14 @@ def immutable(value: Any) -> bool:
     return type(value) in _CACHEABLE
 
 
+def _signed(value: Any) -> Any:
+    """``value``, a zero with its sign (-0.0 == 0.0, and a learning rate's
+    sign is the result's)."""
+    if value == 0 and isinstance(value, (float, np.floating)):
+        return (value, math.copysign(1.0, value))
+    return value
+
+
 def cache_key(group: Mapping[str, Any]) -> tuple | None:
     """A group's hyperparameters with their types, to compare with the last
     checked ones (``0 == False`` and ``1 == True`` must not count as equal),
@@ -147,9 +158,9 @@ def cache_key(group: Mapping[str, Any]) -> tuple | None:
             continue
         kind = type(value)
         if immutable(value):
-            key.append((name, kind, value))
+            key.append((name, kind, _signed(value)))
         elif kind in (tuple, list) and all(immutable(x) for x in value):
-            key.append((name, kind, tuple((type(x), x) for x in value)))
+            key.append((name, kind, tuple((type(x), _signed(x)) for x in value)))
         else:
             return None
     return tuple(key)

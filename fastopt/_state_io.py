@@ -134,7 +134,7 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
     if spec.has_step:
         if "step" not in saved:
             raise ValueError(f"{name} has no 'step'")
-        state["step"] = _step(f"{name}['step']", saved["step"])
+        state["step"] = step_count(f"{name}['step']", saved["step"])
     want = D.resolve(hyper.get("state_dtype"), p, name)
     have = _saved_codec(name, saved, p, spec.state_keys)
     for key in spec.state_keys:
@@ -206,7 +206,8 @@ def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:
     return codec
 
 
-def _step(name: str, value: Any) -> int:
+def step_count(name: str, value: Any) -> int:
+    """A step count read from ``value`` (a number, NumPy scalar or tensor): a whole number >= 0."""
     if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     try:

@@ -274,7 +274,7 @@ class Adam(_Stored):
 
     def _update(self, p, g, inv_scale, state, h):
         codec, absmax = self._stored(p, h, state)
-        if h["amsgrad"] and "max_exp_avg_sq" not in state:
+        if h["amsgrad"] and state.get("max_exp_avg_sq") is None:
             # amsgrad switched on after this parameter's first step: stored
             # as the rest of the state is now.
             state.update({k: v for k, v in self._fresh(p, h, "max_exp_avg_sq").items()
@@ -288,6 +288,8 @@ class Adam(_Stored):
                amsgrad=h["amsgrad"], maximize=h["maximize"],
                decoupled_weight_decay=h["decoupled_weight_decay"], target=self.target,
                codec=codec, absmax=absmax, **_bf16_args(p, h, state))
+
+    _MADE_BY_STEP = ("max_exp_avg_sq",)
 
     def _required_state(self, state, hyper):
         if hyper["amsgrad"] and state["step"] > 0:

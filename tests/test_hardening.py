@@ -246,7 +246,17 @@ def _replaced_state_cases():
         "list": (fastopt.Adam, {}, f32, "exp_avg", lambda s: [0.0] * 5000, TypeError),
         "subclass": (fastopt.Adam, {}, f32, "exp_avg",
                      lambda s: np.zeros(5000, f32).view(np.recarray), TypeError),
+        # A key the kernels read, removed or set to None (they would take a
+        # zero-length stand-in for it), or a step count that is no number.
+        "None": (fastopt.Adam, {}, f32, "exp_avg", lambda s: None, ValueError),
+        "removed": (fastopt.AdamW, {}, f32, "exp_avg_sq", lambda s: _REMOVE, ValueError),
+        "sum None": (fastopt.Adagrad, {}, f32, "sum", lambda s: None, ValueError),
+        "step removed": (fastopt.Adam, {}, f32, "step", lambda s: _REMOVE, TypeError),
+        "step str": (fastopt.Adagrad, {}, f32, "step", lambda s: "x", TypeError),
     }
+
+
+_REMOVE = object()  # a case's replacement: remove the key
 
 
 def test_state_replaced_between_steps_is_checked_before_any_write():
@@ -257,14 +267,18 @@ def test_state_replaced_between_steps_is_checked_before_any_write():
 import sys
 import numpy as np, pytest
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_hardening import _replaced_state_cases
+from test_hardening import _REMOVE, _replaced_state_cases
 for case, (cls, hyper, dtype, key, make, error) in _replaced_state_cases().items():
     params = [np.ones(7, dtype), np.linspace(-1, 1, 5000).astype(dtype)]
     opt = cls(params, lr=0.01, **hyper)
     grads = [np.full(p.shape, 0.5, dtype) for p in params]
     opt.step(grads)
     state = opt.state[1]
-    state[key] = make({{**state, "p": params[1]}})
+    value = make({{**state, "p": params[1]}})
+    if value is _REMOVE:
+        del state[key]
+    else:
+        state[key] = value
     before = [p.copy() for p in params]
     kept = {{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in opt.state[0].items()}}
     with pytest.raises(error, match=r"params\[1\]"):
@@ -275,7 +289,50 @@ print("ok", len(_replaced_state_cases()))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0 and "ok 13" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "ok 18" in result.stdout, result.stdout + result.stderr
+
+
+def test_amsgrad_maximum_set_to_none_is_made_again():
+    """As when amsgrad is switched on after the first step."""
+    p, q = np.ones(4, np.float32), np.ones(4, np.float32)
+    a, b = (fastopt.Adam([x], lr=0.1, amsgrad=True) for x in (p, q))
+    for opt in (a, b):
+        opt.step([np.ones(4, np.float32)])
+    a.state[0]["max_exp_avg_sq"] = None
+    del b.state[0]["max_exp_avg_sq"]
+    for opt in (a, b):
+        opt.step([np.full(4, 0.5, np.float32)])
+    np.testing.assert_array_equal(p, q)
+
+
+def test_a_step_count_set_by_hand_is_read_as_a_whole_number():
+    """Set to a NumPy float, it is read as a state dict's is (an int), by the
+    checked and the replayed step alike."""
+    ps = [np.ones(4, np.float32), np.ones(4, np.float32)]
+    opt = fastopt.Adam(ps, lr=0.1)
+    grads = [np.full(4, 0.3, np.float32)] * 2
+    opt.step(grads)
+    opt.state[1]["step"] = np.float32(1)
+    for _ in range(3):
+        opt.step(grads)
+    assert opt.state[1]["step"] == 4 and type(opt.state[1]["step"]) is int
+    np.testing.assert_array_equal(ps[0], ps[1])
+
+
+@pytest.mark.parametrize("api", ["class", "functional"])
+def test_a_learning_rate_of_minus_zero_is_not_taken_for_zero(api):
+    """-0.0 == 0.0, but SGD's update p - lr * g keeps the sign of zero."""
+    import fastopt.functional as F
+    p = np.array([-0.0])
+    if api == "class":
+        opt = fastopt.SGD([p], lr=0.0)
+        opt.step([np.array([1.0])], check_finite=True)
+        opt.param_groups[0]["lr"] = -0.0
+        opt.step([np.array([1.0])], check_finite=True)
+    else:
+        F.sgd(np.array([-0.0]), np.array([1.0]), lr=0.0)
+        F.sgd(p, np.array([1.0]), lr=-0.0)
+    assert np.signbit(p[0]) == np.signbit(np.float64(-0.0) - np.float64(-0.0) * 1.0)
 
 
 # --- FlatSegment built by hand --------------------------------------------------
