@@ -14,7 +14,10 @@ only the gradient and the scalars that follow the step count or a
 schedule's learning rate, and calling
 numba's compiled function for the kernel's exact types (its argument checks
 are the ones just made). Anything else takes the checked path, which records
-a new replay. Results are bitwise those of the checked path.
+a new replay. Results are bitwise those of the checked path. State arrays
+are recognised by identity: one replaced is seen, one changed in place (its
+flags, dtype or strides set) is not, and the kernels keep stepping the
+memory they were given through views of their own.
 
 ``Call`` does the same for the functions of ``functional``: a call on the
 same parameter and state arrays with the same hyperparameters repeats the
@@ -81,7 +84,7 @@ class _Entry(_Launch):
     its stochastic rounding is given anew each step."""
 
     __slots__ = ("p", "index", "state", "held", "keys", "owner", "owner_dtype", "last_g", "hyper",
-                 "bits", "seeded", "grad_at")
+                 "bits", "seeded", "grad_at", "counted")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
@@ -95,6 +98,13 @@ class _Entry(_Launch):
         # one alive would double the gradients' memory in a loop that frees
         # them after the step.
         self.args[self.grad_at] = None
+        # The state arrays as the kernels take them, through views of our own:
+        # a change made in place to the user's array objects (its dtype,
+        # strides or flags set) cannot reach the compiled call, whose
+        # arguments are not checked.
+        self.args = [a.view() if k and type(a) is np.ndarray else a
+                     for k, a in enumerate(self.args)]
+        self.counted = opt.spec.has_step  # a step count, an int as the checks left it
         # What the arguments were made from: the state arrays (reduced-precision
         # ones with their block scales) and how they are stored.
         keys = opt.spec.state_keys
@@ -167,7 +177,8 @@ class Replay:
                 if (now is not group or group["params"] is not params
                         or len(params) != len(members) or not all(map(_is, params, members))):
                     return False
-                if not all(map(_is, group.values(), values)) and not _new_lr(opt, record):
+                if ((len(group) != len(values) or not all(map(_is, group.values(), values)))
+                        and not _new_lr(opt, record)):
                     return False
             if grads is None:  # FlatParams' gradient buffers, as the checked path takes them
                 flat_grad = opt._plist.flat_grad
@@ -183,13 +194,14 @@ class Replay:
                     return False
                 owner = e.owner
                 if owner is not None and (owner.shape != shape or not owner.flags.writeable
+                                          or not owner.flags.c_contiguous
                                           or owner.dtype is not e.owner_dtype):
                     return False
                 flags = p.flags
                 if (not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous)
                         or p.dtype is not e.dtype):
                     return False
-                if len(e.state) != e.keys:
+                if len(e.state) != e.keys or (e.counted and type(e.state["step"]) is not int):
                     return False
                 for key, a in e.held:
                     if e.state.get(key) is not a:

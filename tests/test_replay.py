@@ -450,6 +450,59 @@ def test_gradients_are_not_held_after_a_step(cls, hyper, target, options, checke
     assert len(checked_steps) == (1 if not options else 4)
 
 
+def test_a_hyperparameter_deleted_from_the_end_of_a_group_is_refused():
+    p = np.ones(4, np.float32)
+    opt = fastopt.Adam([p], lr=0.1)
+    group = opt.param_groups[0]
+    group["eps"] = group.pop("eps")  # the group's last key
+    opt.step([np.ones_like(p)])
+    opt.step([np.ones_like(p)])
+    del group["eps"]
+    with pytest.raises(ValueError, match="eps"):
+        opt.step([np.ones_like(p)])
+
+
+def test_a_subclass_parameter_made_non_contiguous_in_place_is_refused():
+    p = np.arange(4.0).reshape(2, 2).view(_Sub)
+    opt = fastopt.SGD([p], lr=0.1)
+    opt.step([np.ones((2, 2))])
+    opt.step([np.ones((2, 2))])
+    with pytest.warns(DeprecationWarning) if np.lib.NumpyVersion(np.__version__) >= "2.4.0" \
+            else _nothing():
+        p.strides = (8, 16)  # the kernels' base-class view keeps its own
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.step([np.ones((2, 2))])
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_state_arrays_changed_in_place_never_reach_the_kernels():
+    """The recorded call holds views of its own of the state arrays: a dtype
+    or strides set in place on the user's array object (which NumPy
+    deprecates) does not change what the kernel is given."""
+    import warnings
+    p = np.zeros(8, np.float32)
+    q = p.copy()
+    a, b = fastopt.Adam([p], lr=0.1), fastopt.Adam([q], lr=0.1)
+    for opt in (a, b):
+        opt.step([np.ones(8, np.float32)])
+        opt.step([np.ones(8, np.float32)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        a.state[0]["exp_avg_sq"].dtype = np.int32
+        a.state[0]["exp_avg"].strides = (0,)
+    for opt in (a, b):
+        opt.step([np.ones(8, np.float32)])
+    np.testing.assert_array_equal(p, q)
+
+
 @pytest.mark.parametrize("cls, hyper", CASES)
 def test_a_schedule_changing_lr_is_replayed(cls, hyper, checked_steps):
     """A learning-rate schedule sets ``lr`` every step: the step still
