@@ -470,8 +470,9 @@ class _Optimizer(torch.optim.Optimizer):
                     kinds.add(item.buffer.data.device.type)
                 else:
                     name, p = item
-                    work.append(self._single(name, p, hyper))
-                    kinds.add(p.device.type)
+                    if p.grad is not None:  # read at each step: a plan holds every parameter
+                        work.append(self._single(name, p, hyper))
+                        kinds.add(p.device.type)
         if len(kinds) > 1:
             raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
                             "or all on CUDA")
@@ -502,8 +503,7 @@ class _Optimizer(torch.optim.Optimizer):
                 checks.append((p, b.data_ptrs[idx], b.grad_ptrs[idx]))
                 continue
             self._flush(run, hyper, items)
-            if p.grad is not None:
-                items.append((f"param_groups[{k}]['params'][{j}]", p))
+            items.append((f"param_groups[{k}]['params'][{j}]", p))
         self._flush(run, hyper, items)
         return items, checks
 

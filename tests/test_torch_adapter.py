@@ -195,6 +195,27 @@ def test_add_param_group_and_parameters_without_grad():
     assert fast.state_dict()["state"][1]["step"].item() == 0
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+def test_gradients_that_come_and_go_between_steps_match_torch(flat):
+    """A parameter without a gradient at one step and with one at the next,
+    or the other way: each step steps exactly those with one (a step plan
+    kept from the last step must not remember which had one)."""
+    ms = [model(), model()]
+    if flat:
+        ft.flatten_(ms[1])
+    opts = [torch.optim.SGD(ms[0].parameters(), lr=0.1, momentum=0.9, foreach=False),
+            ft.SGD(ms[1].parameters(), lr=0.1, momentum=0.9)]
+    for present in ([0], [0, 2], [2], [0, 1, 2, 3], [1], [1]):
+        for m, opt in zip(ms, opts):
+            opt.zero_grad()
+            backward(m)
+            for j, p in enumerate(m.parameters()):
+                if j not in present:
+                    p.grad = None
+            opt.step()
+        assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+
+
 def test_bad_hyperparameters_and_tensors_are_refused():
     with pytest.raises(ValueError, match="lr"):
         ft.Adam(model().parameters(), lr=-1)
