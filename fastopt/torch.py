@@ -23,6 +23,8 @@ extra); ``import fastopt`` does not import it.
 
 from __future__ import annotations
 
+import collections
+import functools
 import inspect
 import threading
 import warnings
@@ -232,6 +234,74 @@ def _check_in_place(b: _Buffer) -> None:
                 "optimizer if the dtype or device changed")
 
 
+# --- optimizer state that says when it changed ---------------------------------------
+
+class _Changes:
+    """A count of the changes made to an optimizer's state dicts (a key set
+    or removed, a parameter's state replaced or dropped): a step plan made
+    at another count may hold stale views, and is made again."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _counting(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def changing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.changes.n += 1
+        return method(self, *args, **kwargs)
+    return changing
+
+
+_MUTATORS = ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem", "setdefault",
+             "update")
+
+
+class _ParamState(dict):
+    """A parameter's state dict, counting its changes in ``changes``.
+    Pickled and copied as a plain dict."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: _Changes, *args: Any):
+        super().__init__(*args)
+        self.changes = changes
+
+    def __reduce__(self) -> Any:
+        return dict, (dict(self),)
+
+    locals().update({name: _counting(getattr(dict, name)) for name in _MUTATORS})
+
+
+class _State(collections.defaultdict):
+    """``optimizer.state`` (parameter -> its state dict), counting its changes
+    and its parameters' in ``changes``. A plain dict stored in it is kept as
+    a ``_ParamState`` of the same items. Pickled as torch's: a
+    ``defaultdict(dict)`` of plain dicts."""
+
+    def __init__(self, changes: _Changes, items: Any = ()):
+        super().__init__(functools.partial(_ParamState, changes))
+        self.changes = changes
+        for key, value in items:
+            self[key] = value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if type(value) is dict or (isinstance(value, _ParamState)
+                                   and value.changes is not self.changes):
+            value = _ParamState(self.changes, value)
+        self.changes.n += 1
+        super().__setitem__(key, value)
+
+    def __reduce__(self) -> Any:
+        return (collections.defaultdict, (dict,), None, None,
+                ((k, dict(v)) for k, v in self.items()))
+
+    locals().update({name: _counting(getattr(collections.defaultdict, name))
+                     for name in _MUTATORS if name != "__setitem__"})
+
+
 # --- optimizers ---------------------------------------------------------------------
 
 def _torch_only(torch_cls: type, spec: _spec.Spec) -> dict[str, Any]:
@@ -298,8 +368,9 @@ class _Optimizer(torch.optim.Optimizer):
         self._check_group(defaults, "defaults")
         self._hyper_cache: dict = {}
         self._plan_cache: dict = {}
-        self._state_version = 0
+        self._changes = _Changes()
         super().__init__(params, defaults)
+        self._track_state()
 
     def _check_group(self, group: dict, where: str) -> dict:
         for name in _REFUSED:
@@ -456,14 +527,16 @@ class _Optimizer(torch.optim.Optimizer):
         work: list = []
         kinds = set()
         cache = self._plan_cache
+        self._track_state()
+        changes = self._changes
         for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             params = group["params"]
             ids = tuple(map(id, params))
             hit = cache.get(k)
-            if (hit is None or hit[0] != ids or hit[1] != self._state_version
+            if (hit is None or hit[0] != ids or hit[1] != changes.n
                     or not _still_in_place(hit[3])):
                 items, checks = self._group_plan(k, params, hyper)
-                hit = cache[k] = (ids, self._state_version, items, checks)
+                hit = cache[k] = (ids, changes.n, items, checks)
             for item in hit[2]:
                 if isinstance(item, _Run):
                     work.extend(item.entries(self, hyper))
@@ -593,11 +666,27 @@ class _Optimizer(torch.optim.Optimizer):
             state[key] = views[key] = view
         store["views"][k] = views
 
+    def _track_state(self) -> None:
+        """Make ``state`` a ``_State`` counting into ``_changes`` (torch's own
+        code makes it a plain defaultdict, and a user may replace it)."""
+        state = self.state
+        if not (type(state) is _State and state.changes is self._changes):
+            self.state = _State(self._changes, state.items())
+            self._changes.n += 1  # (an empty one has counted nothing)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, its parameters' states as plain dicts (``torch.load``'s
+        ``weights_only`` unpickler takes no other kind)."""
+        sd = super().state_dict()
+        sd["state"] = {k: dict(v) for k, v in sd["state"].items()}
+        return sd
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._hyper_cache = {}
         self._plan_cache = {}
-        self._state_version = getattr(self, "_state_version", 0) + 1
+        self._changes = getattr(self, "_changes", None) or _Changes()
+        self._track_state()
         for group in self.param_groups:
             for key, value in self._extra.items():
                 group.setdefault(key, value)
@@ -644,7 +733,6 @@ class _Run:
                 for k in range(self.first, self.last + 1):
                     view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.params[k].shape)
                     opt.state[b.params[k]][key] = store["views"][k][key] = view
-                opt._state_version += 1  # plans made before know nothing of it
 
 
 def _still_in_place(checks: list) -> bool:

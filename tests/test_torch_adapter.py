@@ -216,6 +216,42 @@ def test_gradients_that_come_and_go_between_steps_match_torch(flat):
         assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
 
 
+@pytest.mark.parametrize("reset", ["state.clear()", "state[p] = {}", "state = defaultdict",
+                                   "state[p]['exp_avg'] = t", "del state[p]['step']"])
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+def test_state_reset_or_replaced_between_steps_is_used_like_torch(reset, flat):
+    """A step plan keeps views of the flattened state: a state cleared,
+    replaced or edited between steps makes it again, as torch reads it."""
+    import collections
+    ms = [model(), model()]
+    if flat:
+        ft.flatten_(ms[1])
+    opts = [torch.optim.Adam(ms[0].parameters(), lr=0.01, foreach=False),
+            ft.Adam(ms[1].parameters(), lr=0.01)]
+    for step in range(3):
+        for m, opt in zip(ms, opts):
+            opt.zero_grad()
+            backward(m)
+            opt.step()
+            if step == 1:
+                p = m[0].weight
+                if reset == "state.clear()":
+                    opt.state.clear()
+                elif reset == "state[p] = {}":
+                    opt.state[p] = {}
+                elif reset == "state = defaultdict":
+                    opt.state = collections.defaultdict(dict)
+                elif reset == "state[p]['exp_avg'] = t":
+                    opt.state[p]["exp_avg"] = torch.full_like(p, 0.5)
+                else:
+                    opt.state[p]["step"] = torch.tensor(0.0)  # (torch needs the key)
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+    saved = io.BytesIO()
+    torch.save(opts[1].state_dict(), saved)  # plain dicts: weights_only loads them
+    saved.seek(0)
+    assert torch.load(saved)["state"].keys() == opts[0].state_dict()["state"].keys()
+
+
 def test_bad_hyperparameters_and_tensors_are_refused():
     with pytest.raises(ValueError, match="lr"):
         ft.Adam(model().parameters(), lr=-1)
