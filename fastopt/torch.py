@@ -81,7 +81,12 @@ class _Buffer:
     (float32, one per parameter) whose elements are the parameters' steps."""
 
     def __init__(self, params: list, dtype: torch.dtype, device: torch.device):
-        self.params = params
+        # The parameters, held weakly: the module-wide table of flattened
+        # parameters holds their buffers, and a buffer holding its parameters
+        # would keep every flattened model alive.
+        self._refs = [weakref.ref(p) for p in params]
+        self.shapes = [p.shape for p in params]
+        self.count = len(params)
         sizes = [p.numel() for p in params]
         self.offsets = [0]
         for n in sizes:
@@ -103,9 +108,17 @@ class _Buffer:
         self.grad_ptrs = [self.grad.data_ptr() + item * o for o in self.offsets[:-1]]
         self.owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> state
 
+    def param(self, k: int) -> torch.Tensor | None:
+        """Parameter ``k`` (None once it is gone)."""
+        return self._refs[k]()
+
+    @property
+    def params(self) -> list:
+        """The parameters, None for those gone."""
+        return [r() for r in self._refs]
+
     def grad_view(self, k: int) -> torch.Tensor:
-        p = self.params[k]
-        return self.grad[self.offsets[k]:self.offsets[k + 1]].view(p.shape)
+        return self.grad[self.offsets[k]:self.offsets[k + 1]].view(self.shapes[k])
 
 
 class FlatModel:
@@ -129,6 +142,8 @@ class FlatModel:
             _check_in_place(b)
             b.grad.zero_()
             for k, p in enumerate(b.params):
+                if p is None:
+                    continue
                 g = p.grad
                 if p.requires_grad and (g is None or g.data_ptr() != b.grad_ptrs[k]):
                     p.grad = b.grad_view(k)
@@ -226,7 +241,7 @@ def _forget(key: int, table: dict = _FLAT) -> Callable[[Any], Any]:
 
 def _check_in_place(b: _Buffer) -> None:
     for k, p in enumerate(b.params):
-        if p.data_ptr() != b.data_ptrs[k]:
+        if p is not None and p.data_ptr() != b.data_ptrs[k]:
             raise RuntimeError(
                 f"a flattened parameter (shape {tuple(p.shape)}, {p.dtype}, {p.device}) no longer "
                 "lies in its flat buffer: its data was replaced (model.to(...) to another dtype or "
@@ -419,16 +434,16 @@ class _Optimizer(torch.optim.Optimizer):
             buffers.setdefault(id(b), (b, []))[1].append(k)
         for b, ks in buffers.values():
             _check_in_place(b)
-            if len(ks) == len(b.params):
+            if len(ks) == b.count:
                 b.grad.zero_()
             for k in ks:
-                p = b.params[k]
+                p = b.param(k)
                 g = p.grad
                 if not p.requires_grad and g is None:
                     continue
                 if g is None or g.data_ptr() != b.grad_ptrs[k]:
                     p.grad = b.grad_view(k)
-                if len(ks) != len(b.params):
+                if len(ks) != b.count:
                     p.grad.zero_()
         for group in self.param_groups:  # the others as torch does it
             for p in group["params"]:
@@ -622,7 +637,7 @@ class _Optimizer(torch.optim.Optimizer):
             store = b.owners[self] = {"views": {}, "flat": {}}
         # Every parameter's state must be views of the flat state at its offset;
         # else it is adopted (copied in) first.
-        params = b.params[first:last + 1]
+        params = [b.param(k) for k in range(first, last + 1)]
         keys = None
         for k, p in zip(range(first, last + 1), params):
             state = self.state[p]
@@ -643,7 +658,7 @@ class _Optimizer(torch.optim.Optimizer):
     def _adopt_state(self, b: _Buffer, k: int, state: dict, store: dict) -> None:
         """Copy parameter ``k``'s state into the flat state tensors and make its
         entries views of them."""
-        p = b.params[k]
+        p = b.param(k)
         views = {}
         for key, value in list(state.items()):
             if value is None:
@@ -651,7 +666,7 @@ class _Optimizer(torch.optim.Optimizer):
             if key == "step":
                 flat = store["flat"].get("step")
                 if flat is None:
-                    flat = store["flat"]["step"] = torch.zeros(len(b.params), dtype=torch.float32)
+                    flat = store["flat"]["step"] = torch.zeros(b.count, dtype=torch.float32)
                 flat[k] = float(value)
                 view = flat[k]
             else:
@@ -712,7 +727,7 @@ class _Run:
         if steps is not None and steps.min() != steps.max():
             b = self.buffer
             return [opt._single("a flattened parameter", p, hyper)
-                    for p in b.params[self.first:self.last + 1]]
+                    for p in map(b.param, range(self.first, self.last + 1))]
         shadow: dict = dict(self.state)
         if steps is not None:
             shadow["step"] = int(steps[0])
@@ -731,8 +746,8 @@ class _Run:
                     flat = store["flat"][key] = torch.zeros_like(b.data)
                 flat[a:z].copy_(_tensor(value))
                 for k in range(self.first, self.last + 1):
-                    view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.params[k].shape)
-                    opt.state[b.params[k]][key] = store["views"][k][key] = view
+                    view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.shapes[k])
+                    opt.state[b.param(k)][key] = store["views"][k][key] = view
 
 
 def _still_in_place(checks: list) -> bool:
@@ -750,7 +765,7 @@ def _still_in_place(checks: list) -> bool:
 
 
 def _check_one_in_place(b: _Buffer, k: int) -> None:
-    if b.params[k].data_ptr() != b.data_ptrs[k]:
+    if b.param(k).data_ptr() != b.data_ptrs[k]:
         _check_in_place(b)
 
 
@@ -758,7 +773,7 @@ def _adopt_grad(b: _Buffer, k: int, g: torch.Tensor) -> None:
     """A flattened parameter's gradient that is not its buffer view (a backward
     after ``model.zero_grad()`` made a new one): copy it in, re-attach the view."""
     global _warned_copy
-    p = b.params[k]
+    p = b.param(k)
     if g.is_sparse or g.dtype != p.dtype or tuple(g.shape) != tuple(p.shape):
         raise TypeError(f"the gradient of a flattened parameter (shape {tuple(p.shape)}, "
                         f"{p.dtype}) is {'sparse' if g.is_sparse else g.dtype} of shape "

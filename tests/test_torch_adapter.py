@@ -341,6 +341,24 @@ def test_flatten_survives_model_zero_grad_and_accumulation():
     assert all(p.grad.data_ptr() for p in ms[2].parameters())
 
 
+def test_flattened_models_are_freed():
+    """The table of flattened parameters holds them weakly, and so their
+    buffers: a model flattened, trained and dropped is freed."""
+    import gc
+    import weakref
+    refs = []
+    for _ in range(3):
+        m = model(torch.float32)
+        ft.flatten_(m)
+        opt = ft.AdamW(m.parameters())
+        backward(m)
+        opt.step()
+        refs.append(weakref.ref(m[0].weight))
+        del m, opt
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3
+
+
 def test_flatten_with_load_state_dict_into_the_model():
     a, b = model(), model()
     ft.flatten_(a)
