@@ -702,8 +702,11 @@ class _Optimizer(torch.optim.Optimizer):
         self._plan_cache = {}
         self._changes = getattr(self, "_changes", None) or _Changes()
         self._track_state()
+        # As torch's own fill them: a state dict saved before an argument
+        # existed (maximize, decoupled_weight_decay, ...) takes its default.
+        defaults = {k: v for k, v in self.spec.defaults.items() if k not in _NOT_HERE}
         for group in self.param_groups:
-            for key, value in self._extra.items():
+            for key, value in {**defaults, **self._extra}.items():
                 group.setdefault(key, value)
 
 
@@ -830,3 +833,8 @@ class AdamW(_Optimizer):
     __doc__ = _DOC.format(name="AdamW")
     _numpy_cls, _torch_cls = _numpy_optimizers.AdamW, torch.optim.AdamW
     spec = _numpy_optimizers.AdamW.spec
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # as torch's AdamW: an Adam state dict loads
+            group["decoupled_weight_decay"] = True

@@ -115,6 +115,32 @@ def test_state_dicts_swap_both_ways(name, kw, flat):
         assert rel(m.parameters(), ref.parameters()) < 1e-10
 
 
+@pytest.mark.parametrize("into", ["SGD", "Adagrad", "Adam", "AdamW"])
+def test_state_dicts_saved_before_an_argument_existed_load_like_torch(into):
+    """Groups without maximize, decoupled_weight_decay, foreach... (an older
+    torch's) take the defaults torch's own __setstate__ gives; AdamW takes
+    an Adam state dict, with decoupled decay, as torch's does."""
+    source = "Adam" if into == "AdamW" else into
+    ms = [model(), model(), model()]
+    src = getattr(torch.optim, source)(ms[0].parameters(), lr=0.1, weight_decay=0.1)
+    backward(ms[0])
+    src.step()
+    saved = src.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("maximize", "decoupled_weight_decay", "foreach", "differentiable"):
+            group.pop(key, None)
+    opts = [getattr(torch.optim, into)(ms[1].parameters(), lr=0.1, foreach=False),
+            getattr(ft, into)(ms[2].parameters(), lr=0.1)]
+    for m, opt in zip(ms[1:], opts):
+        m.load_state_dict(ms[0].state_dict())
+        opt.load_state_dict(copy.deepcopy(saved))
+        for _ in range(2):
+            opt.zero_grad()
+            backward(m)
+            opt.step()
+    assert rel(ms[2].parameters(), ms[1].parameters()) < 1e-12
+
+
 def test_state_layout_is_torch_s():
     m = model()
     fast, ref = ft.AdamW(m.parameters(), amsgrad=True), torch.optim.AdamW(model().parameters(),
