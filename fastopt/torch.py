@@ -103,9 +103,10 @@ class _Buffer:
             p.data = self.data[a:b].view(p.shape)
             if p.requires_grad:  # a frozen parameter keeps no gradient: optimizers skip it
                 p.grad = self.grad[a:b].view(p.shape)
-        item = self.data.element_size()
-        self.data_ptrs = [self.data.data_ptr() + item * o for o in self.offsets[:-1]]
-        self.grad_ptrs = [self.grad.data_ptr() + item * o for o in self.offsets[:-1]]
+        # Where each parameter's views start, as torch reports it (0 for an
+        # empty one, wherever it lies).
+        self.data_ptrs = [self.data[a:b].data_ptr() for a, b in zip(self.offsets, self.offsets[1:])]
+        self.grad_ptrs = [self.grad_view(k).data_ptr() for k in range(self.count)]
         self.owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> state
 
     def param(self, k: int) -> torch.Tensor | None:

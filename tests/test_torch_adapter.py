@@ -367,6 +367,22 @@ def test_flatten_survives_model_zero_grad_and_accumulation():
     assert all(p.grad.data_ptr() for p in ms[2].parameters())
 
 
+def test_flatten_with_an_empty_parameter_matches_torch():
+    """torch gives an empty tensor's data pointer as 0, wherever it lies."""
+    ps = [[torch.nn.Parameter(torch.full((3,), 1.0, dtype=torch.float64)),
+           torch.nn.Parameter(torch.ones(0, 3, dtype=torch.float64)),
+           torch.nn.Parameter(torch.ones(2, dtype=torch.float64))] for _ in range(2)]
+    ft.flatten_(ps[1])
+    opts = [torch.optim.Adam(ps[0], lr=0.1, foreach=False), ft.Adam(ps[1], lr=0.1)]
+    for _ in range(3):
+        for group, opt in zip(ps, opts):
+            opt.zero_grad()
+            for p in group:
+                p.grad = torch.ones_like(p) if p.grad is None else p.grad.fill_(1.0)
+            opt.step()
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(ps[0], ps[1]))
+
+
 def test_flattened_models_are_freed():
     """The table of flattened parameters holds them weakly, and so their
     buffers: a model flattened, trained and dropped is freed."""
