@@ -128,7 +128,8 @@ class FlatModel:
     ``buffers`` maps ``(dtype, device)`` to ``(data, grad)``, the 1-D tensors
     the parameters' ``.data`` and ``.grad`` are views of. ``zero_grad()``
     zeroes every gradient buffer (one fill per buffer), re-attaching any
-    gradient that was set to None or replaced.
+    gradient that was set to None or replaced, and setting to None those of
+    parameters frozen since (``requires_grad`` False).
     """
 
     def __init__(self, buffers: list[_Buffer]):
@@ -146,7 +147,9 @@ class FlatModel:
                 if p is None:
                     continue
                 g = p.grad
-                if p.requires_grad and (g is None or g.data_ptr() != b.grad_ptrs[k]):
+                if not p.requires_grad:  # frozen since: no gradient, so not stepped
+                    p.grad = None
+                elif g is None or g.data_ptr() != b.grad_ptrs[k]:
                     p.grad = b.grad_view(k)
 
 
@@ -189,6 +192,13 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
     creates new gradient tensors, which the next fastopt step copies into
     the buffer (an extra pass over them; it warns once) and re-attaches, and
     a parameter left without a gradient is skipped, as torch skips it.
+    What differs from torch: ``zero_grad()`` keeps every flattened
+    gradient (zeros), so a parameter that a backward pass does not reach
+    (unused in the forward) is stepped with a zero gradient, as torch does
+    after ``zero_grad(set_to_none=False)``: its step count advances and
+    weight decay and momentum apply. Freeze it (``requires_grad_(False)``:
+    ``zero_grad()`` then sets its gradient to None) or set its ``.grad`` to
+    None to skip it.
     What raises: a parameter whose data moved (``model.to(...)`` to another
     dtype or device, ``p.data = ...``): the step raises a RuntimeError
     instead of stepping a stale buffer; call ``flatten_`` again (and make a
@@ -440,7 +450,11 @@ class _Optimizer(torch.optim.Optimizer):
             for k in ks:
                 p = b.param(k)
                 g = p.grad
-                if not p.requires_grad and g is None:
+                if not p.requires_grad:  # frozen since flatten_: as torch treats it
+                    if g is not None and set_to_none:
+                        p.grad = None
+                    elif g is not None and len(ks) != b.count:
+                        g.zero_()
                     continue
                 if g is None or g.data_ptr() != b.grad_ptrs[k]:
                     p.grad = b.grad_view(k)

@@ -484,6 +484,42 @@ def test_frozen_and_unused_flattened_parameters_are_skipped_like_torch():
     assert len(opts[1].state[ms[1][0].bias]) == 0
 
 
+@pytest.mark.parametrize("zero", ["optimizer", "flat model"])
+def test_parameters_frozen_after_flatten_are_skipped_like_torch(zero):
+    ms = [model(), model()]
+    flat = ft.flatten_(ms[1])
+    opts = [torch.optim.AdamW(ms[0].parameters(), foreach=False), ft.AdamW(ms[1].parameters())]
+    for step in range(4):
+        if step == 1:
+            for m in ms:
+                m[2].requires_grad_(False)  # the last layer, frozen from the second step
+        for m, opt in zip(ms, opts):
+            flat.zero_grad() if zero == "flat model" and m is ms[1] else opt.zero_grad()
+            backward(m)
+            opt.step()
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+    assert ms[1][2].weight.grad is None
+
+
+def test_unused_flattened_parameters_are_stepped_as_torch_after_zeroing_in_place():
+    """flatten_ keeps every gradient: a parameter no backward reaches is
+    stepped with zeros, as torch steps it after zero_grad(set_to_none=False)."""
+    ms = [model(), model()]
+    ft.flatten_(ms[1])
+    opts = [torch.optim.AdamW(ms[0].parameters(), foreach=False), ft.AdamW(ms[1].parameters())]
+    for m, opt in zip(ms, opts):
+        opt.zero_grad()
+        backward(m)
+        opt.step()
+    for _ in range(3):
+        for m, opt in zip(ms, opts):
+            opt.zero_grad(**({"set_to_none": False} if m is ms[0] else {}))
+            m[0](X).sum().backward()  # the last layer is not reached
+            opt.step()
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+    assert opts[1].state[ms[1][2].weight]["step"] == 4
+
+
 @pytest.mark.parametrize("clip", [None, 0.5])
 @pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
 def test_grad_scale_and_check_finite_match_torch(flat, clip):
