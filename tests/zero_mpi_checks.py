@@ -257,6 +257,13 @@ def check_bad_setups(comm):
         fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, lr=-1.0 if last else 0.1))
     expect_everywhere(comm, ValueError, ["cuda"], lambda: ZeroOptimizer(
         fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, target="cuda"))
+    for state_dtype in ("int8", "int4", "bfloat16"):  # sharded state is full precision
+        expect_everywhere(comm, ValueError, ["state_dtype"], lambda: ZeroOptimizer(
+            fastopt.Adam, fastopt.FlatParams({"x": 5000}), comm,
+            state_dtype=state_dtype if last else None))
+        expect_everywhere(comm, ValueError, ["state_dtype"], lambda: ZeroOptimizer(
+            fastopt.SGD, fastopt.FlatParams({"x": 5000}), comm, momentum=0.9,
+            state_dtype=state_dtype))
     other = fastopt.FlatParams({"y": 3})
     expect_everywhere(comm, ValueError, ["another FlatParams"], lambda: ZeroOptimizer(
         fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, groups=[{"params": other.segment("y")}]))
@@ -282,6 +289,9 @@ def check_bad_setups(comm):
     zero.param_groups[0]["lr"] = -1.0 if last else 0.1
     expect_everywhere(comm, ValueError, ["lr"], zero.step)
     zero.param_groups[0]["lr"] = 0.1
+    zero.param_groups[0]["state_dtype"] = "int8" if last else None
+    expect_everywhere(comm, ValueError, ["state_dtype"], zero.step)
+    zero.param_groups[0]["state_dtype"] = None
     np.testing.assert_array_equal(flat.data, before)
     expect_everywhere(comm, ValueError, ["root"], lambda: zero.state_dict(root=K))
     if K > 1:

@@ -17,6 +17,16 @@ from ._collectives import _agree, _attempt, _check_comm, _mpi
 from ._layout import _LAYOUT_KEYS, _difference, _digest, _group_list, _hyper, _span, shard_bounds
 
 
+def _full_precision(group: dict, where: str) -> None:
+    """ZeroOptimizer's state is sharded and saved as float arrays: reduced-
+    precision state (``state_dtype``) is refused, before it breaks a save
+    or makes a rank's small slice keep float32 where one process would not."""
+    state_dtype = group.get("state_dtype")
+    if state_dtype not in (None, "float32", "float64"):
+        raise ValueError(f"{where}: state_dtype={state_dtype!r} is not supported by "
+                         "ZeroOptimizer (its sharded state is full precision); leave it None")
+
+
 class _Stepping:
     """Construction and stepping of :class:`fastopt.distributed.ZeroOptimizer`."""
 
@@ -70,6 +80,7 @@ class _Stepping:
             unknown = set(group) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in {where}")
+            _full_precision({**self.defaults, **group}, where)
             ps = group["params"]
             ps = list(ps) if isinstance(ps, (list, tuple)) else [ps]
             if not ps:
@@ -199,6 +210,7 @@ class _Stepping:
                 hypers.append(self.spec.check(group))
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{k}]: {e}") from None
+            _full_precision(group, f"param_groups[{k}]")
         return hypers
 
     def zero_grad(self) -> None:
