@@ -292,6 +292,25 @@ print("ok", len(_replaced_state_cases()))
     assert result.returncode == 0 and "ok 18" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("how", ["read-only", "resized"])
+def test_state_changed_in_place_is_seen_by_the_checked_step(how):
+    """The checked step remembers the state arrays it checked, and checks
+    them again when one is made read-only or resized in place."""
+    p = np.ones(1000, np.float32)
+    opt = fastopt.Adam([p], lr=0.1)
+    for _ in range(2):
+        opt.step([np.ones_like(p)], check_finite=True)
+    exp_avg = opt.state[0]["exp_avg"]
+    if how == "read-only":
+        exp_avg.flags.writeable = False
+    else:
+        exp_avg.resize(10, refcheck=False)
+    before = p.copy()
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.step([np.ones_like(p)], check_finite=True)
+    np.testing.assert_array_equal(p, before)
+
+
 def test_amsgrad_maximum_set_to_none_is_made_again():
     """As when amsgrad is switched on after the first step."""
     p, q = np.ones(4, np.float32), np.ones(4, np.float32)
