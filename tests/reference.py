@@ -141,7 +141,11 @@ def quantize(x, kind, signed):
     n = x.size
     padded = np.zeros(-(-n // block) * block, np.float32)
     padded[:n] = x
-    absmax = np.abs(padded.reshape(-1, block)).max(axis=1)
+    # The block's scale stays finite: infinity and NaN count as the largest
+    # finite float32 (the elements themselves still take the top code).
+    magnitude = np.abs(padded.reshape(-1, block))
+    magnitude = np.where(np.isfinite(magnitude), magnitude, np.finfo(np.float32).max)
+    absmax = magnitude.max(axis=1)
     with np.errstate(divide="ignore"):
         inv = np.where(absmax > 0, np.float32(1) / absmax, np.float32(0)).astype(np.float32)
     with np.errstate(invalid="ignore"):

@@ -276,6 +276,27 @@ def test_resume_is_bit_identical(state_dtype):
             np.testing.assert_array_equal(value.view(np.uint8), other.state[0][key].view(np.uint8))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e21])
+@pytest.mark.parametrize("cls", [fastopt.Adam, fastopt.Adagrad])
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_a_non_finite_element_does_not_poison_its_block(state_dtype, cls, bad):
+    """A block's scale stays finite (infinity and NaN count as the largest
+    float32): an element that is NaN, or whose state overflows to infinity
+    (1e21 squared), leaves its block's other elements finite, as float32
+    state leaves them (they were all NaN, for good)."""
+    p = np.zeros(8192, np.float32)
+    opt = cls([p], lr=1e-3, state_dtype=state_dtype)
+    g = np.ones(8192, np.float32)
+    g[0] = bad
+    opt.step([g])
+    for _ in range(3):
+        opt.step([np.ones(8192, np.float32)])
+    assert np.isfinite(p[1:]).all()
+    for key, value in opt.state[0].items():
+        if key.endswith("_absmax"):
+            assert np.isfinite(value).all()
+
+
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
 def test_state_loaded_in_fortran_order_is_stepped(state_dtype):
     """Saved arrays in another memory layout are copied in as the kernels

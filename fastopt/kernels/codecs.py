@@ -54,6 +54,7 @@ _ROUND = np.uint32(0x7FFF)
 _ONE_BIT = np.uint32(1)
 _ABS = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
+_MAX_BITS = np.uint32(0x7F7FFFFF)  # the largest finite float32
 _QUIET = np.uint32(0x0040)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _U32 = np.uint64(32)
@@ -260,6 +261,37 @@ def _amax_jit(a, x):
     if a == types.uint32 and x == types.float32:
         return lambda a, x: _amax32(a, x)
     return amax
+
+
+def block_amax(a, x):
+    """``amax`` for a block's scale, which stays finite: infinity and NaN
+    count as the largest finite float32. Such an element then takes the top
+    code and the block's other elements their codes at that scale (near 0,
+    until the state decays), where an infinite or NaN scale made every code
+    of the block decode to NaN, for good. (Leaving NaN out would be kinder,
+    but LLVM turns that test into a condition on the running maximum,
+    which it does not vectorise.)"""
+    b = f32_bits(x) & _ABS
+    b = b if b < _MAX_BITS else _MAX_BITS
+    return b if b > a else a
+
+
+@intrinsic
+def _block_amax32(typingctx, a, x):
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, int(_ABS)))
+        top = ir.Constant(i32, int(_MAX_BITS))
+        b = builder.select(builder.icmp_unsigned("<", b, top), b, top)
+        return builder.select(builder.icmp_unsigned(">", b, args[0]), b, args[0])
+    return types.uint32(types.uint32, types.float32), codegen
+
+
+@overload(block_amax, target="generic")
+def _block_amax_jit(a, x):
+    if a == types.uint32 and x == types.float32:
+        return lambda a, x: _block_amax32(a, x)
+    return block_amax
 
 
 @_jitable

@@ -288,7 +288,7 @@ def quantize_blocks(x, codes, absmax, qmaps, off, size, qluts, loff, block, four
         hi = min(lo + block, n)
         a = np.uint32(0)
         for i in range(lo, hi):
-            a = codecs.amax(a, x[i])
+            a = codecs.block_amax(a, x[i])
         m = codecs.bits_f32(a)
         absmax[b] = m
         if four:
@@ -418,7 +418,7 @@ def _block_body(kernel, on, header, indent, target, fixed):
               *_wrap(call, indent + 12, ")")]
     for a in live:
         lines += [f"{pad}        _work{rows[a]}[j] = x_{a}",
-                  f"{pad}        a_{a} = codecs.amax(a_{a}, x_{a})"]
+                  f"{pad}        a_{a} = codecs.block_amax(a_{a}, x_{a})"]
     for a in live:
         lines += [f"{pad}    m_{a} = codecs.bits_f32(a_{a})",
                   f"{pad}    {a}_absmax[b] = m_{a}",
