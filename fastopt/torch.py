@@ -616,6 +616,10 @@ class _Optimizer(torch.optim.Optimizer):
         assert grad is not None
         if grad.is_sparse:
             raise TypeError(f"{name} has a sparse gradient; fastopt.torch steps dense ones")
+        if not p.is_contiguous():
+            raise ValueError(f"{name} is not contiguous (a channels_last weight, or a view): "
+                             "fastopt.torch steps contiguous tensors; keep the model in "
+                             ".to(memory_format=torch.contiguous_format)")
         pv = C.check_param(name, _view(name, p))
         gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", grad), pv, name)
         state = self.state[p]

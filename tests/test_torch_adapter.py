@@ -278,6 +278,16 @@ def test_state_reset_or_replaced_between_steps_is_used_like_torch(reset, flat):
     assert torch.load(saved)["state"].keys() == opts[0].state_dict()["state"].keys()
 
 
+def test_a_channels_last_weight_is_refused_with_torch_advice():
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    conv(torch.randn(1, 3, 5, 5).to(memory_format=torch.channels_last)).sum().backward()
+    opt = ft.Adam(conv.parameters(), lr=0.1)
+    before = conv.weight.detach().clone()
+    with pytest.raises(ValueError, match="contiguous_format"):
+        opt.step()
+    assert torch.equal(conv.weight, before)
+
+
 def test_bad_hyperparameters_and_tensors_are_refused():
     with pytest.raises(ValueError, match="lr"):
         ft.Adam(model().parameters(), lr=-1)
