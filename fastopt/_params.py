@@ -96,7 +96,7 @@ class ParamList:
             elif i in state:
                 new_state[j] = state[i]
             self.check_fits(j, views[j], new_state.get(j))
-        if before_commit is not None:
+        if before_commit is not None and new_group is not None:
             first = sum(len(ps) for ps in lists[:new_group])
             before_commit(views[first:first + len(lists[new_group])])
         self._commit(groups, lists, params, views, state, new_state, old, defaults, flat)

@@ -109,9 +109,12 @@ class _Buffer:
         self.grad_ptrs = [self.grad_view(k).data_ptr() for k in range(self.count)]
         self.owners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> state
 
-    def param(self, k: int) -> torch.Tensor | None:
-        """Parameter ``k`` (None once it is gone)."""
-        return self._refs[k]()
+    def param(self, k: int) -> torch.Tensor:
+        """Parameter ``k``, which an optimizer stepping it keeps alive."""
+        p = self._refs[k]()
+        if p is None:
+            raise RuntimeError("a flattened parameter is gone")  # (an optimizer holds its own)
+        return p
 
     @property
     def params(self) -> list:

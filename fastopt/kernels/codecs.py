@@ -244,25 +244,6 @@ def amax(a, x):
     return b if b > a else a
 
 
-# Compiled, one unsigned 32-bit maximum: written with numba's integers, the
-# comparison widened the lanes to 64 bits (no packed maximum, a 64-bit
-# compare and blend per four elements), which cost as much as the update.
-@intrinsic
-def _amax32(typingctx, a, x):
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, int(_ABS)))
-        return builder.select(builder.icmp_unsigned(">", b, args[0]), b, args[0])
-    return types.uint32(types.uint32, types.float32), codegen
-
-
-@overload(amax, target="generic")
-def _amax_jit(a, x):
-    if a == types.uint32 and x == types.float32:
-        return lambda a, x: _amax32(a, x)
-    return amax
-
-
 def block_amax(a, x):
     """``amax`` for a block's scale, which stays finite: infinity and NaN
     count as the largest finite float32. Such an element then takes the top
@@ -276,22 +257,31 @@ def block_amax(a, x):
     return b if b > a else a
 
 
-@intrinsic
-def _block_amax32(typingctx, a, x):
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, int(_ABS)))
-        top = ir.Constant(i32, int(_MAX_BITS))
-        b = builder.select(builder.icmp_unsigned("<", b, top), b, top)
-        return builder.select(builder.icmp_unsigned(">", b, args[0]), b, args[0])
-    return types.uint32(types.uint32, types.float32), codegen
+# Compiled, one unsigned 32-bit maximum (and minimum, for ``block_amax``):
+# written with numba's integers, the comparison widened the lanes to 64 bits
+# (no packed maximum, a 64-bit compare and blend per four elements), which
+# cost as much as the update.
+def _compile_bit_max(fn, top):
+    @intrinsic
+    def bit_max(typingctx, a, x):
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            b = builder.and_(builder.bitcast(args[1], i32), ir.Constant(i32, int(_ABS)))
+            if top is not None:
+                t = ir.Constant(i32, int(top))
+                b = builder.select(builder.icmp_unsigned("<", b, t), b, t)
+            return builder.select(builder.icmp_unsigned(">", b, args[0]), b, args[0])
+        return types.uint32(types.uint32, types.float32), codegen
+
+    @overload(fn, target="generic")
+    def compiled(a, x):
+        if a == types.uint32 and x == types.float32:
+            return lambda a, x: bit_max(a, x)
+        return fn
 
 
-@overload(block_amax, target="generic")
-def _block_amax_jit(a, x):
-    if a == types.uint32 and x == types.float32:
-        return lambda a, x: _block_amax32(a, x)
-    return block_amax
+_compile_bit_max(amax, None)
+_compile_bit_max(block_amax, _MAX_BITS)
 
 
 @_jitable
