@@ -654,9 +654,7 @@ class _Optimizer(torch.optim.Optimizer):
         b, first = run[0]
         last = run[-1][1]
         run.clear()
-        store = b.owners.get(self)
-        if store is None:
-            store = b.owners[self] = {"views": {}, "flat": {}}
+        store = self._store(b, first, last)
         # Every parameter's state must be views of the flat state at its offset;
         # else it is adopted (copied in) first.
         params = [b.param(k) for k in range(first, last + 1)]
@@ -677,6 +675,31 @@ class _Optimizer(torch.optim.Optimizer):
                 return
         items.append(_Run(b, first, last, sorted(keys or ()), store))
 
+    def _store(self, b: _Buffer, first: int, last: int) -> dict:
+        """This optimizer's flat state in buffer ``b``: ``flat`` (key -> a
+        tensor over ``span``, the buffer's elements from the first of this
+        optimizer's parameters there to the last: an optimizer over the head
+        of a model keeps state for the head only) and ``views`` (parameter
+        index -> its state's views). A run outside the span (a group added)
+        widens it: the flat state is made anew, and every parameter's state
+        adopted into it again."""
+        store = b.owners.get(self)
+        a, z = b.offsets[first], b.offsets[last + 1]
+        if store is not None and store["span"][0] <= a and z <= store["span"][1]:
+            return store
+        mine = [entry[1] for group in self.param_groups for p in group["params"]
+                if (entry := _flat_entry(p)) is not None and entry[0] is b]
+        lo, hi = b.offsets[min(mine, default=first)], b.offsets[max(mine, default=last) + 1]
+        lo, hi = min(lo, a), max(hi, z)
+        if store is None:
+            store = b.owners[self] = {"views": {}, "flat": {}, "span": (lo, hi)}
+        else:  # the old state's views are copied in as they are adopted again
+            lo, hi = min(lo, store["span"][0]), max(hi, store["span"][1])
+            store.update(views={}, span=(lo, hi),
+                         flat={k: v for k, v in store["flat"].items() if k == "step"})
+            self._changes.n += 1  # plans made before hold views of the old state
+        return store
+
     def _adopt_state(self, b: _Buffer, k: int, state: dict, store: dict) -> None:
         """Copy parameter ``k``'s state into the flat state tensors and make its
         entries views of them."""
@@ -692,10 +715,9 @@ class _Optimizer(torch.optim.Optimizer):
                 flat[k] = float(value)
                 view = flat[k]
             else:
-                flat = store["flat"].get(key)
-                if flat is None:
-                    flat = store["flat"][key] = torch.zeros_like(b.data)
-                view = flat[b.offsets[k]:b.offsets[k + 1]].view(p.shape)
+                flat = _flat_state(b, store, key)
+                lo = store["span"][0]
+                view = flat[b.offsets[k] - lo:b.offsets[k + 1] - lo].view(p.shape)
                 if tuple(value.shape) != tuple(p.shape):
                     raise ValueError(f"state {key!r} of a flattened parameter has shape "
                                      f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")
@@ -741,7 +763,9 @@ class _Run:
         a, z = b.offsets[first], b.offsets[last + 1]
         self.p = _view("a flat buffer", b.data)[a:z]
         self.g = _view("a flat gradient buffer", b.grad)[a:z]
-        self.state = {key: _view(key, store["flat"][key])[a:z] for key in keys if key != "step"}
+        lo = store["span"][0]
+        self.state = {key: _view(key, store["flat"][key])[a - lo:z - lo]
+                      for key in keys if key != "step"}
         steps = store["flat"].get("step")
         self.steps = None if steps is None else steps.numpy()[first:last + 1]
 
@@ -762,17 +786,25 @@ class _Run:
         if self.steps is not None:
             self.steps[:] = shadow["step"]
         b, store = self.buffer, self.store
-        a, z = b.offsets[self.first], b.offsets[self.last + 1]
+        lo = store["span"][0]
+        a, z = b.offsets[self.first] - lo, b.offsets[self.last + 1] - lo
         for key, value in shadow.items():
             if key != "step" and value is not self.state.get(key):
                 # created by the step (SGD's momentum buffer): into the flat state
-                flat = store["flat"].get(key)
-                if flat is None:
-                    flat = store["flat"][key] = torch.zeros_like(b.data)
+                flat = _flat_state(b, store, key)
                 flat[a:z].copy_(_tensor(value))
                 for k in range(self.first, self.last + 1):
-                    view = flat[b.offsets[k]:b.offsets[k + 1]].view(b.shapes[k])
+                    view = flat[b.offsets[k] - lo:b.offsets[k + 1] - lo].view(b.shapes[k])
                     opt.state[b.param(k)][key] = store["views"][k][key] = view
+
+
+def _flat_state(b: _Buffer, store: dict, key: str) -> torch.Tensor:
+    """The flat state tensor ``key`` of ``store`` (zeros over its span when new)."""
+    flat = store["flat"].get(key)
+    if flat is None:
+        lo, hi = store["span"]
+        flat = store["flat"][key] = torch.zeros(hi - lo, dtype=b.data.dtype, device=b.data.device)
+    return flat
 
 
 def _still_in_place(checks: list) -> bool:

@@ -393,6 +393,33 @@ def test_flatten_with_an_empty_parameter_matches_torch():
     assert all(torch.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(ps[0], ps[1]))
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_an_optimizer_over_part_of_a_flattened_model_keeps_state_for_that_part(name):
+    """State spans the optimizer's own parameters in the buffer (fine-tuning
+    the head of a model keeps state for the head only), and widens when a
+    group is added, as torch steps it."""
+    kw = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.05)
+    ms = [model(), model()]
+    ft.flatten_(ms[1])
+    opts = [getattr(torch.optim, name)(ms[0][2].parameters(), foreach=False, **kw),
+            getattr(ft, name)(ms[1][2].parameters(), **kw)]
+    for step in range(5):
+        if step == 3:
+            for m, opt in zip(ms, opts):
+                opt.add_param_group({"params": list(m[0].parameters())})
+        for m, opt in zip(ms, opts):
+            opt.zero_grad()
+            backward(m)
+            opt.step()
+        if step == 1:
+            head = sum(p.numel() for p in ms[1][2].parameters())
+            for state in opts[1].state.values():
+                for value in state.values():
+                    if value.dim():
+                        assert value.untyped_storage().nbytes() == head * value.element_size()
+    assert rel(ms[1].parameters(), ms[0].parameters()) < 1e-12
+
+
 def test_flattened_models_are_freed():
     """The table of flattened parameters holds them weakly, and so their
     buffers: a model flattened, trained and dropped is freed."""
