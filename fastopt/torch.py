@@ -529,6 +529,10 @@ class _Optimizer(torch.optim.Optimizer):
             _NUMPY_DTYPE[p.dtype] for group in self.param_groups for p in group["params"]
             if p.grad is not None and p.dtype in _NUMPY_DTYPE))
         hypers = self._hypers()
+        # Parameters without state yet: a step skipped by check_finite leaves
+        # them without (the plan makes their state).
+        fresh = ([p for group in self.param_groups for p in group["params"]
+                  if not self.state.get(p)] if check_finite else [])
         work = self._plan(hypers)  # everything checked; from here on nothing raises
         grads = [g for _, g, _, _, _ in work]
         target = "cuda" if grads and not isinstance(grads[0], np.ndarray) else None
@@ -540,6 +544,8 @@ class _Optimizer(torch.optim.Optimizer):
         if check_finite:
             self.last_step_taken = finite
             if not finite:
+                for p in fresh:
+                    self.state.pop(p, None)
                 return loss
         for p, g, shadow, hyper, commit in work:
             self._numpy_cls._update(self, p, g, inv_scale, shadow, hyper)

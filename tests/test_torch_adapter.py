@@ -591,6 +591,23 @@ def test_grad_scale_and_check_finite_match_torch(flat, clip):
     assert rel(list(mine.parameters()), list(theirs.parameters())) < 1e-10
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flatten_"])
+def test_a_first_step_skipped_by_check_finite_makes_no_state(flat):
+    m = model()
+    if flat:
+        ft.flatten_(m)
+    opt = ft.Adam(m.parameters(), lr=0.01)
+    backward(m)
+    next(m.parameters()).grad.view(-1)[0] = float("nan")
+    opt.step(check_finite=True)
+    assert opt.last_step_taken is False and len(opt.state) == 0
+    assert opt.state_dict()["state"] == {}
+    opt.zero_grad()
+    backward(m)
+    opt.step(check_finite=True)  # and the next step starts from fresh state
+    assert all(s["step"] == 1 for s in opt.state.values()) and len(opt.state) == 4
+
+
 def test_bad_grad_scale_is_refused_before_anything_changes():
     m = model()
     opt = ft.Adam(m.parameters(), lr=0.01)
