@@ -417,9 +417,18 @@ class _Optimizer(torch.optim.Optimizer):
             raise type(e)(f"{where}: {e}") from None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, as torch's does; its hyperparameters are checked first."""
+        """Add a group, as torch's does; its hyperparameters are checked first,
+        and a parameter listed twice is refused (torch warns, and will raise:
+        it steps such a parameter twice a step)."""
         if isinstance(param_group, dict):
             self._check_group({**self.defaults, **param_group}, "the new parameter group")
+            params = param_group.get("params")
+            if not isinstance(params, (torch.Tensor, set)) and params is not None:
+                params = list(params)
+                if len({id(p) for p in params}) != len(params):
+                    raise ValueError("the new parameter group lists a parameter twice; "
+                                     "list each once")
+                param_group = {**param_group, "params": params}
         super().add_param_group(param_group)
         self._group_added(self.param_groups[-1])
 

@@ -608,6 +608,18 @@ def test_a_first_step_skipped_by_check_finite_makes_no_state(flat):
     assert all(s["step"] == 1 for s in opt.state.values()) and len(opt.state) == 4
 
 
+def test_a_parameter_listed_twice_in_a_group_is_refused():
+    """torch warns and steps it twice a step (and says it will raise)."""
+    m = model()
+    w = m[0].weight
+    with pytest.raises(ValueError, match="twice"):
+        ft.Adam([w, w])
+    opt = ft.Adam([m[2].weight])
+    with pytest.raises(ValueError, match="twice"):
+        opt.add_param_group({"params": iter([w, w])})
+    assert len(opt.param_groups) == 1
+
+
 def test_bad_grad_scale_is_refused_before_anything_changes():
     m = model()
     opt = ft.Adam(m.parameters(), lr=0.01)
