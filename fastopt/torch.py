@@ -378,15 +378,24 @@ class _Optimizer(torch.optim.Optimizer):
             cls._KERNEL_ARG = cls._numpy_cls._KERNEL_ARG
             cls._extra = _torch_only(cls._torch_cls, cls.spec)
             params = inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
-                     for k, v in cls._extra.items()]
             setattr(cls, "__signature__",
-                    inspect.Signature([params, *_hyper_parameters(cls.spec), *extra]))
+                    inspect.Signature([params, *cls._arguments().parameters.values()]))
+
+    @classmethod
+    def _arguments(cls) -> inspect.Signature:
+        """The constructor's arguments after ``params``: the hyperparameters
+        and torch's own options, positional where torch's are (Adagrad's
+        ``foreach``), in torch's order."""
+        torch_params = inspect.signature(cls._torch_cls).parameters
+        extra = [inspect.Parameter(k, torch_params[k].kind, default=v)
+                 for k, v in cls._extra.items()]
+        every = [*_hyper_parameters(cls.spec), *extra]
+        positional = [p for p in every if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        positional.sort(key=lambda p: list(torch_params).index(p.name))
+        return inspect.Signature(positional + [p for p in every if p not in positional])
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any):
-        sig = inspect.Signature(_hyper_parameters(self.spec)
-                                + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
-                                   for k, v in self._extra.items()])
+        sig = self._arguments()
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as e:

@@ -163,6 +163,9 @@ def test_constructed_like_torch(name):
     for key, p in theirs.items():
         if key != "params":
             assert mine[key].default == p.default, key
+    positional = [[k for k, p in ps.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+                  for ps in (mine, theirs)]
+    assert positional[0] == positional[1]  # Adagrad(params, lr, ..., eps, foreach)
     a, b = getattr(ft, name)(model().parameters()), getattr(torch.optim, name)(model().parameters())
     assert a.defaults == b.defaults
     assert isinstance(a, torch.optim.Optimizer)
