@@ -14,8 +14,6 @@ import textwrap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from . import _checks as C
 from . import _state_dtype
 
@@ -143,7 +141,7 @@ def immutable(value: Any) -> bool:
 def _signed(value: Any) -> Any:
     """``value``, a zero with its sign (-0.0 == 0.0, and a learning rate's
     sign is the result's)."""
-    if value == 0 and isinstance(value, (float, np.floating)):
+    if type(value) is float and value == 0:  # (the only float kind cached)
         return (value, math.copysign(1.0, value))
     return value
 
