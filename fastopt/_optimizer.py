@@ -36,11 +36,13 @@ class Optimizer:
     ``_update(p, g, inv_scale, state, hyper)`` (one step of one parameter,
     nothing checked). Optional hooks: ``_group_added`` (Adagrad creates its
     state with the group) and ``_required_state`` (which state keys a
-    loaded state must have). A replayed step (``_replay``) takes the
-    kernel's scalars named in ``_STEP_ARGS`` anew: ``_advance(state)``
-    counts the step in a parameter's state and returns what those scalars
-    depend on besides the hyperparameters (the step count), and
-    ``_step_scalars(that, hyper)`` computes them.
+    loaded state must have). ``_RULE`` names the update rule ("sgd",
+    "adagrad", "adam"). A replayed step (``_replay``) takes the kernel's
+    scalars that change from step to step (``_update.STEP_ARGS[_RULE]``)
+    anew: ``_advance(state)`` counts the step in a parameter's state and
+    returns what those scalars depend on besides the hyperparameters (the
+    step count), and ``_update.STEP_SCALARS[_RULE](hyper)`` is the function
+    of that which computes them.
 
     State follows the parameter object, not its position: ``param_groups``
     and each group's ``"params"`` may be edited between steps (reordered,
@@ -338,6 +340,8 @@ class Optimizer:
     # Of those, the ones a step makes when they are missing (amsgrad's maximum,
     # when amsgrad is switched on after the first step).
     _MADE_BY_STEP: tuple[str, ...] = ()
+
+    _RULE: str  # the update rule: "sgd", "adagrad" or "adam"
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

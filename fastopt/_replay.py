@@ -32,7 +32,7 @@ import numpy as np
 from . import _spec, config
 from ._dispatch import direct, kernel, settled
 from ._state_dtype import plain_dtype
-from ._update import SCALARS, rounding_seed
+from ._update import SCALARS, STEP_ARGS, STEP_SCALARS, rounding_seed
 from .kernels.spec import KERNELS
 
 _is = operator.is_
@@ -46,14 +46,15 @@ class _Launch:
     ``config.PARALLEL_THRESHOLD`` is still ``threshold`` (else None: ask
     ``kernel`` each time)."""
 
-    __slots__ = ("shape", "dtype", "scalars", "name", "args", "varying", "fn", "scalar", "target",
-                 "threshold")
+    __slots__ = ("shape", "dtype", "scalars", "name", "args", "varying", "put", "fn", "scalar",
+                 "target", "threshold")
 
     def __init__(self, p, name, args, step_args, target):
         self.shape, self.dtype, self.name, self.target = p.shape, p.dtype, name, target
         self.args = list(args)
         names = KERNELS[name].names
         self.varying = tuple(names.index(arg) for arg in step_args)
+        self.put = _putter(self.varying)
         self.scalars = plain_dtype(p)  # the kernel's scalars' dtype (float32 for bfloat16)
         fn = settled(name, target, p)
         self.fn = None if fn is None else direct(fn, name, self.scalars)
@@ -68,13 +69,27 @@ class _Launch:
             chosen = kernel(self.name, self.target, p)
             fn = direct(chosen, self.name, self.scalars)
         if fn is not None:  # numba's compiled function: takes Python floats
-            for position, value in zip(self.varying, values):
-                args[position] = value
+            self.put(args, values)
             fn(*args)
         else:  # a dispatcher, through a timer or guard: scalars of the dtype
             for position, value in zip(self.varying, values):
                 args[position] = self.scalar(value) if type(value) is float else value
             chosen(*args)
+
+
+_PUTTERS: dict = {}
+
+
+def _putter(positions):
+    """A function ``put(args, values)`` doing ``args[positions[k]] = values[k]``
+    for every k, in one assignment (a loop in Python costs several times as much)."""
+    put = _PUTTERS.get(positions)
+    if put is None:
+        targets = "".join(f"args[{int(k)}], " for k in positions)
+        namespace: dict = {}
+        exec(f"def put(args, values):\n    {targets}= values\n", namespace)
+        put = _PUTTERS[positions] = namespace["put"]
+    return put
 
 
 class _Entry(_Launch):
@@ -84,13 +99,13 @@ class _Entry(_Launch):
     its stochastic rounding is given anew each step."""
 
     __slots__ = ("p", "index", "state", "held", "keys", "owner", "owner_dtype", "last_g", "hyper",
-                 "bits", "seeded", "grad_at", "counted")
+                 "bits", "seeded", "grad_at", "counted", "scalars_of", "check", "p_as_given")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
         self.seeded = self.bits and opt.spec.has_step
-        super().__init__(p, name, args, opt._STEP_ARGS + (("seed",) if self.seeded else ()),
-                         opt.target)
+        super().__init__(p, name, args,
+                         STEP_ARGS[opt._RULE] + (("seed",) if self.seeded else ()), opt.target)
         self.p, self.index, self.state, self.hyper = p, index, opt.state[index], hyper
         self.grad_at = KERNELS[name].names.index("g")  # after the master copy, if any
         # The gradient is given at each step and not held between steps (nor
@@ -118,6 +133,17 @@ class _Entry(_Launch):
         self.owner = None if user is p else user
         self.owner_dtype = user.dtype  # (the view's own is ``dtype``)
         self.last_g = None
+        self.scalars_of = None  # the function of the step count giving its scalars (``Replay``)
+        # What ``Replay.run`` checks, in one tuple (unpacked faster than read
+        # attribute by attribute): the state's held arrays are fetched by key
+        # at once, a missing key raising KeyError.
+        held_keys = tuple(key for key, _ in self.held)
+        self.check = (index, p, self.shape, self.dtype, self.state, self.keys,
+                      _fetcher(held_keys), tuple(a for _, a in self.held), self.counted,
+                      self.owner, self.bits)
+        # The kernel takes the parameter itself (1-D, not bfloat16 bits): its
+        # argument needs no new view at each step.
+        self.p_as_given = self.args[0] is p
 
     def seeded_values(self, values):
         """``values``, this step's scalars, and the seed of its stochastic rounding."""
@@ -150,6 +176,7 @@ class Replay:
             start += len(members)
         present = {e.index for e in self.entries}
         self.absent = tuple(i for i in range(n) if i not in present)
+        _share_scalars(opt, self.entries)
 
     @staticmethod
     def eligible(opt, params, grads, inv_scale, check_finite, clip):
@@ -173,7 +200,7 @@ class Replay:
                     or len(groups) != len(self.groups)):
                 return False
             for record, now in zip(self.groups, groups):
-                group, params, members, values = record[:4]
+                group, params, members, values, _, _ = record
                 if (now is not group or group["params"] is not params
                         or len(params) != len(members) or not all(map(_is, params, members))):
                     return False
@@ -186,50 +213,60 @@ class Replay:
                 if len(grads) != self.n:
                     return False
             state = opt.state
-            flats = []
-            for e in self.entries:
-                g, p, shape = grads[e.index], e.p, e.shape
-                if (type(g) is not np.ndarray or g.dtype is not e.dtype or g.shape != shape
-                        or p.shape != shape or state.get(e.index) is not e.state):
-                    return False
-                owner = e.owner
-                if owner is not None and (owner.shape != shape or not owner.flags.writeable
-                                          or not owner.flags.c_contiguous
-                                          or owner.dtype is not e.owner_dtype):
-                    return False
-                flags = p.flags
-                if (not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous)
-                        or p.dtype is not e.dtype):
-                    return False
-                if len(e.state) != e.keys or (e.counted and type(e.state["step"]) is not int):
-                    return False
-                for key, a in e.held:
-                    if e.state.get(key) is not a:
+            flats = []  # the gradients as the kernels take them (not held once this returns)
+            try:
+                for e in self.entries:
+                    index, p, shape, dtype, st, keys, fetch, held, counted, owner, bits = e.check
+                    g = grads[index]
+                    if (type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape
+                            or p.shape != shape or p.dtype is not dtype
+                            or state.get(index) is not st or len(st) != keys
+                            or not all(map(_is, fetch(st), held))
+                            or counted and type(st["step"]) is not int):
                         return False
-                last_g = e.last_g
-                if last_g is None or last_g() is not g:
-                    if np.may_share_memory(g, p):
+                    flags = p.flags
+                    if not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous):
                         return False
-                    e.last_g = weakref.ref(g)
-                flat = g if g.ndim == 1 else g.reshape(-1)
-                flats.append(flat.view(np.uint16) if e.bits else flat)
+                    if owner is not None and (owner.shape != shape or not owner.flags.writeable
+                                              or not owner.flags.c_contiguous
+                                              or owner.dtype is not e.owner_dtype):
+                        return False
+                    last_g = e.last_g
+                    if last_g is None or last_g() is not g:
+                        if np.may_share_memory(g, p):
+                            return False
+                        e.last_g = weakref.ref(g)
+                    if g.ndim != 1:
+                        g = g.reshape(-1)
+                    flats.append(g.view(np.uint16) if bits else g)
+            except KeyError:  # a held state array's key removed (and another added)
+                return False
             if self.absent and any(grads[i] is not None for i in self.absent):
                 return False
             # Everything holds: from here on, nothing raises.
-            advance, scalars = opt._advance, opt._step_scalars
+            advance = opt._advance
+            threshold = config.PARALLEL_THRESHOLD
             # The step's scalars, kept from one parameter to the next of a group
             # while its step count is the same: a function of both.
-            key = hyper = values = None
+            key = scalars_of = values = None
             for e, g in zip(self.entries, flats):
-                args, p = e.args, e.p
-                flat = p if p.ndim == 1 else p.reshape(-1)
-                args[0] = flat.view(np.uint16) if e.bits else flat
+                args = e.args
+                if not e.p_as_given:
+                    p = e.p
+                    flat = p if p.ndim == 1 else p.reshape(-1)
+                    args[0] = flat.view(np.uint16) if e.bits else flat
                 args[e.grad_at] = g
                 now = advance(e.state)
-                if now != key or e.hyper is not hyper:
-                    key, hyper = now, e.hyper
-                    values = scalars(key, hyper)
-                e.launch(p, args, e.seeded_values(values) if e.seeded else values)
+                if now != key or e.scalars_of is not scalars_of:
+                    key, scalars_of = now, e.scalars_of
+                    values = scalars_of(now)
+                step_values = e.seeded_values(values) if e.seeded else values
+                fn = e.fn
+                if fn is not None and threshold == e.threshold:
+                    e.put(args, step_values)
+                    fn(*args)
+                else:
+                    e.launch(e.p, args, step_values)
                 args[e.grad_at] = None
             return True
 
@@ -252,8 +289,30 @@ def _new_lr(opt, record):
         hyper = {**entries[0].hyper, "lr": lr}
         for e in entries:
             e.hyper = hyper
+        _share_scalars(opt, entries)
     record[3] = now
     return True
+
+
+def _share_scalars(opt, entries):
+    """Give each entry the function of the step count that computes its
+    step's scalars, one per hyperparameter dict (a group's entries share it,
+    and ``Replay.run`` computes them once for all of them)."""
+    made = {}
+    for e in entries:
+        scalars_of = made.get(id(e.hyper))
+        if scalars_of is None:
+            scalars_of = made[id(e.hyper)] = STEP_SCALARS[opt._RULE](e.hyper)
+        e.scalars_of = scalars_of
+
+
+def _fetcher(keys):
+    """A function of a dict giving the tuple of its values at ``keys`` (KeyError if one is missing)."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    if keys:
+        return lambda d, key=keys[0]: (d[key],)
+    return lambda d: ()
 
 
 class Call(_Launch):
@@ -264,9 +323,9 @@ class Call(_Launch):
     absent), ``writes`` whether each is written, ``positions`` where each
     goes in ``args``."""
 
-    __slots__ = ("refs", "writes", "positions", "key", "hyper")
+    __slots__ = ("refs", "writes", "positions", "key", "hyper", "scalars_of")
 
-    def __init__(self, arrays, writes, key, hyper, name, args, step_args, target):
+    def __init__(self, arrays, writes, key, hyper, name, args, step_args, target, scalars_of):
         super().__init__(arrays[0], name, args, step_args, target)
         self.refs = tuple(None if a is None else weakref.ref(a) for a in arrays)
         self.writes = writes
@@ -276,6 +335,7 @@ class Call(_Launch):
             if a is not None:
                 self.args[position] = None  # given at each run: not held here
         self.key, self.hyper = key, hyper
+        self.scalars_of = scalars_of  # the function giving the step's scalars (``_update``)
 
     @staticmethod
     def eligible(arrays, checked, inv_scale, target, name):

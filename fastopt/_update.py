@@ -190,27 +190,39 @@ def max_abs_norm(largest, inv_scale):
 # The scalars of each rule that change from step to step (with the step count,
 # or a schedule's learning rate), by kernel argument name (``_replay`` sets
 # only these), and the functions that compute them, as Python floats (the
-# replay passes them so; the checked path casts them).
+# replay passes them so; the checked path casts them). Each ``*_scalars`` takes
+# the hyperparameters and returns the function of the step (of whether it is
+# the first, for SGD) that gives them: a replay makes it once and calls it
+# every step. ``STEP_SCALARS[rule](hyper)`` makes it from checked hyperparameters.
 STEP_ARGS = {"sgd": ("neg_lr", "first_step"), "adagrad": ("neg_clr",),
              "adam": ("neg_step_size", "bias_correction2_sqrt", "decay_factor")}
 
 
-def sgd_step_scalars(lr, first_step):
-    """``(neg_lr, first_step)``."""
-    return -lr, first_step
+def sgd_scalars(lr):
+    """``first_step -> (neg_lr, first_step)``."""
+    neg_lr = -lr
+    return lambda first_step: (neg_lr, first_step)
 
 
-def adagrad_step_scalars(step, lr, lr_decay):
-    """``(neg_clr,)``: minus the decayed learning rate of step ``step``."""
-    return (-(lr / (1 + (step - 1) * lr_decay)),)
+def adagrad_scalars(lr, lr_decay):
+    """``step -> (neg_clr,)``: minus the decayed learning rate of step ``step``."""
+    return lambda step: (-(lr / (1 + (step - 1) * lr_decay)),)
 
 
-def adam_step_scalars(step, lr, beta1, beta2, weight_decay, decoupled_weight_decay):
-    """``(neg_step_size, bias_correction2_sqrt, decay_factor)`` of step
-    ``step``: ``decay_factor`` is ``1 - lr * weight_decay`` with decoupled
-    weight decay, else 1 (the rule multiplies by it either way)."""
+def adam_scalars(lr, beta1, beta2, weight_decay, decoupled_weight_decay):
+    """``step -> (neg_step_size, bias_correction2_sqrt, decay_factor)``:
+    ``decay_factor`` is ``1 - lr * weight_decay`` with decoupled weight
+    decay, else 1 (the rule multiplies by it either way)."""
     decay_factor = 1 - lr * weight_decay if weight_decay != 0 and decoupled_weight_decay else 1.0
-    return -(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5, decay_factor
+    return lambda step: (-(lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5, decay_factor)
+
+
+STEP_SCALARS = {
+    "sgd": lambda h: sgd_scalars(h["lr"]),
+    "adagrad": lambda h: adagrad_scalars(h["lr"], h["lr_decay"]),
+    "adam": lambda h: adam_scalars(h["lr"], h["betas"][0], h["betas"][1], h["weight_decay"],
+                                   h["decoupled_weight_decay"]),
+}
 
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
@@ -219,7 +231,7 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
     use_momentum = momentum != 0
     return _run("sgd", codec if use_momentum else "", target, p,
                 {"buf": buf if use_momentum else None}, absmax, master, g=_flat(g),
-                inv_scale=T(inv_scale), neg_lr=T(sgd_step_scalars(lr, first_step)[0]),
+                inv_scale=T(inv_scale), neg_lr=T(sgd_scalars(lr)(first_step)[0]),
                 weight_decay=T(weight_decay),
                 momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
                 use_weight_decay=weight_decay != 0, use_momentum=use_momentum,
@@ -229,7 +241,7 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
 def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
             codec="", absmax=None, master=None, stochastic=False, seed=0):
     T = SCALARS[_state_dtype.plain_dtype(p)]
-    (neg_clr,) = adagrad_step_scalars(step, lr, lr_decay)
+    (neg_clr,) = adagrad_scalars(lr, lr_decay)(step)
     return _run("adagrad", codec, target, p, {"state_sum": state_sum}, absmax,
                 master, stochastic, seed, g=_flat(g), inv_scale=T(inv_scale),
                 neg_clr=T(neg_clr), weight_decay=T(weight_decay), eps=T(eps), maximize=maximize,
@@ -240,8 +252,8 @@ def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta
          weight_decay, amsgrad, maximize, decoupled_weight_decay, target, codec="", absmax=None,
          master=None, stochastic=False, seed=0):
     T = SCALARS[_state_dtype.plain_dtype(p)]
-    neg_step_size, bias_correction2_sqrt, decay_factor = adam_step_scalars(
-        step, lr, beta1, beta2, weight_decay, decoupled_weight_decay)
+    neg_step_size, bias_correction2_sqrt, decay_factor = adam_scalars(
+        lr, beta1, beta2, weight_decay, decoupled_weight_decay)(step)
     lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
     return _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,

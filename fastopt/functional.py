@@ -203,7 +203,8 @@ def _remember(fn, arrays, checked, given, hyper, launched, inv_scale, target, re
         writes = (True, False) + (True,) * (len(arrays) - 2)
         rule = KERNELS[name].rule_function
         R.remember(fn, arrays,
-                   R.Call(arrays, writes, key, hyper, name, args, U.STEP_ARGS[rule], target))
+                   R.Call(arrays, writes, key, hyper, name, args, U.STEP_ARGS[rule], target,
+                          U.STEP_SCALARS[rule](hyper)))
 
 
 def _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target):
@@ -245,7 +246,7 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
     if _plain(grad_scale, check_finite, max_grad_norm) and type(first_step) is bool:
         call = R.recall("sgd", arrays, hyperparameters, target)
         if call is not None:
-            call.run(arrays, U.sgd_step_scalars(call.hyper["lr"], first_step))
+            call.run(arrays, call.scalars_of(first_step))
             return None
     h = _hypers(_spec.SGD, "sgd", hyperparameters)
     first_step = C.check_flag("first_step", first_step)
@@ -294,7 +295,7 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
     if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
         call = R.recall("adagrad", arrays, hyperparameters, target)
         if call is not None:
-            call.run(arrays, U.adagrad_step_scalars(step, call.hyper["lr"], call.hyper["lr_decay"]))
+            call.run(arrays, call.scalars_of(step))
             return None
     step = C.check_step(step)
     h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
@@ -318,9 +319,7 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
     if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
         call = R.recall(fn, arrays, hyperparameters, target)
         if call is not None:
-            h = call.hyper
-            call.run(arrays, U.adam_step_scalars(step, h["lr"], *h["betas"], h["weight_decay"],
-                                                 h["decoupled_weight_decay"]))
+            call.run(arrays, call.scalars_of(step))
             return None
     step = C.check_step(step)
     h = _hypers(spec, fn, hyperparameters)

@@ -138,13 +138,10 @@ class SGD(_Stored):
 
     spec = _spec.SGD
     _KERNEL_ARG = {"momentum_buffer": "buf"}
-    _STEP_ARGS = U.STEP_ARGS["sgd"]
+    _RULE = "sgd"
 
     def _advance(self, state):
         return state.get("momentum_buffer") is None
-
-    def _step_scalars(self, first, h):
-        return U.sgd_step_scalars(h["lr"], first)
 
     def _new_state(self, p, h):
         return {}
@@ -195,14 +192,11 @@ class Adagrad(_Stored):
 
     spec = _spec.ADAGRAD
     _KERNEL_ARG = {"sum": "state_sum"}
-    _STEP_ARGS = U.STEP_ARGS["adagrad"]
+    _RULE = "adagrad"
 
     def _advance(self, state):
         state["step"] += 1
         return state["step"]
-
-    def _step_scalars(self, step, h):
-        return U.adagrad_step_scalars(step, h["lr"], h["lr_decay"])
 
     def _group_added(self, group, first, views):
         for p in views:  # the state is made now: check its state_dtype now
@@ -256,15 +250,11 @@ class Adam(_Stored):
     spec = _spec.ADAM
     _KERNEL_ARG = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "max_exp_avg_sq"}
-    _STEP_ARGS = U.STEP_ARGS["adam"]
+    _RULE = "adam"
 
     def _advance(self, state):
         state["step"] += 1
         return state["step"]
-
-    def _step_scalars(self, step, h):
-        return U.adam_step_scalars(step, h["lr"], *h["betas"], h["weight_decay"],
-                                   h["decoupled_weight_decay"])
 
     def _new_state(self, p, h):
         state = {"step": 0, **self._fresh(p, h, "exp_avg"), **self._fresh(p, h, "exp_avg_sq")}
