@@ -305,7 +305,9 @@ class Optimizer:
         Reduced-precision state (``state_dtype``) is given as stored, with
         its ``"state_dtype"`` (bfloat16 as its uint16 bits; int8 and int4 as
         codes and ``"<key>_absmax"``): loading it back resumes bit for bit.
-        ``dequantize=True`` gives float32 arrays in torch's layout instead.
+        ``dequantize=True`` gives float32 arrays in torch's layout instead,
+        and so does ``to_torch=True`` (a torch optimizer would take stored
+        codes for values).
         """
         with self._lock:
             self._sync()

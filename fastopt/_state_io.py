@@ -23,9 +23,11 @@ def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,
     """The state dict of ``optimizer`` (see ``Optimizer.state_dict``).
 
     Reduced-precision state is given as stored (bfloat16 as its uint16
-    bits), with its ``"state_dtype"``; ``dequantize=True`` gives it as
+    bits), with its ``"state_dtype"``; ``dequantize=True`` (implied by
+    ``to_torch``: torch's optimizers would read codes as values) gives it as
     float32 arrays of the parameters' shapes instead, in torch's layout.
     """
+    dequantize = dequantize or to_torch
     groups, index = [], 0
     for group in optimizer.param_groups:
         n = len(group["params"])

@@ -360,6 +360,27 @@ def test_float_state_dict_is_stored_and_dequantized_out(state_dtype):
             np.testing.assert_array_equal(a, R.dequantize(codes, absmax, b.size, state_dtype, signed))
 
 
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+def test_to_torch_gives_values_torch_can_step(state_dtype):
+    # torch's load_state_dict takes any float tensors: stored codes or bits
+    # given as tensors would be read as moments, so to_torch dequantizes.
+    needs_ml_dtypes(state_dtype)
+    torch = pytest.importorskip("torch")
+    p, opt = _trained(state_dtype)
+    out = opt.state_dict(to_torch=True)["state"][0]
+    expected = opt.state_dict(dequantize=True)["state"][0]
+    assert "state_dtype" not in out and not any(k.endswith("_absmax") for k in out)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert out[key].dtype == torch.float32 and tuple(out[key].shape) == p.shape
+        np.testing.assert_array_equal(out[key].numpy(), expected[key])
+    tp = torch.tensor(p.copy(), requires_grad=True)
+    topt = torch.optim.AdamW([tp], lr=0.01, amsgrad=True)
+    topt.load_state_dict(opt.state_dict(to_torch=True))
+    tp.grad = torch.ones_like(tp)
+    topt.step()  # steps from the dequantized moments
+    assert torch.isfinite(tp).all()
+
+
 def test_changing_state_dtype_restores_the_state():
     p, opt = _trained("int8")
     before = opt.state_dict(dequantize=True)["state"][0]["exp_avg"]
