@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks as C
+from . import _spec
 from . import _cuda
 from . import _state_dtype
 from .flat import FlatParams, FlatSegment
@@ -251,9 +252,9 @@ def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
         raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
     if "params" not in group:
         raise ValueError(f"{where} needs a 'params' entry")
-    unknown = set(group) - set(defaults) - {"params"}
+    unknown = _spec.unknown_keys(group, defaults)
     if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in {where}")
+        raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}")
     ps = group["params"]
     if isinstance(ps, (np.ndarray, FlatParams, FlatSegment)) or _cuda.is_cuda_array(ps):
         ps = [ps]

@@ -164,6 +164,25 @@ def cache_key(group: Mapping[str, Any]) -> tuple | None:
     return tuple(key)
 
 
+# The keys a learning-rate schedule keeps in a parameter group besides the
+# hyperparameters (torch.optim.lr_scheduler's, and fastopt.lr_scheduler's):
+# allowed in a group, and carried by state dicts, so that a schedule resumes.
+SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+def unknown_keys(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """The keys of parameter group ``group`` that are neither ``"params"``, a
+    hyperparameter (a key of ``defaults``) nor a schedule's, sorted."""
+    return sorted(set(group) - set(defaults) - {"params"} - set(SCHEDULE_KEYS))
+
+
+def schedule_keys(where: str, saved: Mapping[str, Any]) -> dict[str, float]:
+    """The schedule keys of ``saved`` (a saved parameter group, named
+    ``where``), checked: finite real numbers >= 0."""
+    return {key: C.check_real(f"{where}['{key}']", saved[key], low=0.0)
+            for key in SCHEDULE_KEYS if key in saved}
+
+
 def _sgd_rules(h: dict) -> None:
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         raise ValueError("nesterov requires momentum > 0 and dampening == 0")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _cuda
+from . import _cuda, _spec
 from . import _state_dtype as D
 from ._arrays import host_array, place_like
 
@@ -99,9 +99,11 @@ def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
         # Pinned hyperparameters stay the class's: torch's AdamW, too, keeps
         # decoupled decay whatever the loaded dict says. So does state_dtype:
         # how this optimizer stores its state (loaded state is converted).
+        # A schedule's keys (``initial_lr``...) come too, as torch keeps them.
         new_group = {**group, **{key: saved[key] for key in spec.defaults
                                  if key in saved and key not in spec.pinned
-                                 and key != "state_dtype"}}
+                                 and key != "state_dtype"},
+                     **_spec.schedule_keys(where, saved)}
         try:
             hyper = spec.check(new_group)
         except (TypeError, ValueError) as e:

@@ -286,3 +286,87 @@ def test_bad_state_dict_changes_nothing():
         with pytest.raises((TypeError, ValueError)):
             sched.load_state_dict(bad)
         assert sched.__dict__ == before
+
+
+# --- the keys a schedule keeps in the groups --------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_groups_edited_with_a_schedule_attached(case):
+    # A schedule writes initial_lr (OneCycleLR max_lr, min_lr and the
+    # momenta too): add_param_group, edited lists and state dicts take them.
+    opt = _ours()
+    sched = CASES[case](S, opt)
+    a, b = (g["params"][0] for g in opt.param_groups)
+    opt.step([np.ones(3), np.ones(2)])
+    sched.step()
+    opt.add_param_group({"params": [np.zeros(4)], "lr": 0.01})
+    opt.param_groups[0]["params"] = [a]
+    opt.param_groups[1]["params"] = [b]
+    opt.step([np.ones(3), np.ones(2), np.ones(4)])
+    sd = opt.state_dict()
+    opt.load_state_dict(sd)
+    assert all(k in opt.param_groups[0] for k in ("initial_lr",) if k in sd["param_groups"][0])
+
+
+@pytest.mark.parametrize("case", ["StepLR", "CosineAnnealingLR-eta_min", "OneCycleLR",
+                                  "OneCycleLR-linear-3phase"])
+@pytest.mark.parametrize("through", ["state_dict", "checkpoint"])
+def test_a_loaded_optimizer_resumes_its_schedule(case, through, tmp_path):
+    # The schedule's keys travel with the optimizer's state (torch keeps
+    # them), so a new scheduler resumes from last_epoch alone.
+    grads = [np.full(3, 0.5), np.full(2, -0.25)]
+    opt, stop = _ours(), 7
+    sched = CASES[case](S, opt)
+    for _ in range(stop):
+        opt.step(grads)
+        sched.step()
+    resumed = _ours()
+    again = CASES[case](S, resumed)  # made first, as in torch: a constructor sets rates
+    if through == "state_dict":
+        resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+        for g, h in zip(opt.param_groups, resumed.param_groups):
+            h["params"][0][...] = g["params"][0]
+    else:
+        params = {f"p{k}": g["params"][0] for k, g in enumerate(opt.param_groups)}
+        fastopt.save(tmp_path / "c.ckpt", params, opt)
+        mine = {f"p{k}": g["params"][0] for k, g in enumerate(resumed.param_groups)}
+        fastopt.load(tmp_path / "c.ckpt", mine, resumed)
+    schedule_keys = [{k: v for k, v in g.items() if k in ("initial_lr", "max_lr", "min_lr",
+                                                           "max_momentum", "base_momentum")}
+                     for g in opt.param_groups]
+    assert [{k: g[k] for k in keys} for g, keys in zip(resumed.param_groups, schedule_keys)] \
+        == schedule_keys
+    again.load_state_dict(sched.state_dict())
+    if case == "StepLR":  # or from last_epoch alone, which needs initial_lr
+        again = S.StepLR(resumed, step_size=4, last_epoch=stop - 1)
+    for _ in range(5):
+        opt.step(grads)
+        resumed.step(grads)
+        sched.step()
+        again.step()
+        assert again.get_last_lr() == sched.get_last_lr()
+    for g, h in zip(opt.param_groups, resumed.param_groups):
+        np.testing.assert_array_equal(g["params"][0], h["params"][0])
+
+
+@pytest.mark.parametrize("bad, exc", [("x", TypeError), (-1.0, ValueError),
+                                      (float("nan"), ValueError), (True, TypeError)])
+def test_bad_schedule_key_in_a_state_dict_changes_nothing(bad, exc):
+    opt = _ours()
+    sched = S.StepLR(opt, step_size=2)
+    opt.step([np.ones(3), np.ones(2)])
+    sched.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][1]["initial_lr"] = bad
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(exc, match=r"\['param_groups'\]\[1\]\['initial_lr'\]"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert [{k: v for k, v in g.items() if k != "params"} for g in after["param_groups"]] == \
+        [{k: v for k, v in g.items() if k != "params"} for g in before["param_groups"]]
+
+
+def test_other_unknown_group_keys_are_still_refused():
+    opt = _ours()
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['lr_typo'\]"):
+        opt.add_param_group({"params": [np.zeros(4)], "lr_typo": 0.1})

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _checks as C
+from .. import _spec
 from .. import _update as U
 from ..flat import FlatParams
 from ..optimizers import Optimizer
@@ -77,9 +78,9 @@ class _Stepping:
             where = f"groups[{k}]"
             if not isinstance(group, dict) or "params" not in group:
                 raise TypeError(f"{where} must be a dict with 'params'")
-            unknown = set(group) - set(self.defaults) - {"params"}
+            unknown = _spec.unknown_keys(group, self.defaults)
             if unknown:
-                raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in {where}")
+                raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}")
             _full_precision({**self.defaults, **group}, where)
             ps = group["params"]
             ps = list(ps) if isinstance(ps, (list, tuple)) else [ps]
@@ -203,9 +204,9 @@ class _Stepping:
         """Every group's hyperparameters, checked (``param_groups`` may have been edited)."""
         hypers = []
         for k, group in enumerate(self.param_groups):
-            unknown = set(group) - set(self.defaults) - {"params"}
+            unknown = _spec.unknown_keys(group, self.defaults)
             if unknown:
-                raise ValueError(f"param_groups[{k}] has unknown hyperparameter(s) {sorted(unknown)}")
+                raise ValueError(f"param_groups[{k}] has unknown hyperparameter(s) {unknown}")
             try:
                 hypers.append(self.spec.check(group))
             except (TypeError, ValueError) as e:
