@@ -89,7 +89,9 @@ _NOT_AN_OPTION = ("maximize",)  # minimize minimises: negate fun instead
 # --- checks ---------------------------------------------------------------------
 
 def _objective(fun: Callable, jac: Any, args: tuple) -> Callable:
-    """``f_and_g(x) -> (f, g)``, calling the caller's functions once each."""
+    """``f_and_g(x) -> (f, g)``, calling the caller's functions once each
+    (with ``jac``, each on its own copy of ``x``, as SciPy's methods call
+    them: a ``fun`` that changes its argument does not change ``jac``'s)."""
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
     if (_MemoizeJac is not None and isinstance(fun, _MemoizeJac)
@@ -99,7 +101,10 @@ def _objective(fun: Callable, jac: Any, args: tuple) -> Callable:
     if jac is True:
         return fun if not args else lambda x: fun(x, *args)
     if callable(jac):
-        return lambda x: (fun(x, *args), jac(x, *args))
+        def f_and_g(x: Any) -> tuple:
+            x_for_jac = x.copy()  # before fun runs
+            return fun(x, *args), jac(x_for_jac, *args)
+        return f_and_g
     raise ValueError(f"these methods need the gradient: pass jac=True (fun returns (f, g)) or "
                      f"a function jac(x, *args); got jac={jac!r}")
 

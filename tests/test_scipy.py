@@ -235,6 +235,24 @@ def test_bad_x0(x0, exc):
         fs.adam(quadratic, x0, jac=True)
 
 
+def test_fun_and_jac_get_their_own_copies():
+    # A fun that works in place on its argument must not change what jac
+    # sees (SciPy's methods give each its own copy): BFGS and Adam agree.
+    a = np.arange(3.0)
+
+    def fun(x):
+        x -= a
+        return 0.5 * float(x @ x)
+
+    def jac(x):
+        return x - a
+
+    want = minimize(fun, np.zeros(3), jac=jac, method="BFGS").x
+    got = minimize(fun, np.zeros(3), jac=jac, method=fs.adam,
+                   options={"lr": 0.1, "maxiter": 3000}).x
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 # --- callbacks ------------------------------------------------------------------------
 
 def test_callback_plain_form_gets_copies():
