@@ -41,18 +41,28 @@ def lay_out(shapes: Mapping[str, ShapeLike]) -> tuple[Layout, int]:
 
 
 def _shape(name: str, shape: Any) -> tuple[int, ...]:
-    """``shape`` (an int or a sequence of ints) as a tuple of Python ints."""
-    if isinstance(shape, (int, np.integer)):
+    """``shape`` (an int or a sequence of ints, not bools) as a tuple of
+    Python ints that NumPy can make an array of."""
+    def whole(d: Any) -> bool:
+        return isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+    if whole(shape):
         shape = (shape,)
     try:
-        if isinstance(shape, str) or not all(isinstance(d, (int, np.integer)) for d in shape):
+        if isinstance(shape, str) or not all(whole(d) for d in shape):
             raise TypeError
         shape = tuple(int(d) for d in shape)
     except TypeError:
         raise TypeError(f"shape of {name!r} must be an int or a tuple of ints, got {shape!r}") from None
     if any(d < 0 for d in shape):
         raise ValueError(f"shape of {name!r} has a negative dimension: {shape}")
+    if len(shape) > _MAX_DIMS or any(d > _MAX_DIM for d in shape):
+        raise ValueError(f"shape of {name!r} is beyond NumPy's limits ({_MAX_DIMS} dimensions, "
+                         f"each at most {_MAX_DIM}): {shape}")
     return shape
+
+
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32  # NPY_MAXDIMS
+_MAX_DIM = int(np.iinfo(np.intp).max)
 
 
 class Views(Mapping[str, "Array"]):

@@ -137,7 +137,12 @@ class ParamList:
                 self.detached[pid] = (self.params[i], state[i])
         state.clear()
         state.update(new_state)
-        self.flat_grad.update(flat)
+        # A FlatParams' buffer is listed as its data array after the first
+        # sync, so its gradient buffer is remembered by the array's id: only
+        # while the array is held here (listed, or detached with its state),
+        # so that no id freed and reused can find a dead one's gradient.
+        held = {id(p) for p in params} | set(self.detached)
+        self.flat_grad = {pid: g for pid, g in {**self.flat_grad, **flat}.items() if pid in held}
         known = set(self.ids)
         shared = _shared_with(self, [v for p, v in zip(params, views) if id(p) not in known])
         self.params, self.ids, self.views = params, tuple(id(p) for p in params), views

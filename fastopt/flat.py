@@ -55,14 +55,24 @@ class FlatSegment:
     ----------
     data, grad_data : numpy.ndarray or numba device array
         1-D views of the parameter and gradient buffers spanning the entries
-        (kept as attributes of the same names).
+        (kept as read-only attributes of the same names).
     names : iterable of str
         The entries, in layout order (kept as the tuple ``names``).
     """
 
     def __init__(self, data: Array, grad_data: Array, names: Iterable[str]) -> None:
-        self.data, self.grad_data = data, grad_data
+        self._data, self._grad_data = data, grad_data
         self.names: tuple[str, ...] = tuple(names)
+
+    @property
+    def data(self) -> Array:
+        """The parameter buffer's span (read-only attribute: write into it)."""
+        return self._data
+
+    @property
+    def grad_data(self) -> Array:
+        """The gradient buffer's span (read-only attribute: write into it)."""
+        return self._grad_data
 
     def __repr__(self) -> str:
         return f"FlatSegment({', '.join(self.names)}; {self.data.size} elements)"
@@ -91,7 +101,9 @@ class FlatParams(Mapping[str, "Array"]):
     Attributes
     ----------
     data, grad_data : numpy.ndarray or numba device array
-        The 1-D parameter and gradient buffers.
+        The 1-D parameter and gradient buffers. The attributes are read-only
+        (the views and optimizers hold these buffers): write into them,
+        ``flat.data[:] = values``.
     grad : mapping of str to array
         Each entry's view into ``grad_data``.
     device : {"cpu", "cuda"}
@@ -121,16 +133,33 @@ class FlatParams(Mapping[str, "Array"]):
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(shapes, Mapping):
             raise TypeError(f"shapes must be a mapping of name -> shape, got {type(shapes).__name__}")
+        if dtype is None:  # np.dtype(None) would be float64
+            raise TypeError("dtype must be float32 or float64, got None")
         dtype = np.dtype(dtype)
         if dtype not in C.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         layout, offset = lay_out(shapes)
         self._layout = layout
         self.device: Device = device
-        self.data: Array = _arrays.new(offset, dtype, device, value=0)
-        self.grad_data: Array = _arrays.new(offset, dtype, device, value=0)
-        self.grad: Mapping[str, Array] = Views(self.grad_data, layout)
-        self._views = Views(self.data, layout)
+        self._data: Array = _arrays.new(offset, dtype, device, value=0)
+        self._grad_data: Array = _arrays.new(offset, dtype, device, value=0)
+        self.grad: Mapping[str, Array] = Views(self._grad_data, layout)
+        self._views = Views(self._data, layout)
+
+    @property
+    def data(self) -> Array:
+        """The parameter buffer (read-only attribute: write into it)."""
+        return self._data
+
+    @property
+    def grad_data(self) -> Array:
+        """The gradient buffer (read-only attribute: write into it)."""
+        return self._grad_data
+
+    # Compared and hashed by identity, as the arrays it holds cannot be (a
+    # Mapping's value comparison would compare arrays element-wise).
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Any], dtype: DTypeLike | None = None,
@@ -154,6 +183,9 @@ class FlatParams(Mapping[str, "Array"]):
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays must be a mapping of name -> array, got {type(arrays).__name__}")
         arrays = {name: _arrays.host_array(a) for name, a in arrays.items()}
+        for name, a in arrays.items():
+            if a.dtype.kind not in "biuf":  # complex would lose its imaginary part; objects, NaN
+                raise TypeError(f"arrays[{name!r}] must hold real numbers, got dtype {a.dtype}")
         if dtype is None:
             dtype = np.result_type(*arrays.values()) if arrays else np.float32
             if np.dtype(dtype) not in C.FLOAT_DTYPES:

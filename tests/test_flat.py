@@ -125,6 +125,17 @@ def test_mixed_flat_and_plain_params_need_grads():
     (lambda: fastopt.FlatParams(SHAPES).segment("w1", "w2"), ValueError, "adjacent"),
     (lambda: fastopt.FlatParams(SHAPES).segment("nope"), KeyError, "nope"),
     (lambda: fastopt.FlatParams(SHAPES).segment(), ValueError, "at least one"),
+    (lambda: fastopt.FlatParams({"a": True}), TypeError, "shape"),
+    (lambda: fastopt.FlatParams({"a": (2, np.bool_(True))}), TypeError, "shape"),
+    (lambda: fastopt.FlatParams({"a": (0, 2**64)}), ValueError, "NumPy's limits"),
+    (lambda: fastopt.FlatParams({"a": (1,) * 70}), ValueError, "NumPy's limits"),
+    (lambda: fastopt.FlatParams({"a": 3}, dtype=None), TypeError, "float32 or float64"),
+    (lambda: fastopt.FlatParams.from_arrays({"a": None}), TypeError, "real numbers"),
+    (lambda: fastopt.FlatParams.from_arrays({"a": np.array([1, None])}), TypeError,
+     "real numbers"),
+    (lambda: fastopt.FlatParams.from_arrays({"a": np.ones(2, complex)}), TypeError,
+     "real numbers"),
+    (lambda: fastopt.FlatParams.from_arrays({"a": ["x"]}), TypeError, "real numbers"),
 ])
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -142,3 +153,44 @@ def test_zero_grad():
     flat.grad_data[:] = 1
     flat.zero_grad()
     assert not flat.grad_data.any()
+
+
+def test_buffers_cannot_be_replaced():
+    # The views, segments and optimizers hold the buffers made at
+    # construction: a new one assigned would be silently ignored.
+    flat = fastopt.FlatParams({"w": (2, 3), "b": 3}, dtype=np.float64)
+    segment = flat.segment("b")
+    for obj in (flat, segment):
+        for name in ("data", "grad_data"):
+            with pytest.raises(AttributeError):
+                setattr(obj, name, np.ones(9))
+    flat.data[:] = 5.0  # writing into them is how to set values
+    assert (flat["b"] == 5.0).all() and (segment.data == 5.0).all()
+
+
+def test_compared_and_hashed_by_identity():
+    a, b = fastopt.FlatParams(SHAPES), fastopt.FlatParams(SHAPES)
+    assert a == a and a != b and not (a == b)
+    assert len({a, b, a}) == 2 and {a: 1}[a] == 1
+
+
+def test_a_removed_flatparams_gradient_is_not_found_by_a_reused_id():
+    # The optimizer remembers a FlatParams' gradient buffer by its data
+    # array's id; once the array is gone, a new array at the same address
+    # must not be stepped with the dead one's gradient.
+    flat = fastopt.FlatParams({"a": 4}, dtype=np.float64)
+    flat.grad_data[:] = 100
+    opt = fastopt.SGD(flat, lr=1.0)
+    opt.param_groups[0]["params"] = [np.zeros(4)]  # out before its first step: no state kept
+    opt.step([np.zeros(4)])
+    stale = id(flat.data)
+    del flat
+    candidates = [np.zeros(4) for _ in range(2000)]
+    reused = [a for a in candidates if id(a) == stale]
+    assert stale not in opt._plist.flat_grad
+    if not reused:
+        pytest.skip("the freed address was not reused here")
+    opt.param_groups[0]["params"] = [reused[0]]
+    with pytest.raises(TypeError, match="FlatParams"):
+        opt.step()
+    assert not reused[0].any()
