@@ -102,12 +102,18 @@ def check_clip(max_grad_norm, norm_type):
     return check_real("max_grad_norm", max_grad_norm, low=0.0), float(norm_type)
 
 
+# Step counts stay below this: the bias corrections take them as floats.
+STEP_LIMIT = 2**1023
+
+
 def check_step(step):
     if type(step) is not int:  # fast path first: the functional API runs this at every step
         if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
             raise TypeError(f"step must be an int, got {_type_name(step)}")
     if step < 1:
         raise ValueError(f"step must be >= 1 (the count after this step), got {step}")
+    if step >= STEP_LIMIT:
+        raise ValueError("step must be below 2**1023, got a number too large for a float")
     return int(step)
 
 

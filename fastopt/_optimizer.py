@@ -247,7 +247,9 @@ class Optimizer:
                 state = self.state.get(i)
                 if grads[i] is not None and state:
                     self._plist.check_fits(i, params[i], state)
-                    if self.spec.has_step and type(state.get("step")) is not int:
+                    step = state.get("step")
+                    if self.spec.has_step and not (type(step) is int
+                                                   and 0 <= step < C.STEP_LIMIT):
                         # set by hand: a whole number, as a state dict's is read
                         state["step"] = _state_io.step_count(f"params[{i}]'s state 'step'",
                                                              state.get("step"))

@@ -32,6 +32,7 @@ import numpy as np
 from . import _spec, config
 from ._dispatch import direct, kernel, settled
 from ._state_dtype import plain_dtype
+from ._checks import STEP_LIMIT
 from ._update import SCALARS, STEP_ARGS, STEP_SCALARS, rounding_seed
 from .kernels.spec import KERNELS
 
@@ -222,7 +223,8 @@ class Replay:
                             or p.shape != shape or p.dtype is not dtype
                             or state.get(index) is not st or len(st) != keys
                             or not all(map(_is, fetch(st), held))
-                            or counted and type(st["step"]) is not int):
+                            or counted and not (type(st["step"]) is int
+                                                and 0 <= st["step"] < STEP_LIMIT)):
                         return False
                     flags = p.flags
                     if not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous):

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _checks as C
 from . import _cuda, _spec
 from . import _state_dtype as D
 from ._arrays import host_array, place_like
@@ -224,6 +225,8 @@ def step_count(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
     if not (math.isfinite(step) and step >= 0 and step == int(step)):
         raise ValueError(f"{name} must be a whole number >= 0, got {step}")
+    if step >= C.STEP_LIMIT:
+        raise ValueError(f"{name} is too large: it must be below 2**1023")
     return int(step)
 
 

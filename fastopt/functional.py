@@ -292,7 +292,8 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
         (array([0.5, 1.5]), array([1., 4.]))
     """
     arrays = (param, grad, state_sum)
-    if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
+    if (_plain(grad_scale, check_finite, max_grad_norm) and type(step) is int
+            and 1 <= step < C.STEP_LIMIT):
         call = R.recall("adagrad", arrays, hyperparameters, target)
         if call is not None:
             call.run(arrays, call.scalars_of(step))
@@ -316,7 +317,8 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
 def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad_scale,
           check_finite, max_grad_norm, norm_type, target, hyperparameters):
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    if _plain(grad_scale, check_finite, max_grad_norm) and type(step) is int and step >= 1:
+    if (_plain(grad_scale, check_finite, max_grad_norm) and type(step) is int
+            and 1 <= step < C.STEP_LIMIT):
         call = R.recall(fn, arrays, hyperparameters, target)
         if call is not None:
             call.run(arrays, call.scalars_of(step))

@@ -345,6 +345,42 @@ def test_a_step_count_set_by_hand_is_read_as_a_whole_number():
     np.testing.assert_array_equal(ps[0], ps[1])
 
 
+@pytest.mark.parametrize("cls", [fastopt.Adam, fastopt.Adagrad])
+@pytest.mark.parametrize("bad", [10**400, 2**1023, -3, np.float64(-1.0)])
+@pytest.mark.parametrize("replayed", [False, True])
+def test_a_step_count_out_of_range_set_by_hand_changes_nothing(cls, bad, replayed):
+    """Negative, or beyond a float: refused before any parameter is stepped,
+    by the replayed step (plain steps) and the checked one alike."""
+    ps = [np.ones(4, np.float32), np.ones(4, np.float32)]
+    opt = cls(ps, lr=0.1)
+    grads = [np.full(4, 0.3, np.float32)] * 2
+    opt.step(grads)
+    opt.step(grads)
+    opt.state[1]["step"] = bad
+    before = [p.copy() for p in ps], opt.state[0]["step"]
+    with pytest.raises(ValueError, match=r"params\[1\]'s state 'step'"):
+        opt.step(grads) if replayed else opt.step(grads, check_finite=True)
+    for p, q in zip(ps, before[0]):
+        np.testing.assert_array_equal(p, q)
+    assert opt.state[0]["step"] == before[1] and opt.state[1]["step"] is bad
+
+
+@pytest.mark.parametrize("fn", ["adam", "adamw", "adagrad"])
+@pytest.mark.parametrize("recalled", [False, True])
+def test_functional_step_beyond_a_float_is_refused(fn, recalled):
+    import fastopt.functional as F
+    p, g = np.ones(4), np.full(4, 0.5)
+    states = [np.zeros(4)] if fn == "adagrad" else [np.zeros(4), np.zeros(4)]
+    run = getattr(F, fn)
+    if recalled:  # the same call recorded first: the next takes the recorded path
+        run(p, g, *states, step=1)
+    before = [a.copy() for a in (p, *states)]
+    with pytest.raises(ValueError, match="step must be below 2\\*\\*1023"):
+        run(p, g, *states, step=10**400)
+    for a, b in zip((p, *states), before):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("api", ["class", "functional"])
 def test_a_learning_rate_of_minus_zero_is_not_taken_for_zero(api):
     """-0.0 == 0.0, but SGD's update p - lr * g keeps the sign of zero."""
