@@ -78,20 +78,31 @@ class OneCycleLR(LRScheduler):
             max_moms = _per_group("max_momentum", max_momentum, n, low=0)
             base_moms = _per_group("base_momentum", base_momentum, n, low=0)
         last_epoch = _last_epoch(last_epoch, groups, needs_initial_lr=False)
-        # Everything is checked: write.
-        self.optimizer = optimizer
-        self.total_steps = total
         up = float(pct * total) - 1
         if three_phase:
-            self._schedule_phases = [
+            phases = [
                 _phase(up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                 _phase(float(2 * pct * total) - 2, "max_lr", "initial_lr", "base_momentum",
                        "max_momentum"),
                 _phase(total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
-            self._schedule_phases = [
+            phases = [
                 _phase(up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                 _phase(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        # A phase that ends where it starts (its start is step 0, or the
+        # previous phase's end) would divide by zero in get_lr, as torch does.
+        ends = [phase["end_step"] for phase in phases]
+        for k, (start, end) in enumerate(zip([0.0] + ends, ends)):
+            if end == start:
+                raise ValueError(
+                    f"with total_steps={total} and pct_start={pct}"
+                    f"{' (three_phase)' if three_phase else ''}, phase {k + 1} of the cycle "
+                    f"has no steps (it starts and ends at step {start:g}); change pct_start "
+                    "or total_steps")
+        # Everything is checked: write.
+        self.optimizer = optimizer
+        self.total_steps = total
+        self._schedule_phases = phases
         self._anneal_func_type = anneal_strategy
         if last_epoch == -1:
             for group, peak in zip(groups, max_lrs):
