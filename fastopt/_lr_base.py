@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 
 # --- argument checks (all run before anything is written) ----------------------
@@ -31,6 +31,12 @@ def _int(name: str, value: Any, low: int) -> int:
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def _groups(optimizer: Any) -> list[dict]:
@@ -149,6 +155,17 @@ class LRScheduler:
 
     _NOT_IN_STATE: tuple[str, ...] = ("optimizer",)
 
+    # A schedule's own attributes (its arguments, and what it derives from
+    # them), each with its check ``check(name, value) -> value to keep``:
+    # the constructor sets them through ``_set_checked`` and
+    # ``load_state_dict`` runs the same checks on a loaded state.
+    _CHECKS: dict[str, Callable[[str, Any], Any]] = {}
+
+    def _set_checked(self, **values: Any) -> None:
+        """Check ``values`` (attribute -> value) with ``_CHECKS``, then set them all."""
+        checked = {name: self._CHECKS[name](name, value) for name, value in values.items()}
+        self.__dict__.update(checked)
+
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state: its attributes, without the optimizer (torch's layout)."""
         return {k: v for k, v in self.__dict__.items() if k not in self._NOT_IN_STATE}
@@ -160,23 +177,32 @@ class LRScheduler:
         it does not know (torch's own bookkeeping) are ignored. Checked whole
         before anything changes.
         """
+        self._load(self._check_state(state_dict))
+
+    def _check_state(self, state_dict: Any) -> dict[str, Any]:
+        """The attributes ``state_dict`` sets, checked as the constructor checks
+        them (raises on anything wrong; changes nothing)."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         own = LRScheduler.state_dict(self)  # the plain attributes
         missing = sorted(k for k in own if k not in state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {missing} (is it from a {type(self).__name__}?)")
-        _int("state_dict['last_epoch']", state_dict["last_epoch"], -1)
         n = len(self.optimizer.param_groups)
-        for key in ("base_lrs", "_last_lr"):
-            if key in own and (not isinstance(state_dict[key], (list, tuple))
-                               or len(state_dict[key]) != n):
-                raise ValueError(f"state_dict[{key!r}] must be a list of {n} learning rates")
-        self._load(state_dict, own)
 
-    def _load(self, state_dict: dict[str, Any], own: dict[str, Any]) -> None:
-        for key in own:
-            value = state_dict[key]
-            self.__dict__[key] = list(value) if isinstance(value, tuple) and key in (
-                "base_lrs", "_last_lr") else value
+        def rates(name: str, value: Any) -> list[float]:
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                raise ValueError(f"{name} must be a list of {n} learning rates")
+            return [_real(f"{name}[{k}]", v) for k, v in enumerate(value)]
+
+        common: dict[str, Callable[[str, Any], Any]] = {
+            "last_epoch": lambda name, v: _int(name, v, -1),
+            "_step_count": lambda name, v: _int(name, v, 0),
+            "_is_initial": _flag, "base_lrs": rates, "_last_lr": rates}
+        checks = {**common, **self._CHECKS}
+        return {key: checks[key](f"state_dict[{key!r}]", state_dict[key]) if key in checks
+                else state_dict[key] for key in own}
+
+    def _load(self, loaded: dict[str, Any]) -> None:
+        self.__dict__.update(loaded)
 

@@ -13,6 +13,25 @@ from typing import Any, Sequence
 from ._lr_base import LRScheduler, _int, _real
 
 
+def _at_least_1(name: str, value: Any) -> int:
+    return _int(name, value, 1)
+
+
+def _milestones(name: str, value: Any) -> Counter:
+    """Milestone steps (an iterable of ints >= 0; a Counter's with their counts)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of ints, got {type(value).__name__}")
+    steps = value.elements() if isinstance(value, Counter) else value
+    return Counter(_int(f"{name}[{k}]", m, 0) for k, m in enumerate(steps))
+
+
+def _period(name: str, value: Any) -> float:
+    """A positive period: an int >= 1 or a real > 0."""
+    if isinstance(value, numbers.Integral):
+        return _int(name, value, 1)
+    return _real(name, value, 0, low_open=True)
+
+
 class StepLR(LRScheduler):
     """Multiply the rate by ``gamma`` every ``step_size`` steps.
 
@@ -29,9 +48,12 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
-        self.step_size = _int("step_size", step_size, 1)
-        self.gamma = _real("gamma", gamma)
+        self._set_checked(step_size=step_size, gamma=gamma)
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"step_size": _at_least_1, "gamma": _real}
+    step_size: int
+    gamma: float
 
     def get_lr(self) -> list[float]:
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
@@ -58,13 +80,12 @@ class MultiStepLR(LRScheduler):
 
     def __init__(self, optimizer: Any, milestones: Sequence[int], gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
-        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
-            raise TypeError(f"milestones must be an iterable of ints, got "
-                            f"{type(milestones).__name__}")
-        self.milestones = Counter(_int(f"milestones[{k}]", m, 0)
-                                  for k, m in enumerate(milestones))
-        self.gamma = _real("gamma", gamma)
+        self._set_checked(milestones=milestones, gamma=gamma)
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"milestones": _milestones, "gamma": _real}
+    milestones: Counter
+    gamma: float
 
     def get_lr(self) -> list[float]:
         times = self.milestones.get(self.last_epoch, 0)
@@ -90,8 +111,11 @@ class ExponentialLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Any, gamma: float, last_epoch: int = -1) -> None:
-        self.gamma = _real("gamma", gamma)
+        self._set_checked(gamma=gamma)
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"gamma": _real}
+    gamma: float
 
     def get_lr(self) -> list[float]:
         if self._is_initial:
@@ -126,10 +150,12 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0,
                  last_epoch: int = -1) -> None:
-        self.T_max = _int("T_max", T_max, 1) if isinstance(T_max, numbers.Integral) else _real(
-            "T_max", T_max, 0, low_open=True)
-        self.eta_min = _real("eta_min", eta_min)
+        self._set_checked(T_max=T_max, eta_min=eta_min)
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"T_max": _period, "eta_min": _real}
+    T_max: float
+    eta_min: float
 
     def get_lr(self) -> list[float]:
         t, T, lo = self.last_epoch, self.T_max, self.eta_min
@@ -169,10 +195,16 @@ class LinearLR(LRScheduler):
 
     def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
-        self.start_factor = _real("start_factor", start_factor, 0, 1, low_open=True)
-        self.end_factor = _real("end_factor", end_factor, 0, 1)
-        self.total_iters = _int("total_iters", total_iters, 1)
+        self._set_checked(start_factor=start_factor, end_factor=end_factor,
+                          total_iters=total_iters)
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"start_factor": lambda name, v: _real(name, v, 0, 1, low_open=True),
+               "end_factor": lambda name, v: _real(name, v, 0, 1),
+               "total_iters": _at_least_1}
+    start_factor: float
+    end_factor: float
+    total_iters: int
 
     def get_lr(self) -> list[float]:
         t, a, b, n = self.last_epoch, self.start_factor, self.end_factor, self.total_iters
@@ -211,11 +243,17 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def __init__(self, optimizer: Any, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
                  last_epoch: int = -1) -> None:
-        self.T_0 = self.T_i = _int("T_0", T_0, 1)
-        self.T_mult = _int("T_mult", T_mult, 1)
-        self.eta_min = _real("eta_min", eta_min)
+        self._set_checked(T_0=T_0, T_mult=T_mult, eta_min=eta_min)
+        self.T_i = self.T_0
         self.T_cur = _int("last_epoch", last_epoch, -1)
         super().__init__(optimizer, last_epoch)
+
+    # (T_i, the current period, and T_cur, the step within it, as a state sets them)
+    _CHECKS = {"T_0": _at_least_1, "T_mult": _at_least_1, "eta_min": _real,
+               "T_i": _at_least_1, "T_cur": lambda name, v: _int(name, v, -1)}
+    T_0: int
+    T_mult: int
+    eta_min: float
 
     def get_lr(self) -> list[float]:
         lo = self.eta_min

@@ -6,7 +6,45 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ._lr_base import LRScheduler, _groups, _int, _last_epoch, _per_group, _real
+from ._lr_base import LRScheduler, _flag, _groups, _int, _last_epoch, _per_group, _real
+
+
+def _phase(end_step: float, start_lr: str, end_lr: str, start_momentum: str,
+           end_momentum: str) -> dict[str, Any]:
+    return {"end_step": end_step, "start_lr": start_lr, "end_lr": end_lr,
+            "start_momentum": start_momentum, "end_momentum": end_momentum}
+
+
+_LR_KEYS = ("initial_lr", "max_lr", "min_lr")
+_MOMENTUM_KEYS = ("max_momentum", "base_momentum")
+
+
+def _phases(name: str, phases: Any) -> list[dict[str, Any]]:
+    """The cycle's phases (two, or three): each ends at a real step after the
+    one before ends (the first starts at step 0): a phase of no steps would
+    divide by zero in get_lr (as in torch). Its rates and momenta are group keys."""
+    if not isinstance(phases, list) or len(phases) not in (2, 3):
+        raise ValueError(f"{name}: the cycle must be a list of 2 or 3 phases")
+    start = 0.0
+    for k, phase in enumerate(phases):
+        if not isinstance(phase, dict) or set(phase) != set(_phase(0, "", "", "", "")):
+            raise ValueError(f"{name}: phase {k + 1} of the cycle is not a OneCycleLR phase")
+        end = _real(f"{name}: phase {k + 1}'s end_step", phase["end_step"])
+        if (phase["start_lr"] not in _LR_KEYS or phase["end_lr"] not in _LR_KEYS
+                or phase["start_momentum"] not in _MOMENTUM_KEYS
+                or phase["end_momentum"] not in _MOMENTUM_KEYS):
+            raise ValueError(f"{name}: phase {k + 1} of the cycle names unknown group keys")
+        if end == start:
+            raise ValueError(f"{name}, phase {k + 1} of the cycle has no steps (it starts and "
+                             f"ends at step {start:g}); change pct_start or total_steps")
+        start = end
+    return phases
+
+
+def _strategy(name: str, value: Any) -> str:
+    if value not in ("cos", "linear"):
+        raise ValueError(f"{name} must be 'cos' or 'linear', got {value!r}")
+    return value
 
 
 class OneCycleLR(LRScheduler):
@@ -60,11 +98,9 @@ class OneCycleLR(LRScheduler):
         else:
             raise ValueError("give total_steps, or both epochs and steps_per_epoch")
         pct = _real("pct_start", pct_start, 0, 1)
-        if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
-        for name, flag in (("cycle_momentum", cycle_momentum), ("three_phase", three_phase)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        _strategy("anneal_strategy", anneal_strategy)
+        _flag("cycle_momentum", cycle_momentum)
+        _flag("three_phase", three_phase)
         n = len(groups)
         max_lrs = _per_group("max_lr", max_lr, n)
         div = _real("div_factor", div_factor, 0, low_open=True)
@@ -89,16 +125,8 @@ class OneCycleLR(LRScheduler):
             phases = [
                 _phase(up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                 _phase(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
-        # A phase that ends where it starts (its start is step 0, or the
-        # previous phase's end) would divide by zero in get_lr, as torch does.
-        ends = [phase["end_step"] for phase in phases]
-        for k, (start, end) in enumerate(zip([0.0] + ends, ends)):
-            if end == start:
-                raise ValueError(
-                    f"with total_steps={total} and pct_start={pct}"
-                    f"{' (three_phase)' if three_phase else ''}, phase {k + 1} of the cycle "
-                    f"has no steps (it starts and ends at step {start:g}); change pct_start "
-                    "or total_steps")
+        _phases(f"with total_steps={total} and pct_start={pct}"
+                f"{' (three_phase)' if three_phase else ''}", phases)
         # Everything is checked: write.
         self.optimizer = optimizer
         self.total_steps = total
@@ -118,6 +146,9 @@ class OneCycleLR(LRScheduler):
                     group["max_momentum"] = top
                     group["base_momentum"] = bottom
         super().__init__(optimizer, last_epoch)
+
+    _CHECKS = {"total_steps": lambda name, v: _int(name, v, 1), "_schedule_phases": _phases,
+               "_anneal_func_type": _strategy, "cycle_momentum": _flag, "use_beta1": _flag}
 
     def _set_momentum(self, group: dict, value: float) -> None:
         if self.use_beta1:
@@ -149,9 +180,3 @@ class OneCycleLR(LRScheduler):
                     break
                 begin = end
         return lrs
-
-
-def _phase(end_step: float, start_lr: str, end_lr: str, start_momentum: str,
-           end_momentum: str) -> dict[str, Any]:
-    return {"end_step": end_step, "start_lr": start_lr, "end_lr": end_lr,
-            "start_momentum": start_momentum, "end_momentum": end_momentum}

@@ -91,18 +91,37 @@ class LambdaLR(LRScheduler):
                                for fn in self.lr_lambdas]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _check_state(self, state_dict: Any) -> dict[str, Any]:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         saved = state_dict.get("lr_lambdas")
         if not isinstance(saved, (list, tuple)) or len(saved) != len(self.lr_lambdas):
             raise ValueError(f"state_dict['lr_lambdas'] must be a list of "
                              f"{len(self.lr_lambdas)} entries")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "lr_lambdas"})
+        for k, (fn, attrs) in enumerate(zip(self.lr_lambdas, saved)):
+            if attrs is not None and (not isinstance(attrs, dict)
+                                      or isinstance(fn, types.FunctionType)):
+                raise TypeError(f"state_dict['lr_lambdas'][{k}] must be None, or a dict of "
+                                "attributes for a callable object")
+        loaded = super()._check_state({k: v for k, v in state_dict.items() if k != "lr_lambdas"})
+        return {**loaded, "lr_lambdas": saved}
+
+    def _load(self, loaded: dict[str, Any]) -> None:
+        saved = loaded.pop("lr_lambdas")
+        super()._load(loaded)
         for fn, attrs in zip(self.lr_lambdas, saved):
             if attrs is not None:
                 fn.__dict__.update(attrs)
 
+
+
+def _milestone_list(name: str, value: Any, n: int) -> list[int]:
+    """``n`` steps (ints >= 0) at which SequentialLR hands over."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of ints, got {type(value).__name__}")
+    if len(value) != n:
+        raise ValueError(f"{name}: {n + 1} schedulers need {n} milestones, got {len(value)}")
+    return [_int(f"{name}[{k}]", m, 0) for k, m in enumerate(value)]
 
 
 class SequentialLR(LRScheduler):
@@ -135,12 +154,7 @@ class SequentialLR(LRScheduler):
                                 f"(not a SequentialLR), got {type(s).__name__}")
             if s.optimizer is not optimizer:
                 raise ValueError(f"schedulers[{k}] was made on another optimizer")
-        if not isinstance(milestones, (list, tuple)):
-            raise TypeError(f"milestones must be a list of ints, got {type(milestones).__name__}")
-        if len(milestones) != len(schedulers) - 1:
-            raise ValueError(f"{len(schedulers)} schedulers need {len(schedulers) - 1} "
-                             f"milestones, got {len(milestones)}")
-        ms = [_int(f"milestones[{k}]", m, 0) for k, m in enumerate(milestones)]
+        ms = _milestone_list("milestones", milestones, len(schedulers) - 1)
         start = _int("last_epoch", last_epoch, -1)
         for k, group in enumerate(groups):
             if "initial_lr" not in group:
@@ -175,22 +189,27 @@ class SequentialLR(LRScheduler):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _check_state(self, state_dict: Any) -> dict[str, Any]:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         saved = state_dict.get("_schedulers")
         if not isinstance(saved, (list, tuple)) or len(saved) != len(self._schedulers):
             raise ValueError(f"state_dict['_schedulers'] must be a list of "
                              f"{len(self._schedulers)} scheduler states")
-        own = super().state_dict()
-        missing = sorted(k for k in own if k not in state_dict)
-        if missing:
-            raise ValueError(f"state_dict lacks {missing} (is it from a SequentialLR?)")
-        # Check every nested state (a failing one raises before any is loaded).
+        loaded = super()._check_state(state_dict)
+        loaded["_milestones"] = _milestone_list("state_dict['_milestones']",
+                                                loaded["_milestones"], len(self._schedulers) - 1)
+        # Every nested state is checked before any is loaded.
+        nested = []
         for k, (s, sub) in enumerate(zip(self._schedulers, saved)):
-            if not isinstance(sub, dict) or any(key not in sub for key in s.state_dict()):
-                raise ValueError(f"state_dict['_schedulers'][{k}] is not a "
-                                 f"{type(s).__name__}'s state")
-        for s, sub in zip(self._schedulers, saved):
-            s.load_state_dict(sub)
-        self._load(state_dict, own)
+            try:
+                nested.append(s._check_state(sub))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"state_dict['_schedulers'][{k}]: {e}") from None
+        return {**loaded, "_schedulers": nested}
+
+    def _load(self, loaded: dict[str, Any]) -> None:
+        nested = loaded.pop("_schedulers")
+        for s, sub in zip(self._schedulers, nested):
+            s._load(sub)
+        super()._load(loaded)

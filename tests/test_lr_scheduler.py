@@ -381,3 +381,99 @@ def test_other_unknown_group_keys_are_still_refused():
     opt = _ours()
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['lr_typo'\]"):
         opt.add_param_group({"params": [np.zeros(4)], "lr_typo": 0.1})
+
+
+# --- loaded scheduler states are checked whole, as the constructors check ------------
+
+def _stepped(case, steps=5):
+    opt = _ours()
+    sched = CASES[case](S, opt)
+    for _ in range(steps):
+        sched.step()
+    return opt, sched
+
+
+def _snapshot(sched):
+    """The scheduler's attributes and its nested schedulers' (and the
+    attributes of its callable objects), copied."""
+    subs = getattr(sched, "_schedulers", [])
+    lambdas = [dict(fn.__dict__) for fn in getattr(sched, "lr_lambdas", [])]
+    return copy.deepcopy([{k: v for k, v in s.__dict__.items()
+                           if k not in ("optimizer", "_schedulers", "lr_lambdas")}
+                          for s in [sched, *subs]] + lambdas)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_field_of_a_loaded_state_is_checked(case):
+    # Each entry of a scheduler's state replaced by a wrong value: refused,
+    # the scheduler (and its nested schedulers) unchanged.
+    _, sched = _stepped(case)
+    good = sched.state_dict()
+    for key in good:
+        if key == "lr_lambdas" or key.startswith("_schedulers"):
+            continue
+        for bad in ("x", None, -5):
+            sd = copy.deepcopy(good)
+            sd[key] = bad
+            before = _snapshot(sched)
+            try:
+                sched.load_state_dict(sd)
+            except (TypeError, ValueError):
+                assert _snapshot(sched) == before, key
+                continue
+            # accepted: only where the value is one the constructor allows
+            assert key in ("eta_min", "gamma") and bad == -5, (key, bad)
+            sched.load_state_dict(good)
+
+
+@pytest.mark.parametrize("case, key, bad", [
+    ("StepLR", "step_size", 0), ("StepLR", "gamma", "0.9"),
+    ("CosineAnnealingLR", "T_max", 0), ("LinearLR", "total_iters", 0),
+    ("LinearLR", "start_factor", 0.0), ("CosineAnnealingWarmRestarts", "T_i", 0),
+    ("OneCycleLR", "total_steps", None), ("OneCycleLR", "_anneal_func_type", "exp"),
+    ("MultiStepLR", "milestones", [1, -2]), ("SequentialLR", "_milestones", [1, 2]),
+])
+def test_a_loaded_state_the_constructor_would_refuse_changes_nothing(case, key, bad):
+    _, sched = _stepped(case)
+    sd = copy.deepcopy(sched.state_dict())
+    sd[key] = bad
+    before = _snapshot(sched)
+    with pytest.raises((TypeError, ValueError), match=key):
+        sched.load_state_dict(sd)
+    assert _snapshot(sched) == before
+
+
+def test_milestones_loaded_as_a_list_work_as_a_counter():
+    _, sched = _stepped("MultiStepLR")
+    opt, again = _stepped("MultiStepLR", steps=0)
+    for group, lr in zip(opt.param_groups, sched.get_last_lr()):
+        group["lr"] = lr
+    sd = copy.deepcopy(sched.state_dict())
+    sd["milestones"] = sorted(sd["milestones"].elements())
+    again.load_state_dict(sd)
+    for _ in range(20):
+        sched.step()
+        again.step()
+        assert again.get_last_lr() == sched.get_last_lr()
+
+
+def test_a_bad_nested_state_loads_no_nested_scheduler():
+    _, sched = _stepped("SequentialLR-three")
+    sd = copy.deepcopy(sched.state_dict())
+    sd["_schedulers"][2]["last_epoch"] = "x"
+    _, fresh = _stepped("SequentialLR-three", steps=0)
+    before = _snapshot(fresh)
+    with pytest.raises(TypeError, match=r"\['_schedulers'\]\[2\].*last_epoch"):
+        fresh.load_state_dict(sd)
+    assert _snapshot(fresh) == before
+
+
+@pytest.mark.parametrize("bad", [[[1, 2], None], ["x", None], [{"rate": 0.5}, {"x": 1}]])
+def test_bad_lambda_attributes_change_nothing(bad):
+    _, sched = _stepped("LambdaLR-list")
+    sd = copy.deepcopy(sched.state_dict())
+    sd["lr_lambdas"] = bad
+    before = _snapshot(sched)
+    with pytest.raises(TypeError, match="lr_lambdas"):
+        sched.load_state_dict(sd)
+    assert _snapshot(sched) == before
