@@ -208,6 +208,10 @@ def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:
     problem = D.fits(codec, p, stored, tuple(k for k in keys if saved.get(k) is not None))
     if problem:
         raise ValueError(f"{name} does not match its parameter's {codec} layout: {problem}")
+    for key, a in stored.items():  # a block's scale, as the kernels make it: finite, >= 0
+        if key.endswith("_absmax") and a is not None and not (np.isfinite(a) & (a >= 0)).all():
+            raise ValueError(f"{name}[{key!r}] must hold finite block scales >= 0 (the "
+                             "largest |value| of each block)")
     return codec
 
 

@@ -428,6 +428,19 @@ def test_added_group_with_a_state_dtype_its_params_cannot_take_is_not_added(cls,
     opt.step([np.ones(10, np.float32)])  # and the optimizer steps as before
 
 
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_bad_block_scales_refused_nothing_changed(state_dtype, bad):
+    p, opt = _trained(state_dtype)
+    sd = pickle.loads(pickle.dumps(opt.state_dict(to_host=True)))
+    sd["state"][0]["exp_avg_sq_absmax"][3] = bad
+    q = np.zeros_like(p)
+    other = fastopt.AdamW([q], lr=0.01, state_dtype=state_dtype, amsgrad=True)
+    with pytest.raises(ValueError, match="exp_avg_sq_absmax.*finite block scales"):
+        other.load_state_dict(sd)
+    assert other.state == {}
+
+
 def test_wrong_block_layout_refused_nothing_changed():
     p, opt = _trained("int8")
     sd = opt.state_dict(to_host=True)
