@@ -129,8 +129,9 @@ def load(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -
     path : str, bytes or os.PathLike
         A file written by :func:`save`.
     params : list, tuple or dict of numpy.ndarray, FlatParams or numpy.ndarray
-        Of the form saved (same names), arrays of the saved shapes and dtypes
-        (either byte order), writeable; overwritten with the saved values.
+        Of the form saved (same names; a dict's in any order), arrays of the
+        saved shapes and dtypes (either byte order), writeable; overwritten
+        with the saved values.
     optimizer : fastopt.Optimizer, optional
         An optimizer of the saved class whose parameters are among ``params``
         (as they were when saved); its state is replaced by the saved one.
@@ -171,9 +172,14 @@ def load(path: PathArg, params: ParamsArg, optimizer: Optimizer | None = None) -
     path = _fspath(path)
     kind, named = _named_params(params)
     _check_arrays(named)
-    found = _optimizer_map(optimizer, kind, named) if optimizer is not None else None
     header, arrays, state = _read(path)
     saved = header["params"]
+    names = [n for n, _ in named]
+    if (kind == "dict" and saved["kind"] == kind and sorted(saved["names"]) == sorted(names)
+            and len(set(names)) == len(names)):  # a dict's entries are matched by name
+        given = dict(named)
+        named = [(n, given[n]) for n in saved["names"]]
+    found = _optimizer_map(optimizer, kind, named) if optimizer is not None else None
     if saved["kind"] != kind or saved["names"] != [n for n, _ in named]:
         raise CheckpointError(f"{path}: holds params {saved['kind']} {saved['names']}, "
                               f"but {kind} {[n for n, _ in named]} were given")

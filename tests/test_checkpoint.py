@@ -55,6 +55,27 @@ def test_resume_is_bit_identical(tmp_path, cls, kw):
         np.testing.assert_array_equal(resumed[name], straight[name])
 
 
+def test_a_dict_of_params_is_matched_by_name_in_any_order(tmp_path):
+    first = model()
+    opt = fastopt.Adam([first["w"], first["b"]], lr=0.01)
+    opt.step(grads(0))
+    fastopt.save(tmp_path / "c.fo", first, opt)
+    again = {k: np.zeros_like(v) for k, v in reversed(list(model().items()))}  # "b" first
+    opt2 = fastopt.Adam([again["w"], again["b"]], lr=0.01)
+    fastopt.load(tmp_path / "c.fo", again, opt2)
+    for k in range(1, 3):
+        opt.step(grads(k))
+        opt2.step(grads(k))
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+    # its optimizer trains the arrays in another order: refused, nothing loaded
+    third = {k: np.zeros_like(v) for k, v in model().items()}
+    opt3 = fastopt.Adam([third["b"], third["w"]], lr=0.01)
+    with pytest.raises(fastopt.CheckpointError, match="trained params"):
+        fastopt.load(tmp_path / "c.fo", third, opt3)
+    assert not any(a.any() for a in third.values()) and opt3.state == {}
+
+
 def test_flat_params_and_list_forms(tmp_path):
     flat = fastopt.FlatParams.from_arrays(model())
     opt = fastopt.Adam(flat)
