@@ -106,7 +106,9 @@ def _objective(fun: Callable, jac: Any, args: tuple) -> Callable:
             return fun(x, *args), jac(x_for_jac, *args)
         return f_and_g
     raise ValueError(f"these methods need the gradient: pass jac=True (fun returns (f, g)) or "
-                     f"a function jac(x, *args); got jac={jac!r}")
+                     f"a function jac(x, *args); finite differences (jac='2-point' and the "
+                     f"like, which minimize passes on as None) are not supported; "
+                     f"got jac={jac!r}")
 
 
 def _callback(callback: Any) -> Callable | None:
