@@ -305,6 +305,57 @@ def check_bad_setups(comm):
     zero.step()  # still in step with each other
 
 
+def check_ranks_that_disagree_are_refused(comm):
+    """Each rank steps its own slice with its own arguments and groups: valid
+    but different ones on one rank raise on every rank, nothing changed."""
+    from fastopt.distributed import ZeroOptimizer
+    if comm.Get_size() == 1:
+        return
+    last = comm.Get_rank() == comm.Get_size() - 1
+    flat = fastopt.FlatParams({"x": 12}, dtype=np.float64)
+    zero = ZeroOptimizer(fastopt.Adam, flat, comm, lr=0.05)
+    flat.grad_data[:] = 1.0
+    zero.step()
+    before, state = flat.data.copy(), zero.state_dict()
+    flat.grad_data[-1] = np.nan if comm.Get_rank() == 0 else 1.0
+    expect_everywhere(comm, ValueError, ["different check_finite"],
+                      lambda: zero.step(check_finite=not last))
+    flat.grad_data[-1] = 1.0
+    expect_everywhere(comm, ValueError, ["grad_scale"],
+                      lambda: zero.step(grad_scale=2.0 if last else 1.0))
+    zero.param_groups[0]["lr"] = 0.5 if last else 0.05
+    expect_everywhere(comm, ValueError, ["hyperparameters"], zero.step)
+    zero.param_groups[0]["lr"] = 0.05
+    other = zero.state_dict()
+    other["param_groups"][0]["lr"] = 0.5
+    expect_everywhere(comm, ValueError, ["different state dicts"],
+                      lambda: zero.load_state_dict(other if last else state))
+    np.testing.assert_array_equal(flat.data, before)
+    assert_state_equal(zero.state_dict(), state, bitwise=True)
+    zero.step()  # still in step with each other
+
+
+def check_schedule_resumes_from_a_state_dict(comm):
+    """A schedule's keys (initial_lr...) travel in the state dict, as a plain
+    optimizer's do: a scheduler made after loading resumes from last_epoch."""
+    from fastopt.lr_scheduler import CosineAnnealingLR
+    cls, hyper = CONFIGS[0]
+    flat, zero, ref, plain = pair(cls, hyper, np.float64, comm)
+    schedules = [CosineAnnealingLR(o, T_max=10) for o in (zero, plain)]
+    for k in range(3):
+        step_both(flat, zero, ref, plain, 1, exact=True, first=k)
+        for s in schedules:
+            s.step()
+    sd = zero.state_dict()
+    assert [g.get("initial_lr") for g in sd["param_groups"]] == \
+        [g["initial_lr"] for g in plain.state_dict()["param_groups"]]
+    flat2, zero2, ref2, plain2 = pair(cls, hyper, np.float64, comm)
+    flat2.data[:] = flat.data
+    zero2.load_state_dict(sd)
+    again = CosineAnnealingLR(zero2, T_max=10, last_epoch=2)
+    assert again.get_last_lr() == schedules[1].get_last_lr()
+
+
 def check_zero_import_hint(comm):
     """The ZeroOptimizer is reachable as fastopt.distributed's."""
     import fastopt.distributed as d

@@ -86,7 +86,9 @@ class ZeroOptimizer(_Files):
     param_groups : list of dict
         The groups over the whole buffer; hyperparameters changed here (a
         learning-rate schedule) apply from the next step. Every rank must
-        make the same changes.
+        make the same changes (``step`` refuses groups that differ). They
+        keep a schedule's keys (``initial_lr``...), and state dicts and
+        checkpoints carry them, as a plain optimizer's do.
     rank, size : int
         This rank, and K.
     shard : tuple of int

@@ -3,13 +3,14 @@ and loaded (checked on every rank first) from it, at any number of ranks."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import _state_io
+from .. import _spec, _state_io
 from ._collectives import _attempt, _check_rank, _from_root
-from ._layout import _hyper
+from ._layout import _digest, _hyper
 from ._step import _Stepping
 
 
@@ -34,6 +35,9 @@ class _StateDicts(_Stepping):
         """Collective: the groups' hyperparameters (checked) and, per parameter
         of the whole layout with state, ``[step, keys]``; the same on every rank."""
         groups = _attempt(self.comm, what, self._checked_hypers)
+        # and a schedule's keys (initial_lr...), which state dicts carry too
+        groups = [{**h, **{k: g[k] for k in _spec.SCHEDULE_KEYS if k in g}}
+                  for h, g in zip(groups, self.param_groups)]
         mine: dict[int, tuple | None] = {}  # a parameter has one piece per rank at most
         opt = self.optimizer
         for j, (i, _, _) in enumerate(self._local):
@@ -149,6 +153,13 @@ class _StateDicts(_Stepping):
 
         if root is None:
             meta, new_state = _attempt(comm, "load_state_dict()", parse)
+            # Each rank takes its slice from its own dict: they must be the same dict.
+            digests = comm.allgather(_state_digest(meta, new_state))
+            if len(set(digests)) > 1:
+                raise ValueError("load_state_dict(): the ranks passed different state dicts "
+                                 f"(ranks {[r for r, d in enumerate(digests) if d != digests[0]]} "
+                                 "differ from rank 0's); pass the same one on every rank, or "
+                                 "pass root=; nothing was changed")
             slices = {key: self._place(key, new_state, *self.shard) for key in self._keys(meta)}
         else:
             self._check_root("load_state_dict()", root)
@@ -192,7 +203,7 @@ class _StateDicts(_Stepping):
                 raise ValueError(f"the saved state has {len(meta['groups'])} parameter groups, "
                                  f"this optimizer has {len(self.param_groups)}")
             for k, g in enumerate(meta["groups"]):
-                self.spec.check(self._merged(k, g))
+                self._loaded_group(k, g)
             if self.optimizer is not None:
                 views = [p for g in self.optimizer.param_groups for p in g["params"]]
                 _state_io.parse(self.optimizer, local, views)
@@ -202,7 +213,7 @@ class _StateDicts(_Stepping):
         if self.optimizer is not None:
             self.optimizer.load_state_dict(local)
         for k, g in enumerate(meta["groups"]):
-            self.param_groups[k].update(self.spec.check(self._merged(k, g)))
+            self.param_groups[k].update(self._loaded_group(k, g))
         if params is not None:
             self.flat.data[lo:self.shard[1]] = params
             self._allgather()
@@ -214,8 +225,23 @@ class _StateDicts(_Stepping):
         if len(set(roots)) > 1:
             raise ValueError(f"{what}: the ranks passed different roots {roots}")
 
+    def _loaded_group(self, k: int, saved: dict) -> dict[str, Any]:
+        """What loading ``saved`` sets in group ``k``: the merged hyperparameters,
+        checked, and the saved schedule keys."""
+        return {**self.spec.check(self._merged(k, saved)),
+                **_spec.schedule_keys(f"the saved param_groups[{k}]", saved)}
+
     def _merged(self, k: int, saved: dict) -> dict[str, Any]:
         """Group ``k`` with the saved hyperparameters (not the pinned ones) over it."""
         return {**self.param_groups[k], **{key: v for key, v in saved.items()
                                            if key in self.spec.defaults
                                            and key not in self.spec.pinned}}
+
+
+def _state_digest(meta: dict, state: dict) -> str:
+    """A hash of a parsed state dict: its groups, steps and keys, and its arrays' bytes."""
+    h = hashlib.blake2b(_digest(meta).encode(), digest_size=16)
+    for i in sorted(state):
+        for key in sorted(k for k in state[i] if k != "step"):
+            h.update(np.ascontiguousarray(state[i][key]).view(np.uint8).data)
+    return h.hexdigest()

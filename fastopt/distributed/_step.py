@@ -163,29 +163,38 @@ class _Stepping:
         Raises
         ------
         TypeError, ValueError
-            A bad argument or hyperparameter on any rank raises on every
-            rank, before anything changes.
+            A bad argument or hyperparameter on any rank, or arguments or
+            hyperparameters that differ between ranks, raise on every rank,
+            before anything changes.
         """
         MPI = _mpi()
         comm, K = self.comm, self.size
-        error = None
+        error, digest = None, 0
         try:
             check_finite = C.check_flag("check_finite", check_finite)
             inv_scale = C.check_grad_scale(grad_scale, {self.flat.dtype})
             hypers = self._checked_hypers()
+            # What every rank must agree on: each steps its own slice with them.
+            digest = int(_digest([check_finite, inv_scale, hypers])[:15], 16)
         except Exception as e:
             error = e
         if K > 1:
             comm.Reduce_scatter(self.flat.grad_data, self._grad, recvcounts=self._counts,
                                 op=MPI.SUM)
             np.divide(self._grad, K, out=self._grad)
-        flags = np.zeros(2, np.int32)
-        flags[0] = error is not None
+        # One reduction: any error, any non-finite element, and the largest and
+        # smallest digest (equal when the ranks agree).
+        flags = np.array([error is not None, 0, digest, -digest], np.int64)
         if check_finite and error is None and self._grad.size:
             flags[1] = U.any_nonfinite([self._grad], inv_scale, self.target)
         comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
         if flags[0]:
             _agree(comm, error, "ZeroOptimizer.step()")
+        if flags[2] != -flags[3]:
+            raise ValueError("ZeroOptimizer.step(): the ranks passed different check_finite or "
+                             "grad_scale, or hold different hyperparameters in param_groups "
+                             "(every rank must make the same call with the same groups); "
+                             "nothing was changed")
         if flags[1]:
             return False
         if self.optimizer is not None:
