@@ -71,7 +71,7 @@ class Optimizer:
         except TypeError as e:
             raise TypeError(f"{type(self).__name__}(): {e}") from None
         bound.apply_defaults()
-        self.target = C.check_target(target)
+        self._target = C.check_target(target)
         self.defaults = {**spec.defaults, **bound.arguments}
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
@@ -125,6 +125,12 @@ class Optimizer:
         if not self._plist.unchanged(self.param_groups):
             self._plist.sync(self.param_groups, self.state, self.defaults)
             self._hyper_cache.clear()
+
+    @property
+    def target(self) -> str | None:
+        """Where the kernels run (None, "serial", "parallel" or "cuda"), as
+        given to the constructor; fixed for the optimizer's life."""
+        return self._target
 
     # --- stepping ------------------------------------------------------------
 

@@ -57,9 +57,10 @@ class ParamList:
         self.detached: dict = {}  # id -> (parameter, state) taken out of the groups
         self.on_gpu: bool | None = None
         # index -> (parameter view, its state dict, its length, the view's
-        # shape, (key, array, shape) of the arrays check_fits passed): the
-        # same arrays in the same dict, of the same shapes and still
-        # writeable and C-contiguous, are not checked again
+        # shape, its state_dtype, (key, array, shape, dtype) of the arrays
+        # check_fits passed): the same arrays in the same dict, of the same
+        # shapes, dtypes and codec and still writeable and C-contiguous, are
+        # not checked again
         self.fitted: dict = {}
         _LIVE.add(self)
 
@@ -163,15 +164,15 @@ class ParamList:
         if not state:
             return
         seen = self.fitted.get(i)
+        codec = state.get("state_dtype")
         if (seen is not None and seen[0] is p and seen[1] is state and seen[2] == len(state)
-                and seen[3] == p.shape):
-            for key, a, shape in seen[4]:
-                if (state.get(key) is not a or a.shape != shape
+                and seen[3] == p.shape and seen[4] == codec):
+            for key, a, shape, dtype in seen[5]:
+                if (state.get(key) is not a or a.shape != shape or a.dtype is not dtype
                         or a.flags.num & _WRITEABLE_C != _WRITEABLE_C):
                     break
             else:
                 return
-        codec = state.get("state_dtype")
         keys = (*self.state_keys, "master")
         if codec:
             keys += tuple(k + "_absmax" for k in self.state_keys)
@@ -204,8 +205,8 @@ class ParamList:
                     if np.may_share_memory(a, b):
                         raise ValueError(f"params[{i}]'s state '{key}' shares memory with "
                                          + (other if b is p else f"state '{other}'"))
-            self.fitted[i] = (p, state, len(state), p.shape,
-                              [(key, a, a.shape) for key, a in arrays])
+            self.fitted[i] = (p, state, len(state), p.shape, codec,
+                              [(key, a, a.shape, a.dtype) for key, a in arrays])
 
     def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may

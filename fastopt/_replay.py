@@ -15,9 +15,13 @@ schedule's learning rate, and calling
 numba's compiled function for the kernel's exact types (its argument checks
 are the ones just made). Anything else takes the checked path, which records
 a new replay. Results are bitwise those of the checked path. State arrays
-are recognised by identity: one replaced is seen, one changed in place (its
-flags, dtype or strides set) is not, and the kernels keep stepping the
-memory they were given through views of their own.
+are recognised by identity, with their dtype and flags: one replaced, or
+changed in place (made read-only, given another dtype or strides), sends
+the step to the checked path. The kernels take them through 1-D views of
+their own, so two changes in place are not seen: a new shape of the same
+size and layout (the same elements are stepped; the checked path would
+refuse it), and a resize with ``refcheck=False``, which NumPy calls unsafe
+while other views of the array exist, as these do (not supported).
 
 ``Call`` does the same for the functions of ``functional``: a call on the
 same parameter and state arrays with the same hyperparameters repeats the
@@ -139,9 +143,14 @@ class _Entry(_Launch):
         # attribute by attribute): the state's held arrays are fetched by key
         # at once, a missing key raising KeyError.
         held_keys = tuple(key for key, _ in self.held)
+        # and each held array's dtype and flags (writeable, contiguous...) as
+        # they were: one changed in place (made read-only, given another
+        # dtype or strides) sends the step to the checked path, as a new one does.
+        arrays = tuple(a for _, a in self.held if type(a) is np.ndarray)
+        layouts = tuple((a.dtype, a.flags.num) for a in arrays)
         self.check = (index, p, self.shape, self.dtype, self.state, self.keys,
                       _fetcher(held_keys), tuple(a for _, a in self.held), self.counted,
-                      self.owner, self.bits)
+                      self.owner, self.bits, arrays, layouts)
         # The kernel takes the parameter itself (1-D, not bfloat16 bits): its
         # argument needs no new view at each step.
         self.p_as_given = self.args[0] is p
@@ -211,13 +220,14 @@ class Replay:
             if grads is None:  # FlatParams' gradient buffers, as the checked path takes them
                 flat_grad = opt._plist.flat_grad
                 grads = [flat_grad.get(id(p)) for p in opt._plist.params]
-                if len(grads) != self.n:
-                    return False
+                if len(grads) != self.n or any(g is None for g in grads):
+                    return False  # (the checked path refuses a parameter not from one)
             state = opt.state
             flats = []  # the gradients as the kernels take them (not held once this returns)
             try:
                 for e in self.entries:
-                    index, p, shape, dtype, st, keys, fetch, held, counted, owner, bits = e.check
+                    (index, p, shape, dtype, st, keys, fetch, held, counted, owner, bits, arrays,
+                     layouts) = e.check
                     g = grads[index]
                     if (type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape
                             or p.shape != shape or p.dtype is not dtype
@@ -229,6 +239,9 @@ class Replay:
                     flags = p.flags
                     if not (flags.writeable and flags.c_contiguous and g.flags.c_contiguous):
                         return False
+                    for a, (a_dtype, a_flags) in zip(arrays, layouts):
+                        if a.dtype is not a_dtype or a.flags.num != a_flags:
+                            return False
                     if owner is not None and (owner.shape != shape or not owner.flags.writeable
                                               or not owner.flags.c_contiguous
                                               or owner.dtype is not e.owner_dtype):

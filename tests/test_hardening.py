@@ -318,6 +318,88 @@ def test_state_changed_in_place_is_seen_by_the_checked_step(how):
     np.testing.assert_array_equal(p, before)
 
 
+def _in_place(how, a):
+    """Change state array ``a`` in place as ``how`` says."""
+    import warnings
+    if how == "read-only":
+        a.flags.writeable = False
+    elif how == "reshaped":
+        a.shape = (*a.shape, 1)
+    else:  # another dtype of the same size (NumPy 2 warns: deprecated)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            a.dtype = np.int32 if a.dtype == np.float32 else np.int64
+
+
+@pytest.mark.parametrize("cls, hyper, key", [
+    (fastopt.Adam, {}, "exp_avg"), (fastopt.Adam, {"amsgrad": True}, "max_exp_avg_sq"),
+    (fastopt.SGD, {"momentum": 0.9}, "momentum_buffer"), (fastopt.Adagrad, {}, "sum"),
+    (fastopt.Adam, {"state_dtype": "int8"}, "exp_avg_absmax")])
+@pytest.mark.parametrize("how", ["read-only", "reshaped", "dtype"])
+@pytest.mark.parametrize("checked", [False, True])
+def test_state_changed_in_place_is_refused_by_both_paths(cls, hyper, key, how, checked):
+    """A state array made read-only, reshaped or given another dtype in place:
+    the replayed step (plain steps) refuses it as the checked one does,
+    nothing written."""
+    if how == "reshaped" and (key.endswith("_absmax") or not checked):
+        pytest.skip("a block scale array's shape is its layout's (checked by size); the "
+                    "replay steps a reshaped array's same elements (_replay's docstring)")
+    p = np.linspace(-1, 1, 5000).astype(np.float32)
+    opt = cls([p], lr=0.01, **hyper)
+    g = [np.full_like(p, 0.5)]
+    for _ in range(2):
+        opt.step(g, check_finite=checked)
+    a = opt.state[0][key]
+    _in_place(how, a)
+    before = p.copy(), a.copy(), opt.state[0].get("step")
+    with pytest.raises(ValueError, match=key):
+        opt.step(g, check_finite=checked)
+    np.testing.assert_array_equal(p, before[0])
+    np.testing.assert_array_equal(a, before[1])
+    assert opt.state[0].get("step") == before[2]
+
+
+def test_no_grads_with_a_parameter_not_from_a_flatparams_is_refused_when_replayed():
+    flat = fastopt.FlatParams({"w": (3,), "b": (2,)})
+    extra = np.zeros(4, np.float32)
+    opt = fastopt.SGD([{"params": [flat]}, {"params": [extra]}], lr=0.1)
+    flat.grad_data[:] = 1
+    opt.step([flat.grad_data, None])
+    opt.step([flat.grad_data, None])  # recorded with extra skipped
+    before = flat.data.copy()
+    with pytest.raises(TypeError, match="FlatParams"):
+        opt.step()
+    np.testing.assert_array_equal(flat.data, before)
+
+
+def test_a_state_dtype_set_by_hand_is_checked_in_another_process():
+    """The checked step's memory of fitted state must not skip the layout of
+    a codec set by hand (int4 codes read as int8 read past their end)."""
+    code = r"""
+import numpy as np, fastopt, pytest
+for was, now in (("int4", "int8"), ("int8", "int4")):
+    p = np.zeros(100_000, np.float32); g = np.ones(100_000, np.float32)
+    opt = fastopt.SGD([p], lr=0.01, momentum=0.9, state_dtype=was, target="serial")
+    opt.step([g], check_finite=True); opt.step([g], check_finite=True)
+    opt.state[0]["state_dtype"] = now
+    before = p.copy()
+    with pytest.raises(ValueError, match="does not fit"):
+        opt.step([g], check_finite=True)
+    assert np.array_equal(p, before)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr
+
+
+def test_target_is_fixed_for_the_optimizers_life():
+    opt = fastopt.Adam([np.zeros(3, np.float32)], target="serial")
+    with pytest.raises(AttributeError):
+        opt.target = "parallel"
+    assert opt.target == "serial"
+
+
 def test_amsgrad_maximum_set_to_none_is_made_again():
     """As when amsgrad is switched on after the first step."""
     p, q = np.ones(4, np.float32), np.ones(4, np.float32)

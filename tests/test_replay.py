@@ -484,24 +484,26 @@ def _nothing():
     return contextlib.nullcontext()
 
 
-def test_state_arrays_changed_in_place_never_reach_the_kernels():
-    """The recorded call holds views of its own of the state arrays: a dtype
-    or strides set in place on the user's array object (which NumPy
-    deprecates) does not change what the kernel is given."""
+def test_state_arrays_changed_in_place_are_refused_not_stepped():
+    """A dtype or strides set in place on a state array (which NumPy
+    deprecates) sends the step to the checked path, which refuses it, as it
+    refuses one replaced: nothing is written."""
     import warnings
-    p = np.zeros(8, np.float32)
-    q = p.copy()
-    a, b = fastopt.Adam([p], lr=0.1), fastopt.Adam([q], lr=0.1)
-    for opt in (a, b):
-        opt.step([np.ones(8, np.float32)])
-        opt.step([np.ones(8, np.float32)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        a.state[0]["exp_avg_sq"].dtype = np.int32
-        a.state[0]["exp_avg"].strides = (0,)
-    for opt in (a, b):
-        opt.step([np.ones(8, np.float32)])
-    np.testing.assert_array_equal(p, q)
+    for key, change in (("exp_avg_sq", "dtype"), ("exp_avg", "strides")):
+        p = np.zeros(8, np.float32)
+        opt = fastopt.Adam([p], lr=0.1)
+        for _ in range(2):
+            opt.step([np.ones(8, np.float32)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if change == "dtype":
+                opt.state[0][key].dtype = np.int32
+            else:
+                opt.state[0][key].strides = (0,)
+        before = p.copy()
+        with pytest.raises(ValueError, match=key):
+            opt.step([np.ones(8, np.float32)])
+        np.testing.assert_array_equal(p, before)
 
 
 @pytest.mark.parametrize("cls, hyper", CASES)
