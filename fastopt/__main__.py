@@ -16,6 +16,9 @@ def main(argv=None):
     if argv[0] == "bench":
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    argparse.ArgumentParser(prog="python -m fastopt warmup",
+                            description=commands["warmup"] + " (takes no arguments)"
+                            ).parse_args(argv[1:])
     from ._warmup import warmup
     n = warmup()
     print(f"compiled {n} kernels")

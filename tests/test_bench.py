@@ -57,6 +57,48 @@ def test_bench_rejects_unknown_optimizer():
         bench.main(["--optimizers", "rmsprop"])
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--sizes", "inf"], "'inf' is not a whole number"),
+    (["--sizes", "1e400"], "not a whole number"),
+    (["--sizes", "1.7"], "not a whole number"),
+    (["--sizes", "1e4,abc"], "'abc' is not a number"),
+    (["--sizes", "0"], "between 1 and"),
+    (["--json", "/nonexistent-folder/r.json"], "does not exist"),
+    (["--plot", "."], "is a folder"),
+])
+def test_bad_arguments_are_usage_errors_before_any_measurement(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, argv, words", [
+    ("fastopt", ["warmup", "junk"], "unrecognized arguments"),
+    ("fastopt.bench.zero", ["--repeats", "0"], "--repeats"),
+    ("fastopt.bench.zero", ["--size", "-5"], "--size"),
+    ("fastopt.bench.torch_loop", ["--threads", "-1"], "--threads"),
+])
+def test_other_commands_refuse_bad_arguments(module, argv, words):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, \
+        out.stderr
+
+
+def test_torch_loop_output_leaves_json_on_stdout_alone(monkeypatch, capsys):
+    """With --json -, what the torch loop prints goes to stderr."""
+    from fastopt.bench import cli
+    said = []
+    monkeypatch.setattr(cli, "run", lambda args: {"rows": [], "machine": None})
+    monkeypatch.setattr(cli, "torch_loop", lambda quick, device, out=None: said.append(out) or 0)
+    assert cli.main(["--json", "-", "--torch-loop", "--sizes", "1000"]) == 0
+    json.loads(capsys.readouterr().out)
+    import sys
+    assert said == [sys.stderr]
+
+
 def test_many_tensors_case_runs():
     r = bench.measure_many(10, 100, "float32", rounds=2)
     assert r["flat_ms"] > 0 and r["separate_ms"] > 0 and "torch_ms" not in r
@@ -166,3 +208,15 @@ def test_torch_loop_rows(capfd):
     assert set(result["rows"]) == {"many", "one", "clip"}
     assert all(v > 0 for row in result["rows"].values() for k, v in row.items()
                if k.endswith(("fused", "plain", "clip")) and isinstance(v, float))
+
+
+def test_torch_loop_on_cuda_without_a_gpu_is_skipped(monkeypatch):
+    import importlib.util
+    import io
+    from fastopt.bench import cli
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs torch installed (else it is skipped for that)")
+    monkeypatch.setattr(cli, "cuda_device", lambda: (None, "no CUDA GPU here"))
+    out = io.StringIO()
+    assert cli.torch_loop(True, "cuda", out) == 0
+    assert "skipped on CUDA: no CUDA GPU here" in out.getvalue()

@@ -165,13 +165,45 @@ def run(args):
     return results
 
 
+LARGEST_SIZE = 2**40  # elements: far beyond any machine's memory, within an int64
+
+
+def whole(low, high=LARGEST_SIZE):
+    """An argparse type: a whole number (written 20000 or 2e4) in [low, high]."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value <= high) or value != int(value):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number between {low} and {high:.4g}")
+        return int(value)
+    return parse
+
+
+def _sizes(text):
+    """``--sizes``: comma-separated numbers of elements, each >= 1."""
+    return [whole(1)(item) for item in text.split(",")]
+
+
+def _check_output(p, option, path):
+    """Refuse, before anything is measured, an output ``path`` that cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        p.error(f"{option} {path}: is a folder")
+    if not os.path.isdir(folder):
+        p.error(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        p.error(f"{option} {path}: cannot be written")
+
+
 def parser():
     """The argument parser of ``python -m fastopt bench``."""
     p = argparse.ArgumentParser(prog="python -m fastopt bench",
                                 description="Measure fastopt's optimizer steps on this machine.")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (under a minute)")
-    p.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
-                   help="comma-separated element counts, e.g. 1e4,1e7")
+    p.add_argument("--sizes", type=_sizes, help="comma-separated element counts, e.g. 1e4,1e7")
     p.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
     p.add_argument("--optimizers", type=lambda s: s.split(","), default=list(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)}")
@@ -180,8 +212,9 @@ def parser():
     p.add_argument("--cuda", action="store_const", dest="device", const="both",
                    help="add the CUDA rows (same as --device both)")
     p.add_argument("--no-torch", action="store_true",
-                   help="skip the comparisons run in torch: torch's fused optimizers and "
-                        "bitsandbytes' 8-bit AdamW (the adam-int8 rows' contender)")
+                   help="skip the comparisons run in torch in the table: torch's fused "
+                        "optimizers and bitsandbytes' 8-bit AdamW (the adam-int8 rows' "
+                        "contender); --torch-loop is asked for separately")
     p.add_argument("--skip-many", action="store_true", help="skip the many-small-tensors case")
     p.add_argument("--threshold", action="store_true",
                    help="also measure where the parallel kernel starts to win")
@@ -195,21 +228,32 @@ def parser():
     return p
 
 
-def torch_loop(quick, device):
+def torch_loop(quick, device, out=None):
     """Run ``python -m fastopt.bench.torch_loop`` in a child process (torch's
-    thread pool stays out of this one); return its exit status."""
+    thread pool stays out of this one), its report to ``out`` (default
+    stdout); return its exit status. Skipped, saying why, where it cannot run."""
     import importlib.util
     import subprocess
-    import sys
+    out = out or sys.stdout
     print("\nPyTorch training loop, optimizer step (python -m fastopt.bench.torch_loop):",
-          flush=True)
+          file=out, flush=True)
     if importlib.util.find_spec("torch") is None:
-        print("  skipped: needs PyTorch (pip install torch)")
+        print("  skipped: needs PyTorch (pip install torch)", file=out)
         return 0
     cmd = [sys.executable, "-m", "fastopt.bench.torch_loop"] + (["--quick"] if quick else [])
     if device == "cuda":
+        gpu, why_not = cuda_device()
+        if gpu is None:
+            print(f"  skipped on CUDA: {why_not}", file=out)
+            return 0
         cmd += ["--device", "cuda"]
-    return subprocess.call(cmd)
+    child = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        lines = child.stderr.strip().splitlines() or ["(no message)"]
+        print(f"  failed (exit status {child.returncode}): {lines[-1]}", file=out)
+    elif child.stderr:
+        print(child.stderr, end="", file=sys.stderr)
+    return child.returncode
 
 
 def main(argv=None):
@@ -219,8 +263,13 @@ def main(argv=None):
     unknown = set(args.optimizers) - set(VARIANTS)
     if unknown:
         p.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
-    if args.sizes and min(args.sizes) < 1:
-        p.error("--sizes must be positive")
+    if args.json and args.json != "-":
+        _check_output(p, "--json", args.json)
+    if args.plot:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--plot needs matplotlib (pip install matplotlib)")
+        _check_output(p, "--plot", args.plot)
     results = run(args)
     if args.json != "-":
         print(report(results))
@@ -235,6 +284,6 @@ def main(argv=None):
         plot(results["rows"], args.plot)
         if args.json != "-":
             print(f"\nplot written to {args.plot}")
-    if args.torch_loop:
-        return torch_loop(args.quick, args.device)
+    if args.torch_loop:  # with --json -, stdout holds the JSON alone
+        return torch_loop(args.quick, args.device, sys.stderr if args.json == "-" else None)
     return 0

@@ -120,7 +120,9 @@ def report(results):
               f"({m['threading_layer']}), numpy {m['numpy']}, numba {m['numba']}"
               + (f", torch {results['torch_version']}" if results.get("torch_version") else "") + load,
               "Medians. roofline: same-traffic in-place kernel, same target, same run. "
-              "torch: fused=True, child process. Ratios: medians of per-round ratios.", "",
+              + ("torch: fused=True, child process. " if results.get("torch_version")
+                 else "torch: not measured (not installed, not importable, or --no-torch). ")
+              + "Ratios: medians of per-round ratios.", "",
               format_table(results["rows"], COLUMNS)] + _warnings(results["rows"])
     lines += _bitsandbytes(results)
     many = results["many"]

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from .cli import whole
+
 
 def _median_times(cases: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], object]
                   ) -> dict[str, float]:
@@ -114,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, 5 rounds")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch and numba (default: theirs)")
+    import numba
+    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    parser.add_argument("--threads", type=whole(0, most), default=0,
+                        help="CPU threads for torch and numba (default 0: theirs)")
     args = parser.parse_args(argv)
     if args.threads:
         import numba

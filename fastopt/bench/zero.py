@@ -21,6 +21,8 @@ import numpy as np
 
 import fastopt
 
+from .cli import whole
+
 
 def _median_ms(comm: Any, fn: Callable[[], Any], repeats: int) -> float:
     """The median over ``repeats`` of the slowest rank's time for ``fn()``, in ms."""
@@ -40,14 +42,15 @@ def _max(comm: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=whole(1), default=20_000_000,
+                        help="elements (default 2e7)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--repeats", type=whole(1, 10_000), default=15)
+    args = parser.parse_args(argv)
     from mpi4py import MPI
 
     from ..distributed import ZeroOptimizer, shard_bounds
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=float, default=2e7, help="elements (default 2e7)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     K, rank, P = comm.Get_size(), comm.Get_rank(), int(args.size)
     dtype = np.dtype(args.dtype)
