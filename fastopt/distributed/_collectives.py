@@ -17,7 +17,7 @@ _INSTALL = ('fastopt.distributed needs mpi4py and an MPI library: pip install "f
 # Exceptions re-raised by type on the ranks where they did not happen.
 _KINDS: dict[str, type[Exception]] = {k.__name__: k for k in (
     TypeError, ValueError, KeyError, OSError, FileNotFoundError, IsADirectoryError,
-    PermissionError, ImportError, CheckpointError)}
+    NotADirectoryError, PermissionError, ImportError, CheckpointError)}
 
 
 def _mpi() -> Any:

@@ -180,18 +180,22 @@ class _Files(_StateDicts):
                 try:
                     info = json.loads(bytes(named.pop("header")))
                     ok = (info["format"] == _SHARD_FORMAT and info["rank"] == r
-                          and info["ranks"] == saved_ranks and info["bounds"] == [a, b])
+                          and info["ranks"] == saved_ranks)
                 except (KeyError, ValueError, TypeError):
                     ok = False
                 if not ok:
                     raise CheckpointError(f"{name}: not a shard {r} of {saved_ranks} "
                                           "written by save_shards()")
-                if info["size"] != size or info["layout"] != self._layout_hash:
-                    raise CheckpointError(f"{name}: saved for another layout (a FlatParams of "
-                                          f"{info['size']} elements, or other groups or dtype)")
-                if info["class"] != self.optimizer_class.__name__:
-                    raise CheckpointError(f"{name}: holds {info['class']} state, not "
+                # (the class and the size first: the layout's hash covers both)
+                if info.get("class") != self.optimizer_class.__name__:
+                    raise CheckpointError(f"{name}: holds {info.get('class')} state, not "
                                           f"{self.optimizer_class.__name__}")
+                if info.get("size") != size or info["bounds"] != [a, b]:
+                    raise CheckpointError(f"{name}: saved for a FlatParams of {info.get('size')} "
+                                          f"elements, this one has {size}")
+                if info["layout"] != self._layout_hash:
+                    raise CheckpointError(f"{name}: saved for another layout (other entries, "
+                                          "groups, hyperparameters' kinds or dtype)")
                 if save_id is None:
                     save_id, meta = info["save_id"], info["meta"]
                 elif info["save_id"] != save_id:
