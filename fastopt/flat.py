@@ -45,7 +45,26 @@ Device: TypeAlias = Literal["cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 
 
-class FlatSegment:
+class _Buffers:
+    """A parameter buffer and its gradient buffer, as read-only attributes:
+    views and optimizers hold them, so a new one assigned would be ignored
+    (write into them instead)."""
+
+    _data: Array
+    _grad_data: Array
+
+    @property
+    def data(self) -> Array:
+        """The parameter buffer (read-only attribute: write into it)."""
+        return self._data
+
+    @property
+    def grad_data(self) -> Array:
+        """The gradient buffer (read-only attribute: write into it)."""
+        return self._grad_data
+
+
+class FlatSegment(_Buffers):
     """A contiguous run of a FlatParams' entries, to put in a parameter group.
 
     Made by :meth:`FlatParams.segment`; an optimizer treats it as one
@@ -64,21 +83,11 @@ class FlatSegment:
         self._data, self._grad_data = data, grad_data
         self.names: tuple[str, ...] = tuple(names)
 
-    @property
-    def data(self) -> Array:
-        """The parameter buffer's span (read-only attribute: write into it)."""
-        return self._data
-
-    @property
-    def grad_data(self) -> Array:
-        """The gradient buffer's span (read-only attribute: write into it)."""
-        return self._grad_data
-
     def __repr__(self) -> str:
         return f"FlatSegment({', '.join(self.names)}; {self.data.size} elements)"
 
 
-class FlatParams(Mapping[str, "Array"]):
+class FlatParams(_Buffers, Mapping[str, "Array"]):
     """Named parameters stored as views of one C-contiguous 1-D buffer.
 
     ``flat[name]`` is the parameter's view into ``flat.data``, and
@@ -145,16 +154,6 @@ class FlatParams(Mapping[str, "Array"]):
         self._grad_data: Array = _arrays.new(offset, dtype, device, value=0)
         self.grad: Mapping[str, Array] = Views(self._grad_data, layout)
         self._views = Views(self._data, layout)
-
-    @property
-    def data(self) -> Array:
-        """The parameter buffer (read-only attribute: write into it)."""
-        return self._data
-
-    @property
-    def grad_data(self) -> Array:
-        """The gradient buffer (read-only attribute: write into it)."""
-        return self._grad_data
 
     # Compared and hashed by identity, as the arrays it holds cannot be (a
     # Mapping's value comparison would compare arrays element-wise).
