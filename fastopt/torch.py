@@ -207,7 +207,13 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
     instead of stepping a stale buffer; call ``flatten_`` again (and make a
     new optimizer, as torch's optimizers need after a dtype change).
     Parameters that need a gradient of another layout (sparse) or dtype
-    (not float32 or float64) are refused.
+    (not float32 or float64) are refused, and so are distinct parameters
+    over the same memory (flattening would untie them).
+    A fastopt optimizer keeps the state of flattened parameters in flat
+    tensors too, each parameter's entries being views of them: a state
+    tensor assigned by hand (``opt.state[p]["exp_avg"] = t``) is copied in at
+    the next step and the entry becomes a view again, so later changes to
+    ``t`` itself are not seen. ``share_memory_()`` on the state is followed.
     """
     if isinstance(module_or_parameters, torch.nn.Module):
         params = list(module_or_parameters.parameters())
@@ -233,6 +239,14 @@ def flatten_(module_or_parameters: Any) -> FlatModel:
             unique.append(p)
     if not unique:
         raise ValueError("flatten_ got no parameters")
+    spans = sorted((p.untyped_storage().data_ptr(), p.data_ptr(),
+                    p.data_ptr() + p.numel() * p.element_size(), i)
+                   for i, p in enumerate(unique) if p.numel())
+    for (s1, _, end, i), (s2, start, _, j) in zip(spans, spans[1:]):
+        if s1 == s2 and start < end:  # distinct parameters over the same memory
+            raise ValueError(f"parameters {min(i, j)} and {max(i, j)} share memory (tied "
+                             "through one storage, not one Parameter): flatten_ would untie "
+                             "them; tie them as one Parameter instead")
     groups: dict = {}
     for p in unique:
         groups.setdefault((p.dtype, p.device), []).append(p)
@@ -439,7 +453,16 @@ class _Optimizer(torch.optim.Optimizer):
                                      "list each once")
                 param_group = {**param_group, "params": params}
         super().add_param_group(param_group)
-        self._group_added(self.param_groups[-1])
+        group = self.param_groups[-1]
+        had = [p for p in group["params"] if p in self.state]
+        try:
+            self._group_added(group)
+        except Exception:  # nothing kept: the group, and the state made for it
+            self.param_groups.pop()
+            for p in group["params"]:
+                if not any(p is q for q in had):
+                    self.state.pop(p, None)
+            raise
 
     def _group_added(self, group: dict) -> None:
         """Adagrad creates its state with the group, as torch's does."""
@@ -578,9 +601,10 @@ class _Optimizer(torch.optim.Optimizer):
         parameters is one entry. ``commit(shadow)`` writes the step count
         (and any state created) back into the torch state.
 
-        A group's plan is kept while its parameters, the state's version and
-        every flattened parameter's data and gradient pointers are the same
-        (checked at every step: two pointer compares per parameter)."""
+        A group's plan is kept while its parameters, the state's version,
+        every flattened parameter's data and gradient pointers and its flat
+        state tensors' data pointers are the same (checked at every step: two
+        pointer compares per parameter, one per flat state tensor)."""
         work: list = []
         kinds = set()
         cache = self._plan_cache
@@ -591,9 +615,14 @@ class _Optimizer(torch.optim.Optimizer):
             ids = tuple(map(id, params))
             hit = cache.get(k)
             if (hit is None or hit[0] != ids or hit[1] != changes.n
-                    or not _still_in_place(hit[3])):
+                    or not _still_in_place(hit[3])
+                    or any(t.data_ptr() != ptr for t, ptr in hit[4])):
                 items, checks = self._group_plan(k, params, hyper)
-                hit = cache[k] = (ids, changes.n, items, checks)
+                # and where the flat state lives: share_memory_() on a state
+                # tensor moves its storage, which the runs' views must follow
+                state_ptrs = [(t, t.data_ptr()) for item in items if isinstance(item, _Run)
+                              for t in item.store["flat"].values()]
+                hit = cache[k] = (ids, changes.n, items, checks, state_ptrs)
             for item in hit[2]:
                 if isinstance(item, _Run):
                     work.extend(item.entries(self, hyper))
@@ -896,9 +925,12 @@ class Adagrad(_Optimizer):
 
     def _group_added(self, group: dict) -> None:
         hyper = self._check_group(group, "the parameter group")
-        for p in group["params"]:
+        for j, p in enumerate(group["params"]):
             if not self.state[p]:
-                self.state[p].update(self._new_state(p, hyper))
+                try:
+                    self.state[p].update(self._new_state(p, hyper))
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"the new parameter group's params[{j}]: {e}") from None
 
 
 class Adam(_Optimizer):

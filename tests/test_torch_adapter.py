@@ -633,3 +633,52 @@ def test_bad_grad_scale_is_refused_before_anything_changes():
             opt.step(grad_scale=bad)
     assert all(torch.equal(x, y) for x, y in zip(before, m.parameters()))
     assert not opt.state
+
+
+def test_flat_state_moved_by_share_memory_is_followed():
+    """share_memory_() on a flattened optimizer's state (the Hogwild pattern)
+    moves the flat state's storage: the next step must write the new one
+    (it wrote freed memory). In a child process, lest it corrupt the heap."""
+    code = textwrap.dedent("""
+        import torch, fastopt.torch as ft
+        torch.manual_seed(0)
+        x = torch.randn(8, 64, dtype=torch.float64)
+        models = [torch.nn.Linear(64, 64).double() for _ in range(2)]
+        models[1].load_state_dict(models[0].state_dict())
+        ft.flatten_(models[0])
+        opts = [ft.Adam(m.parameters(), lr=0.1) for m in models]
+        for step in range(4):
+            for m, o in zip(models, opts):
+                o.zero_grad()
+                m(x).sum().backward()
+                o.step()
+                if step == 1:
+                    for s in o.state.values():
+                        s["exp_avg"].share_memory_(); s["exp_avg_sq"].share_memory_()
+        same = all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+        shared = all(s["exp_avg"].is_shared() for s in opts[0].state.values())
+        print("same", same, "shared", shared)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "same True shared True" in out.stdout, out.stdout + out.stderr
+
+
+def test_adagrad_group_of_a_refused_dtype_leaves_nothing_behind():
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    opt = ft.Adagrad([p], lr=0.1)
+    half = torch.nn.Parameter(torch.randn(3, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"params\[1\].*float16"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2, dtype=torch.float64)),
+                                        half]})
+    assert len(opt.param_groups) == 1 and list(opt.state) == [p]
+
+
+def test_flatten_refuses_parameters_sharing_memory():
+    base = torch.randn(6, dtype=torch.float64)
+    a, b = torch.nn.Parameter(base), torch.nn.Parameter(base[2:])
+    with pytest.raises(ValueError, match="share memory"):
+        ft.flatten_([a, b])
+    assert a.data_ptr() == base.data_ptr() and b.data_ptr() == base[2:].data_ptr()
+    c = torch.nn.Parameter(torch.randn(6, dtype=torch.float64)[:3])  # a view alone is fine
+    ft.flatten_([c, torch.nn.Parameter(torch.zeros(0, dtype=torch.float64))])
