@@ -166,7 +166,8 @@ def check_param(name, p, bfloat16=False):
         return p
     if p.dtype not in FLOAT_DTYPES and not (bfloat16 and is_bfloat16(p) and p.dtype.isnative):
         allowed = "float32, float64 or bfloat16" if bfloat16 else "float32 or float64"
-        got = "bfloat16 in non-native byte order" if is_bfloat16(p) else p.dtype
+        got = ("bfloat16 in non-native byte order" if bfloat16 and is_bfloat16(p)
+               else "bfloat16" if is_bfloat16(p) else p.dtype)
         raise TypeError(f"{name} must have dtype {allowed}, got {got}")
     if not p.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update); "

@@ -49,7 +49,8 @@ class Optimizer:
     shortened, extended, entries replaced), as with ``torch.optim``. Every
     step checks the parameter list again when it has changed, and checks that
     each parameter still fits its state, before anything is written.
-    ``opt.state`` is keyed by the parameters' current positions.
+    ``opt.state`` is keyed by the parameters' positions, re-keyed to an
+    edited list by the next step, state dict or ``add_param_group``.
     """
 
     spec: _spec.Spec

@@ -29,8 +29,9 @@ clipping, as a float; with ``check_finite`` too, the same pass is the scan,
 and the step was taken if and only if the returned norm is finite.
 
 ``target`` picks the kernel: None (for NumPy arrays, serial below
-``fastopt.config.PARALLEL_THRESHOLD`` elements, parallel above; for GPU
-arrays, CUDA), "serial", "parallel" or "cuda".
+``fastopt.config.PARALLEL_THRESHOLD`` elements and, from it up, whichever
+of serial and parallel was faster lately, timed; for GPU arrays, CUDA),
+"serial", "parallel" or "cuda".
 
 Reduced-precision state: with ``state_dtype="bfloat16"`` each state array
 is a bfloat16 array of the parameter's shape (``ml_dtypes.bfloat16``; its

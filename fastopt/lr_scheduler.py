@@ -12,8 +12,8 @@ torch's to rounding.
 ``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``CosineAnnealingLR``,
 ``LinearLR``, ``OneCycleLR``, ``LambdaLR``, ``SequentialLR`` and
 ``CosineAnnealingWarmRestarts``; each has ``step()``, ``get_last_lr()``,
-``state_dict()`` / ``load_state_dict()``, ``last_epoch`` and ``base_lrs``,
-and the first scheduler made on an optimizer records each group's starting
+``state_dict()`` / ``load_state_dict()``, ``last_epoch`` and ``base_lrs``
+(except ``SequentialLR``, as torch's: its schedulers have theirs), and the first scheduler made on an optimizer records each group's starting
 rate as ``group["initial_lr"]``, as torch does. Custom schedules subclass
 :class:`LRScheduler` and implement ``get_lr()``.
 
