@@ -192,17 +192,28 @@ def any_nonfinite(grads, inv_scales):
     One device flag for all the gradients, one launch per gradient (on its
     stream), one copy back: the host needs the answer, so this waits once.
     """
-    grads = [g for g in grads if g.shape[0]]
-    if not grads:
+    pairs = [(g, s) for g, s in zip(grads, inv_scales) if g.shape[0]]  # (each with its scale)
+    if not pairs:
         return False
-    stream = grads[0].stream
+    stream = pairs[0][0].stream
     found = cuda().to_device(np.zeros(1, np.int32), stream=stream)
+    several = _zeroed_before_others(stream, [g for g, _ in pairs])
     launch = launcher("any_nonfinite_cuda")
-    for g, inv_scale in zip(grads, inv_scales):
+    for g, inv_scale in pairs:
         launch(g, inv_scale, found)
-    if any(_handle(g.stream) != _handle(stream) for g in grads):
+    if several:
         cuda().synchronize()  # launched on several streams: wait for them all
     return bool(found.copy_to_host(stream=stream)[0])
+
+
+def _zeroed_before_others(stream, grads):
+    """Whether ``grads`` are on several streams; if so, wait here until
+    ``stream`` (where the accumulator was just zeroed) is done, so that no
+    kernel on another stream writes the accumulator before it is zeroed."""
+    several = any(_handle(g.stream) != _handle(stream) for g in grads)
+    if several and hasattr(stream, "synchronize"):
+        stream.synchronize()
+    return several
 
 
 def _handle(stream):
@@ -223,6 +234,7 @@ def grad_norm(grads, inv_scale, inf):
     stream = grads[0].stream
     dtypes = sorted({g.dtype for g in grads}, key=str)
     acc = cuda().to_device(np.zeros(len(dtypes), np.float64 if not inf else np.int64), stream=stream)
+    several = _zeroed_before_others(stream, grads)
     for g in grads:
         slot = acc[dtypes.index(g.dtype):][:1]
         if inf:
@@ -230,7 +242,7 @@ def grad_norm(grads, inv_scale, inf):
             launcher("max_abs_bits_cuda")(g.view(ints), mask, slot)
         else:
             launcher("sq_norm_cuda")(g, g.dtype.type(inv_scale), slot)
-    if any(_handle(g.stream) != _handle(stream) for g in grads):
+    if several:
         cuda().synchronize()
     values = acc.copy_to_host(stream=stream)
     if hasattr(stream, "synchronize"):

@@ -303,7 +303,8 @@ class Optimizer:
         ``{"state": {index: {...}}, "param_groups": [{...hyperparameters...,
         "params": [indices]}]}``. Like torch's, the arrays in it are the live
         state (not copies): pickle it, or ``copy.deepcopy`` it, to keep a
-        snapshot while training goes on.
+        snapshot while training goes on (GPU state: use ``to_host=True``;
+        numba's device arrays can be neither pickled nor deep-copied).
 
         ``to_host=True`` gives NumPy copies of the state arrays instead (of
         GPU state: copied once the GPU has finished its work), to save or

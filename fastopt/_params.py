@@ -207,6 +207,12 @@ class ParamList:
                                          + (other if b is p else f"state '{other}'"))
             self.fitted[i] = (p, state, len(state), p.shape, codec,
                               [(key, a, a.shape, a.dtype) for key, a in arrays])
+        else:  # GPU arrays: by their device address ranges
+            try:
+                C.check_no_overlap([("the parameter", p)]
+                                   + [(f"state '{key}'", a) for key, a in arrays])
+            except ValueError as e:
+                raise ValueError(f"params[{i}]'s {e}") from None
 
     def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may

@@ -427,6 +427,33 @@ def test_check_finite_skips_the_step_on_the_gpu(bad):
     np.testing.assert_array_equal(host(p), after_one)
 
 
+def test_check_finite_takes_each_gradients_own_scale_past_empty_ones():
+    """An empty gradient of another dtype first must not shift the scales:
+    float32 overflow under grad_scale < 1 is seen, as on the CPU."""
+    results = []
+    for to in (np.array, cuda.to_device):
+        p1 = to(np.ones(4, np.float32))
+        opt = fastopt.SGD([to(np.zeros(0, np.float64)), p1], lr=0.1)
+        took = opt.step([to(np.zeros(0, np.float64)), to(np.full(4, 3e38, np.float32))],
+                        grad_scale=0.5, check_finite=True)
+        results.append((took, (p1 if isinstance(p1, np.ndarray) else host(p1)).tolist()))
+    assert results[0] == results[1] == (False, [1.0] * 4)
+
+
+@pytest.mark.parametrize("alias", ["exp_avg_sq", "param"])
+def test_gpu_state_sharing_memory_is_refused(alias):
+    p = cuda.to_device(np.ones(6, np.float32))
+    opt = fastopt.Adam([p], lr=0.1)
+    g = cuda.to_device(np.ones(6, np.float32))
+    opt.step([g])
+    state = opt.state[0]
+    state["exp_avg"] = state["exp_avg_sq"] if alias == "exp_avg_sq" else p
+    before = host(p)
+    with pytest.raises(ValueError, match=r"params\[0\]'s .*share memory"):
+        opt.step([g])
+    np.testing.assert_array_equal(host(p), before)
+
+
 def test_grad_scale_on_the_gpu_matches_the_cpu():
     p0, (g,) = data(SHAPE, np.float32, 1)
     gpu, cpu = cuda.to_device(p0.copy()), p0.copy()
