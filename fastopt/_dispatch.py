@@ -22,7 +22,8 @@ _layer_is_safe = None
 _parallel_lock = threading.Lock()
 
 # GNU OpenMP cannot run in a child forked from a process that has started it:
-# numba terminates the child. ``_forked_from_gnu_omp`` is set in such a
+# numba terminates the child (or, when another library started it, the
+# child's parallel step hangs). ``_forked_from_gnu_omp`` is set in such a
 # child (see ``_after_fork_in_child``), which then runs the serial kernels.
 _forked_from_gnu_omp = False
 _fork_warned = False
@@ -208,10 +209,37 @@ def _uses_gnu_openmp():
         return True
 
 
+def _gnu_openmp_threads_may_run():
+    """Whether GNU OpenMP threads that numba did not start may be running here
+    (another library's, PyTorch's say): libgomp is loaded and the process has
+    more than one thread. Conservative: a child forked now runs the serial
+    kernels (same results), as numba's omp layer would hang there. Linux only
+    (elsewhere: False)."""
+    try:
+        with open("/proc/self/maps") as f:
+            if not any("libgomp" in line for line in f):
+                return False
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1]) > 1
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+_parent_gnu_openmp = False  # set just before a fork: _gnu_openmp_threads_may_run() then
+
+
+def _before_fork():
+    global _parent_gnu_openmp
+    _parent_gnu_openmp = _gnu_openmp_threads_may_run()
+
+
 def _after_fork_in_child():
     global _forked_from_gnu_omp, _fork_warned, _parallel_lock
     _parallel_lock = threading.Lock()  # another thread of the parent may have held it
-    _forked_from_gnu_omp = _uses_gnu_openmp()
+    _forked_from_gnu_omp = _forked_from_gnu_omp or _uses_gnu_openmp() or _parent_gnu_openmp
     _fork_warned = False
 
 
@@ -219,12 +247,13 @@ def _warn_forked():
     global _fork_warned
     if not _fork_warned:
         _fork_warned = True
-        warnings.warn("fastopt: this process was forked from one that ran numba's GNU OpenMP "
-                      "threads, which cannot run here; parallel-sized steps use the serial "
+        warnings.warn("fastopt: this process was forked from one that ran GNU OpenMP threads "
+                      "(numba's, or another library's such as PyTorch's), which numba's omp "
+                      "layer cannot run beside here; parallel-sized steps use the serial "
                       "kernel (same results). Start processes with the 'spawn' or "
                       "'forkserver' method, or use the tbb or workqueue threading layer, "
                       "to keep them parallel.", RuntimeWarning, stacklevel=4)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

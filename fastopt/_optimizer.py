@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import operator
+import os
 import threading
+import weakref
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -24,6 +26,20 @@ from ._replay import Replay
 from ._state_dtype import plain_dtype
 
 __all__ = ["Optimizer"]
+
+
+# Every live optimizer, so that a forked child gets each a lock of its own: a
+# thread of the parent may have held one, and it does not exist in the child.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for opt in list(_LIVE):
+        opt._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class Optimizer:
@@ -77,6 +93,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
         self._lock = threading.RLock()  # one step, state dict or group change at a time
+        _LIVE.add(self)
         self._plist = ParamList(type(self).__name__, self.target, self.spec.state_keys)
         self._hyper_cache: dict[int, tuple] = {}  # group index -> (typed values, checked dict)
         for group in as_groups(params):

@@ -252,6 +252,8 @@ def _host_value(name: str, value: Any) -> np.ndarray:
         value = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{name} must be a floating-point array, got {e}") from None
+    if D.is_bfloat16(value):  # ml_dtypes' bfloat16: widened exactly, as torch's is
+        value = value.astype(np.float32)
     if value.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {value.dtype}")
     return value

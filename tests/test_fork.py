@@ -108,3 +108,58 @@ def test_a_grandchild_steps_too():
     """
     layer = "omp" if "omp" in _available_layers() else "workqueue"
     assert run_layer(layer, "parallel", body).strip() == "0"
+
+
+def _run(code, timeout=120):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_child_forked_while_another_thread_steps_is_not_locked_out():
+    """The parent's stepping thread held the optimizer's lock at the fork;
+    the child's copy must not wait for a thread it does not have."""
+    out = _run("""
+        import os, threading, time, numpy as np, fastopt
+        p = np.zeros(200_000, np.float32); g = np.ones_like(p)
+        opt = fastopt.SGD([p], lr=1e-3, target="serial")
+        stop, steps = threading.Event(), [0]
+        def loop():
+            while not stop.is_set():
+                opt.step([g])
+                steps[0] += 1
+        opt.step([g])  # kernels loaded (numba's own compile lock is not fastopt's to reset)
+        t = threading.Thread(target=loop, daemon=True); t.start()
+        while steps[0] < 50:
+            time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            import signal; signal.alarm(20)
+            opt.state_dict(); opt.step([g])
+            os._exit(0)
+        stop.set()
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    assert "child 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_child_of_a_process_running_torchs_openmp_steps_serially():
+    """PyTorch's GNU OpenMP threads (not numba's) make numba's omp layer hang
+    in a forked child: the child runs the serial kernels."""
+    pytest.importorskip("torch")
+    out = _run("""
+        import os, warnings, numpy as np, torch, fastopt
+        torch.randn(500, 500) @ torch.randn(500, 500)  # torch's OpenMP threads start
+        pid = os.fork()
+        if pid == 0:
+            import signal; signal.alarm(60)
+            p = np.zeros(1 << 20, np.float32)
+            opt = fastopt.SGD([p], lr=1.0, target="parallel")
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                for _ in range(3):
+                    opt.step([np.ones_like(p)])
+            ok = bool((p == -3).all()) and any("GNU OpenMP" in str(w.message) for w in seen)
+            os._exit(0 if ok else 3)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """, timeout=180)
+    assert "child 0" in out.stdout, out.stdout + out.stderr

@@ -565,3 +565,14 @@ def test_a_positive_second_moment_never_rounds_to_zero():
     assert np.abs(p - before).max() < 2e-3
     codes, absmax = R.quantize(np.array([0.0, 1e-30, 1e-12, 1.0], np.float32), "int8", False)
     assert list(codes[:3]) == [0, 1, 1]
+
+
+def test_ml_dtypes_bfloat16_arrays_load_as_torch_bfloat16_tensors_do():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    opt = fastopt.Adam([np.zeros(100, np.float32)], lr=0.1)
+    opt.step([np.ones(100, np.float32)])
+    sd = opt.state_dict(to_host=True)
+    half = sd["state"][0]["exp_avg"].astype(ml_dtypes.bfloat16)
+    sd["state"][0]["exp_avg"] = half
+    opt.load_state_dict(sd)
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], half.astype(np.float32))
