@@ -180,6 +180,13 @@ def _check_arrays(param, grad, states, target, grad_scale, state_dtype=None):
                 absmax[name] = scale
         states = checked
     else:
+        for name, a in states:
+            if isinstance(a, tuple) and state_dtype in D.BLOCKWISE:  # resolved to full precision
+                raise TypeError(f"{name} is a (codes, absmax) pair, but a parameter of "
+                                f"{param.size} elements keeps {state_dtype} state in full "
+                                f"precision (block-quantized from {D.MIN_BLOCKWISE_SIZE} elements): "
+                                "pass an array (fastopt.functional.zeros_state makes the "
+                                "right kind)")
         states = {name: C.check_state(name, a, param, "param") for name, a in states}
     grad = C.check_grad("grad", grad, param, "param")
     C.check_no_overlap([("param", param), ("grad", grad), *states.items(),

@@ -510,6 +510,10 @@ def test_functional_bad_stored_state_refused_nothing_changed():
         F.adam(p, np.ones_like(p), m[0], v, step=1, state_dtype="int8")
     with pytest.raises(ValueError, match="absmax must be float32"):
         F.adam(p, np.ones_like(p), m, (v[0], v[1][:-1]), step=1, state_dtype="int8")
+    small = np.ones(100, np.float32)  # below the size that is block-quantized
+    with pytest.raises(TypeError, match="100 elements keeps int8 state in full precision"):
+        F.adam(small, np.ones_like(small), m, v, step=1, state_dtype="int8")
+    assert (small == 1).all()
     with pytest.raises(ValueError, match="must be uint8"):
         F.adam(p, np.ones_like(p), m, v, step=1, state_dtype="int4")
     with pytest.raises(ValueError, match="needs float32"):
