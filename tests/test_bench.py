@@ -72,6 +72,16 @@ def test_bad_arguments_are_usage_errors_before_any_measurement(argv, words, caps
     assert e.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--plot", str(tmp_path / "p.png")])
+    assert e.value.code == 2 and "needs matplotlib" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module, argv, words", [
     ("fastopt", ["warmup", "junk"], "unrecognized arguments"),
     ("fastopt.bench.zero", ["--repeats", "0"], "--repeats"),

@@ -267,9 +267,9 @@ def main(argv=None):
         _check_output(p, "--json", args.json)
     if args.plot:
         import importlib.util
+        _check_output(p, "--plot", args.plot)
         if importlib.util.find_spec("matplotlib") is None:
             p.error("--plot needs matplotlib (pip install matplotlib)")
-        _check_output(p, "--plot", args.plot)
     results = run(args)
     if args.json != "-":
         print(report(results))
