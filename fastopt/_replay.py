@@ -103,8 +103,8 @@ class _Entry(_Launch):
     gradient too; where the optimizer counts steps (``seeded``), the seed of
     its stochastic rounding is given anew each step."""
 
-    __slots__ = ("p", "index", "state", "held", "keys", "owner", "owner_dtype", "last_g", "hyper",
-                 "bits", "seeded", "grad_at", "counted", "scalars_of", "check", "p_as_given")
+    __slots__ = ("p", "index", "state", "owner", "owner_dtype", "last_g", "hyper", "bits",
+                 "seeded", "grad_at", "scalars_of", "check", "p_as_given")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
@@ -124,14 +124,14 @@ class _Entry(_Launch):
         # arguments are not checked.
         self.args = [a.view() if k and type(a) is np.ndarray else a
                      for k, a in enumerate(self.args)]
-        self.counted = opt.spec.has_step  # a step count, an int as the checks left it
+        counted = opt.spec.has_step  # a step count, an int as the checks left it
         # What the arguments were made from: the state arrays (reduced-precision
         # ones with their block scales) and how they are stored.
         keys = opt.spec.state_keys
-        self.held = tuple((key, self.state[key])
-                          for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
-                          if self.state.get(key) is not None)
-        self.keys = len(self.state)  # and nothing added (a stray "master" would be read later)
+        held = tuple((key, self.state[key])
+                     for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
+                     if self.state.get(key) is not None)
+        length = len(self.state)  # and nothing added (a stray "master" would be read later)
         # The user's array, where the kernels take a base-class view of it (a
         # subclass): its own flags and dtype can change without the view's.
         user = opt._plist.params[index]
@@ -142,14 +142,14 @@ class _Entry(_Launch):
         # What ``Replay.run`` checks, in one tuple (unpacked faster than read
         # attribute by attribute): the state's held arrays are fetched by key
         # at once, a missing key raising KeyError.
-        held_keys = tuple(key for key, _ in self.held)
+        held_keys = tuple(key for key, _ in held)
         # and each held array's dtype and flags (writeable, contiguous...) as
         # they were: one changed in place (made read-only, given another
         # dtype or strides) sends the step to the checked path, as a new one does.
-        arrays = tuple(a for _, a in self.held if type(a) is np.ndarray)
+        arrays = tuple(a for _, a in held if type(a) is np.ndarray)
         layouts = tuple((a.dtype, a.flags.num) for a in arrays)
-        self.check = (index, p, self.shape, self.dtype, self.state, self.keys,
-                      _fetcher(held_keys), tuple(a for _, a in self.held), self.counted,
+        self.check = (index, p, self.shape, self.dtype, self.state, length,
+                      _fetcher(held_keys), tuple(a for _, a in held), counted,
                       self.owner, self.bits, arrays, layouts)
         # The kernel takes the parameter itself (1-D, not bfloat16 bits): its
         # argument needs no new view at each step.
