@@ -21,6 +21,12 @@ from ._targets import TARGETS  # noqa: F401  (re-exported: where work can run)
 _layer_is_safe = None
 _parallel_lock = threading.Lock()
 
+# Whether numba's threading layer failed to load (a layer named in
+# NUMBA_THREADING_LAYER that is not installed, say): found by a probe before
+# the first parallel kernel runs, so that no step fails halfway through its
+# parameters. Parallel kernels are then replaced by the serial ones.
+_layer_failed = False
+
 # GNU OpenMP cannot run in a child forked from a process that has started it:
 # numba terminates the child (or, when another library started it, the
 # child's parallel step hangs). ``_forked_from_gnu_omp`` is set in such a
@@ -41,7 +47,7 @@ def kernel(name, target, p):
     if target is None:
         if not isinstance(p, np.ndarray):
             target = "cuda"
-        elif p.size < config.PARALLEL_THRESHOLD:
+        elif _below_threshold(p):
             target = "serial"
         elif not _forked_from_gnu_omp:
             return _Timed.run(name, p)
@@ -61,9 +67,15 @@ def settled(name, target, p):
     asked for or below the threshold); None if it may change from call to
     call (timed, or guarded, parallel kernels)."""
     if target == "serial" or (target is None and isinstance(p, np.ndarray)
-                              and p.size < config.PARALLEL_THRESHOLD):
+                              and _below_threshold(p)):
         return KERNELS[name]["serial"]
     return None
+
+
+def _below_threshold(p):
+    """Whether host array ``p`` takes the serial kernel under ``target=None``:
+    below ``config.PARALLEL_THRESHOLD``, or empty (nothing to time)."""
+    return p.size < config.PARALLEL_THRESHOLD or p.size == 0
 
 
 _DIRECT: dict = {}
@@ -97,6 +109,8 @@ def _parallel(name):
     that used GNU OpenMP, one parallel call at a time under workqueue."""
     if _forked_from_gnu_omp:
         _warn_forked()
+        return KERNELS[name]["serial"]
+    if _layer_failed:
         return KERNELS[name]["serial"]
     if _layer_is_safe is not True:
         return lambda *args: _guarded_parallel(name, args)
@@ -179,6 +193,8 @@ def _guarded_parallel(name, args):
     if not _parallel_lock.acquire(blocking=False):
         return KERNELS[name]["serial"](*args)
     try:
+        if _layer_is_safe is None and not _layer_loads():
+            return KERNELS[name]["serial"](*args)
         result = KERNELS[name]["parallel"](*args)
         if _layer_is_safe is None:
             import numba
@@ -192,6 +208,23 @@ def _guarded_parallel(name, args):
     finally:
         _parallel_lock.release()
     return result
+
+
+def _layer_loads():
+    """Whether numba's threading layer loads, tried once (under
+    ``_parallel_lock``) on a one-element array before any parallel kernel
+    writes; if it does not, warn and set ``_layer_failed``."""
+    global _layer_failed
+    try:
+        KERNELS["any_nonfinite"]["parallel"](np.zeros(1, np.float32), np.float32(1))
+    except ValueError as e:  # numba: "No threading layer could be loaded."
+        _layer_failed = True
+        warnings.warn(f"fastopt: numba's parallel kernels cannot run here ({str(e).splitlines()[0]}); "
+                      "fastopt uses the serial kernels (same results). Check "
+                      "NUMBA_THREADING_LAYER and that the layer it names is installed.",
+                      RuntimeWarning, stacklevel=5)
+        return False
+    return True
 
 
 def _uses_gnu_openmp():

@@ -1,6 +1,10 @@
 """``target=None`` from the parallel threshold up: serial or parallel by
 measured time (``_dispatch._Timed``), same results either way."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import numpy as np
@@ -10,6 +14,7 @@ import fastopt
 from fastopt import _dispatch
 from fastopt._interference import step_between_matmuls
 from fastopt.kernels.cpu import KERNELS
+from test_robustness import _available_layers
 
 
 @pytest.fixture
@@ -132,3 +137,49 @@ def test_explicit_targets_are_not_timed(fresh_timings):
 def test_step_between_matmuls_reports_both_times():
     r = step_between_matmuls(1_000, steps=3, rounds=1, pause=0.0)
     assert r["isolated_us"] > 0 and r["between_us"] > 0 and r["ratio"] > 0
+
+
+def _steps_of_empty_and_nonempty(kind):
+    """A step over [a, empty, b] by ``kind``: a and b must both be stepped."""
+    a, e, b = (np.ones(n, np.float32) for n in (5, 0, 5))
+    grads = [np.ones(5, np.float32), np.ones(0, np.float32), np.ones(5, np.float32)]
+    if kind == "functional":
+        for p, g in zip((a, e, b), grads):
+            fastopt.functional.sgd(p, g, lr=0.5)
+    else:
+        opt = (fastopt.SGD if kind == "sgd" else fastopt.Adam)([a, e, b], lr=0.5)
+        opt.step(grads, **({"max_grad_norm": 1e9, "check_finite": True} if kind == "clip" else {}))
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "clip", "functional"])
+def test_an_empty_parameter_at_threshold_zero_takes_the_serial_kernel(kind):
+    # From the threshold up, target=None times each call per element: an
+    # empty array has nothing to time (it divided by zero after the step had
+    # written the parameters before it).
+    fastopt.config.PARALLEL_THRESHOLD = 0
+    a, b = _steps_of_empty_and_nonempty(kind)
+    assert a[0] == b[0] < 1
+
+
+def test_a_threading_layer_that_cannot_load_falls_back_to_serial_before_any_write():
+    # A layer named by NUMBA_THREADING_LAYER but not installed failed every
+    # parallel launch, after the step had written the parameters before it.
+    if "tbb" in _available_layers():
+        pytest.skip("tbb is installed here: its layer loads")
+    code = textwrap.dedent("""
+        import warnings
+        import numpy as np, fastopt
+        a, b = np.ones(10, np.float32), np.ones(100_000, np.float32)
+        opt = fastopt.Adam([a, b], lr=0.1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                opt.step([np.ones(10, np.float32), np.ones(100_000, np.float32)])
+        print(a[0] == b[0], opt.state[1]["step"], sum("cannot run here" in str(w.message) for w in caught))
+    """)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "tbb"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "3", "1"]
