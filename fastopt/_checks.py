@@ -22,9 +22,15 @@ def _type_name(x):
 
 
 def check_target(target):
-    if target is not None and target not in TARGETS:
+    """None or one of ``TARGETS``, returned as a plain str (an array of one
+    such name compares equal to it, and is refused)."""
+    if target is None:
+        return None
+    if not isinstance(target, str):
+        raise TypeError(f"target must be None or one of {TARGETS}, got {_type_name(target)}")
+    if target not in TARGETS:
         raise ValueError(f"target must be None or one of {TARGETS}, got {target!r}")
-    return target
+    return str(target)
 
 
 def check_flag(name, value):

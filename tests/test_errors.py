@@ -35,6 +35,7 @@ def adam_args(n=5, dtype=np.float64):
     (dict(step=0), ValueError, "step"),
     (dict(step=1.5), TypeError, "step"),
     (dict(target="gpu"), ValueError, "target"),
+    (dict(target=np.array("serial")), TypeError, "target"),  # compares equal to "serial"
 ])
 def test_functional_adam_bad_hyperparameters(kwargs, exc, match):
     arrays = adam_args()
@@ -106,6 +107,8 @@ def test_sgd_rules():
     (fastopt.Adam, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
     (fastopt.AdamW, dict(eps=float("nan")), "eps"),
     (fastopt.Adam, dict(target="cpu"), "target"),
+    (fastopt.Adam, dict(target=np.array(["parallel"])), "target"),
+    (fastopt.SGD, dict(target=np.array("serial")), "target"),
 ])
 def test_class_bad_hyperparameters(cls, kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
