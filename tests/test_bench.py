@@ -37,6 +37,38 @@ def test_bytes_per_step_matches_perf_table():
     assert state_bytes_per_param("adam-int4", np.float32) <= 1.07
 
 
+def test_block_wise_rows_below_their_size_are_not_measured():
+    # Below 4,096 elements int8/int4 state is float32: such a row is the adam
+    # row under another name, and its byte counts would be wrong.
+    from fastopt.bench.cases import unavailable
+    assert "float32 state" in unavailable("adam-int8", np.float32, 4095)
+    assert "float32 state" in unavailable("adam-int4", np.float32, 1000)
+    assert unavailable("adam-int8", np.float32, 4096) is None
+    assert unavailable("adam-bf16", np.float32, 10) is None
+
+
+def test_the_roofline_line_moves_the_roofline_kernels_bytes():
+    from fastopt.bench.cases import roofline_bytes
+    assert [roofline_bytes(v, 1, np.float32) for v in ("adam", "adam-bf16", "adam-int8")] \
+        == [28, 20, 12]
+
+
+@pytest.mark.parametrize("n,target", [(10_000, "serial"), (100_000, "parallel")])
+def test_a_row_steps_on_the_target_it_is_labelled_with(n, target):
+    # target=None times both kernels and may run the serial one on a busy
+    # machine, while the row and its roofline say parallel
+    step, _ = bench.make_step("sgd", n, np.float32)
+    opt, = [c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, fastopt.SGD)]
+    assert opt.target == bench.cases.target_for(n) == target
+
+
+def test_sizes_beyond_memory_are_refused_before_measuring(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--sizes", "1000,1e11", "--no-torch"])
+    assert e.value.code == 2
+    assert "GiB" in capsys.readouterr().err
+
+
 def test_bench_command_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert bench.main(["--sizes", "1000", "--optimizers", "sgd,adam", "--no-torch",

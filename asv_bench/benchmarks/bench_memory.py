@@ -12,14 +12,16 @@ is 0; for the NumPy baseline it is its temporaries.
 
 import tracemalloc
 
-from .common import DTYPES, SIZES, VARIANT_NAMES, Case, memo, reset_peak_rss, warm
+from .common import DTYPES, LARGE_SIZES, SIZES, VARIANT_NAMES, Case, memo, reset_peak_rss, warm
 
 APIS = ["functional", "class", "numpy"]
 PAGE = 4096
 
 
 class StepMemory:
-    params = [APIS, VARIANT_NAMES, DTYPES[:1], SIZES[-1:]]
+    # the largest size of the grid, leaving out FASTOPT_ASV_LARGE's
+    params = [APIS, VARIANT_NAMES, DTYPES[:1],
+              [max([n for n in SIZES if n not in LARGE_SIZES] or SIZES)]]
     param_names = ["api", "variant", "dtype", "n"]
     version = "1"
 

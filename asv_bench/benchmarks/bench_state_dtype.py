@@ -42,6 +42,8 @@ class StateDtype:
     def setup(self, state_dtype, n, target):
         require_target(target)
         _require(state_dtype)
+        if state_dtype in ("int8", "int4") and n < 4096:
+            raise NotImplementedError("tensors below 4,096 elements keep float32 state")
 
         def build():
             opt, step = _optimizer(state_dtype, n, target)

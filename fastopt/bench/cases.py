@@ -3,6 +3,7 @@
 import numpy as np
 
 from .. import config
+from ..kernels.codecs import BLOCK, MIN_BLOCKWISE_SIZE
 from ..kernels.roofline import roofline
 from ..optimizers import SGD, Adagrad, Adam, AdamW
 
@@ -21,14 +22,19 @@ VARIANTS = {
     "adam-int4": (Adam, dict(lr=1e-3, state_dtype="int4"), 1),
 }
 
-def unavailable(variant, dtype):
-    """Why ``variant`` cannot run on ``dtype`` arrays here, or None: reduced-
-    precision state needs float32 parameters, and bfloat16 needs ml_dtypes."""
+def unavailable(variant, dtype, n):
+    """Why ``variant`` cannot run on ``n`` elements of ``dtype`` here, or
+    None: reduced-precision state needs float32 parameters, bfloat16 needs
+    ml_dtypes, and int8/int4 state is float32 below ``MIN_BLOCKWISE_SIZE``
+    elements (that row would be the float32 one under another name)."""
     state_dtype = VARIANTS[variant][1].get("state_dtype")
     if state_dtype is None:
         return None
     if np.dtype(dtype) != np.float32:
         return f"{variant}: reduced-precision state needs float32 parameters"
+    if state_dtype in BLOCK and n < MIN_BLOCKWISE_SIZE:
+        return (f"{variant} below {MIN_BLOCKWISE_SIZE:,} elements: such tensors keep "
+                "float32 state (the adam rows)")
     if state_dtype == "bfloat16":
         import importlib.util
         if importlib.util.find_spec("ml_dtypes") is None:
@@ -47,11 +53,18 @@ TORCH_FUSED = {"sgd": ("SGD", dict(lr=1e-3)), "sgd-momentum": ("SGD", dict(lr=1e
 
 def bytes_per_step(variant, n, dtype):
     """Bytes a fused step moves: the gradient read, each updated array read and written."""
-    _, hp, updated = VARIANTS[variant]
+    hp = VARIANTS[variant][1]
     itemsize = np.dtype(dtype).itemsize
     if hp.get("state_dtype") is None:
-        return (1 + 2 * updated) * n * itemsize
+        return roofline_bytes(variant, n, dtype)
     return int(n * (3 * itemsize + 2 * 2 * STATE_BYTES[hp["state_dtype"]]))
+
+
+def roofline_bytes(variant, n, dtype):
+    """Bytes the roofline kernel of ``variant`` moves: the gradient read,
+    each of its arrays read and written (for reduced-precision state, the
+    float roofline with the same traffic or less)."""
+    return (1 + 2 * VARIANTS[variant][2]) * n * np.dtype(dtype).itemsize
 
 
 def state_bytes_per_param(variant, dtype):
@@ -117,8 +130,8 @@ def make_step(variant, n, dtype, device="cpu", kind="fastopt"):
     cls, hp, updated = VARIANTS[variant]
     p, g = data(n, dtype)
     if device == "cpu":
-        if kind == "fastopt":
-            opt = cls([p], **hp)
+        if kind == "fastopt":  # the target the row is labelled with, as the roofline's
+            opt = cls([p], target=target_for(n), **hp)
             return (lambda: opt.step([g])), _nothing
         if kind == "roofline":
             arrays = [np.zeros(n, dtype) for _ in range(updated)]

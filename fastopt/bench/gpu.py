@@ -10,7 +10,7 @@ from .timing import batch_time
 def measure_cuda(variant, n, dtype, repeats):
     """Time one variant at one size on the GPU; return a result dict (times in ms)."""
     moved = bytes_per_step(variant, n, dtype)
-    batch = max(3, min(200, int(2e9 / moved)))  # about 1 GB of traffic per batch, or more
+    batch = max(3, min(200, int(2e9 / moved)))  # about 2 GB of traffic per batch (3 to 200 steps)
     t_fast = batch_time(*make_step(variant, n, dtype, "cuda"), repeats, batch)
     t_roof = batch_time(*make_step(variant, n, dtype, "cuda", "roofline"), repeats, batch)
     try:

@@ -63,7 +63,9 @@ def flag(row, code, warning, *suspect):
     if code not in row["flags"]:
         row["flags"].append(code)
     row["warnings"].append(warning)
-    row["suspect"] += [k for k in suspect if k not in row["suspect"]]
+    for k in suspect:
+        if k not in row["suspect"]:
+            row["suspect"].append(k)
 
 
 def check_row(row, times=None, depends=None, roofline_key="roofline_pct"):

@@ -1,6 +1,6 @@
 """``--plot``: throughput against size, beside the same-traffic roofline."""
 
-from .cases import VARIANTS, bytes_per_step
+from .cases import VARIANTS, roofline_bytes
 
 
 def plot(rows, path):
@@ -24,7 +24,7 @@ def plot(rows, path):
                 continue
             n = [r["n"] for r in rs]
             ax.plot(n, [r["gbps"] for r in rs], "o-", color=colours[variant], label=variant)
-            roof = [bytes_per_step(variant, r["n"], dtype) / r["roofline_ms"] / 1e6 for r in rs]
+            roof = [roofline_bytes(variant, r["n"], dtype) / r["roofline_ms"] / 1e6 for r in rs]
             ax.plot(n, roof, "--", color=colours[variant], alpha=0.45)
             doubted = [r for r in rs if "gbps" in r.get("suspect", ())]
             if doubted:  # hollow markers over the points a noise check doubts

@@ -112,7 +112,7 @@ def report(results):
                   "torch = torch.optim fused=True on CUDA.", "",
                   format_table(results["cuda_rows"], CUDA_COLUMNS)] + _warnings(results["cuda_rows"])
         lines.append("")
-    if not results["rows"]:
+    if not any(results[key] for key in ("rows", "many", "guards", "threshold", "startup")):
         return "\n".join(lines)
     load = "" if noise.get("load_before") is None else (
         f"; load average {noise['load_before']:.1f} before, {noise['load_after']:.1f} after")
@@ -122,9 +122,11 @@ def report(results):
               "Medians. roofline: same-traffic in-place kernel, same target, same run. "
               + ("torch: fused=True, child process. " if results.get("torch_version")
                  else "torch: not measured (not installed, not importable, or --no-torch). ")
-              + "Ratios: medians of per-round ratios.", "",
-              format_table(results["rows"], COLUMNS)] + _warnings(results["rows"])
-    lines += _bitsandbytes(results)
+              + "Ratios: medians of per-round ratios (vs NumPy: of the medians, NumPy timed "
+              "after the others)."]
+    if results["rows"]:
+        lines += ["", format_table(results["rows"], COLUMNS)] + _warnings(results["rows"])
+        lines += _bitsandbytes(results)
     many = results["many"]
     if many:
         pct = _cell(many, "roofline_pct", "{:.0f}%")
