@@ -107,13 +107,14 @@ def step_between_matmuls(n, dtype=np.float32, target=None, steps=200, rounds=5, 
 
 
 def main(argv=None):
+    from .bench.cli import whole  # (the bench's parser of element counts)
     parser = argparse.ArgumentParser(description="An optimizer step between matrix products "
                                                  "against in isolation")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[19_210, 262_144])
+    parser.add_argument("--sizes", type=whole(1), nargs="+", default=[19_210, 262_144])
     parser.add_argument("--target", choices=["auto", "serial", "parallel"], default="auto")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=whole(1, 10_000), default=5)
+    parser.add_argument("--steps", type=whole(1, 10**7), default=200)
     args = parser.parse_args(argv)
     target = None if args.target == "auto" else args.target
     for n in args.sizes:

@@ -68,6 +68,20 @@ def test_sizes_from_the_environment(monkeypatch):
     assert common._sizes() == [1000, 2000]
     monkeypatch.setenv("FASTOPT_ASV_LARGE", "1")
     assert common._sizes() == [1000, 2000, 100_000_000]
+    monkeypatch.setenv("FASTOPT_ASV_SIZES", "1e3,1e3,1e8")
+    assert common._sizes() == [1000, 100_000_000]  # each once
+
+
+@pytest.mark.parametrize("name,value", [
+    ("FASTOPT_ASV_SIZES", "1.7"), ("FASTOPT_ASV_SIZES", "0"), ("FASTOPT_ASV_SIZES", "-5"),
+    ("FASTOPT_ASV_SIZES", "1e3,,1e4"), ("FASTOPT_ASV_SIZES", "ten"),
+    ("FASTOPT_ASV_LARGE", "false"), ("FASTOPT_ASV_LARGE", "yes"),
+])
+def test_bad_sizes_from_the_environment_are_refused(monkeypatch, name, value):
+    # (1.7 was truncated to 1, and "false" turned the 5 GB sizes on)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        common._sizes()
 
 
 def test_cuda_target_skips_without_a_gpu():

@@ -183,3 +183,12 @@ def test_a_threading_layer_that_cannot_load_falls_back_to_serial_before_any_writ
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["True", "3", "1"]
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--rounds", "0"], ["--sizes", "-5"],
+                                  ["--sizes", "1.5"]])
+def test_the_interference_command_refuses_bad_counts(argv, capsys):
+    from fastopt._interference import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "whole number" in capsys.readouterr().err

@@ -18,6 +18,7 @@ Environment (read when asv imports the suite):
 import ctypes.util
 import importlib
 import inspect
+import math
 import os
 import sys
 import timeit
@@ -39,12 +40,26 @@ DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 LARGE_SIZES = (100_000_000,)
 
 
+def _size(text):
+    """One element count of ``FASTOPT_ASV_SIZES`` (1000 or 1e3), at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (1 <= value < 2**40) or value != int(value):
+        raise ValueError(f"FASTOPT_ASV_SIZES: {text.strip()!r} is not a whole number of elements >= 1")
+    return int(value)
+
+
 def _sizes():
     raw = os.environ.get("FASTOPT_ASV_SIZES", "").strip()
-    sizes = [int(float(s)) for s in raw.split(",") if s.strip()] if raw else list(DEFAULT_SIZES)
-    if os.environ.get("FASTOPT_ASV_LARGE", "") not in ("", "0"):
-        sizes += [n for n in LARGE_SIZES if n not in sizes]
-    return sizes
+    sizes = [_size(s) for s in raw.split(",")] if raw else list(DEFAULT_SIZES)
+    large = os.environ.get("FASTOPT_ASV_LARGE", "").strip()
+    if large not in ("", "0", "1"):
+        raise ValueError(f"FASTOPT_ASV_LARGE must be 1 (add 1e8 elements) or 0, got {large!r}")
+    if large == "1":
+        sizes += LARGE_SIZES
+    return list(dict.fromkeys(sizes))  # in order, each once
 
 
 SIZES = _sizes()

@@ -66,7 +66,7 @@ def _jobs(args, dtypes, sizes):
     for d in dtypes:
         for n in sizes:
             for v in args.optimizers:
-                why = unavailable(v, d)
+                why = unavailable(v, d, n)
                 if why is None:
                     jobs.append((v, n, d))
                 elif why not in said:
@@ -187,6 +187,25 @@ def _sizes(text):
     return [whole(1)(item) for item in text.split(",")]
 
 
+# Arrays a case holds at once, per element, at most: the parameter and its
+# gradient, three Adam-amsgrad state arrays, the roofline's four, NumPy's copy
+# and state and its temporaries.
+_ARRAYS_PER_ELEMENT = 16
+
+
+def _check_memory(p, n, itemsize):
+    """Refuse, before anything is measured, a size whose arrays cannot fit in
+    this machine's memory (where it can be read)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    need = _ARRAYS_PER_ELEMENT * n * itemsize
+    if need > memory:
+        p.error(f"--sizes {n:.4g}: a case would hold about {need / 2**30:.3g} GiB of arrays, "
+                f"more than this machine's {memory / 2**30:.3g} GiB of memory")
+
+
 def _check_output(p, option, path):
     """Refuse, before anything is measured, an output ``path`` that cannot be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -263,6 +282,10 @@ def main(argv=None):
     unknown = set(args.optimizers) - set(VARIANTS)
     if unknown:
         p.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+    args.optimizers = list(dict.fromkeys(args.optimizers))  # each measured once
+    if args.sizes:
+        args.sizes = list(dict.fromkeys(args.sizes))
+        _check_memory(p, max(args.sizes), 8 if args.dtype != "float32" else 4)
     if args.json and args.json != "-":
         _check_output(p, "--json", args.json)
     if args.plot:
