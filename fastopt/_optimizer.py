@@ -283,6 +283,8 @@ class Optimizer:
                         raise ValueError(f"params[{i}]'s state lacks {missing} (removed or set "
                                          "to None since its first step)")
                 i += 1
+        if self._plist.apart_pending:
+            self._plist.check_apart(params, self.state)
         present = [g for g in grads if g is not None]
         if clip is not None:
             inv_scale, self.last_grad_norm, finite = U.clip_scale(present, inv_scale, *clip,

@@ -62,6 +62,8 @@ class ParamList:
         # shapes, dtypes and codec and still writeable and C-contiguous, are
         # not checked again
         self.fitted: dict = {}
+        # whether state checked by check_fits since the last check_apart
+        self.apart_pending = False
         _LIVE.add(self)
 
     def unchanged(self, groups: Any) -> bool:
@@ -160,7 +162,9 @@ class ParamList:
         """Parameter ``i`` (as the kernels take it) has the shape and dtype of
         its state, whose arrays are writeable, C-contiguous, where ``p`` lives
         and share no memory with it or each other: what the kernels, which
-        check no bounds, write through."""
+        check no bounds, write through. Host state checked afresh (new or
+        replaced since it last passed) sets ``apart_pending``: then
+        ``check_apart`` must run before a step writes."""
         if not state:
             return
         seen = self.fitted.get(i)
@@ -207,12 +211,42 @@ class ParamList:
                                          + (other if b is p else f"state '{other}'"))
             self.fitted[i] = (p, state, len(state), p.shape, codec,
                               [(key, a, a.shape, a.dtype) for key, a in arrays])
-        else:  # GPU arrays: by their device address ranges
-            try:
-                C.check_no_overlap([("the parameter", p)]
-                                   + [(f"state '{key}'", a) for key, a in arrays])
-            except ValueError as e:
-                raise ValueError(f"params[{i}]'s {e}") from None
+            self.apart_pending = True
+            return
+        try:  # GPU arrays: by their device address ranges
+            C.check_no_overlap([("the parameter", p)]
+                               + [(f"state '{key}'", a) for key, a in arrays])
+        except ValueError as e:
+            raise ValueError(f"params[{i}]'s {e}") from None
+
+    def check_apart(self, views: list, state: dict) -> None:
+        """No host array of one parameter (the parameter or a state array)
+        shares memory with another parameter's: a state array set by hand to
+        another parameter, or to its state, would be written twice a step.
+        (Each parameter's own arrays are kept apart by ``check_fits``, and
+        parameters from each other at construction.) One sweep over the
+        arrays sorted by address."""
+        spans = []
+        for i, v in enumerate(views):
+            if not isinstance(v, np.ndarray):
+                return
+            st = state.get(i)
+            named = [(f"params[{i}]", v)]
+            if isinstance(st, dict):
+                named += [(f"params[{i}]'s state '{k}'", a) for k, a in st.items()
+                          if type(a) is np.ndarray]
+            for name, a in named:
+                if a.nbytes:  # (C-contiguous, as checked: one range of bytes)
+                    low = a.__array_interface__["data"][0]
+                    spans.append((low, low + a.nbytes, name))
+        spans.sort()
+        furthest = None  # of the ranges so far, the one that ends last
+        for span in spans:
+            if furthest is not None and span[0] < furthest[1]:
+                raise ValueError(f"{span[2]} shares memory with {furthest[2]}")
+            if furthest is None or span[1] > furthest[1]:
+                furthest = span
+        self.apart_pending = False
 
     def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may

@@ -850,3 +850,49 @@ def test_signed_zero_scalars_are_not_confused():
         assert np.signbit(cast(0.0)) == False and np.signbit(cast(-0.0)) == True  # noqa: E712
         assert np.signbit(cast(0.0)) == False  # noqa: E712  (after -0.0 was remembered)
         assert type(cast(0.5)) is dtype and cast(1) == 1
+
+
+def _cross_cases():
+    """How a state array set by hand can share memory with another parameter
+    or its state: ``make(params, opt)`` does it (to params[1]'s state)."""
+    def halves(params, opt):
+        buf = np.zeros(150, np.float32)
+        opt.state[0]["exp_avg"], opt.state[1]["exp_avg"] = buf[:100], buf[50:]
+    cases = {
+        "another parameter": lambda params, opt: opt.state[1].__setitem__("exp_avg", params[0]),
+        "another's state": lambda params, opt: opt.state[1].__setitem__(
+            "exp_avg_sq", opt.state[0]["exp_avg"]),
+        "overlapping views": halves,
+        "after an edit of the list": lambda params, opt: (
+            opt.state[1].__setitem__("exp_avg", params[0]),
+            opt.param_groups[0].__setitem__("params", params[::-1])),
+    }
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_cross_cases()))
+def test_state_shared_with_another_parameter_is_refused_before_any_write(case):
+    # Each parameter's own arrays were kept apart; one parameter's state set to
+    # another parameter (or its state) was written twice a step, silently.
+    params = [np.ones(100, np.float32), np.full(100, 2.0, np.float32)]
+    opt = fastopt.Adam(params, lr=0.1)
+    grads = [np.ones(100, np.float32)] * 2
+    opt.step(grads)
+    _cross_cases()[case](params, opt)
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match="shares memory with params"):
+        opt.step(grads)
+    assert all(np.array_equal(a, b) for a, b in zip(before, params))
+
+
+def test_a_bfloat16_parameters_master_set_to_another_parameter_is_refused():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    f, p = np.ones(8, np.float32), np.ones(8, ml_dtypes.bfloat16)
+    opt = fastopt.Adam([f, p], lr=0.1, master_weights=True)
+    grads = [np.ones(8, np.float32), np.ones(8, ml_dtypes.bfloat16)]
+    opt.step(grads)
+    opt.state[1]["master"] = f
+    before = f.copy()
+    with pytest.raises(ValueError, match=r"params\[1\]'s state 'master' shares memory"):
+        opt.step(grads)
+    np.testing.assert_array_equal(f, before)
