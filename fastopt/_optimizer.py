@@ -269,6 +269,8 @@ class Optimizer:
         for group, hyper in zip(self.param_groups, hypers):
             for _ in group["params"]:
                 state = self.state.get(i)
+                if state is not None and not isinstance(state, dict):
+                    raise TypeError(f"params[{i}]'s state is a {type(state).__name__}, not a dict")
                 if grads[i] is not None and state:
                     self._plist.check_fits(i, params[i], state)
                     step = state.get("step")
@@ -304,7 +306,7 @@ class Optimizer:
                 if g is not None:
                     p = params[i]
                     state = self.state.get(i)
-                    if state is None:
+                    if not state:  # none yet, or emptied by hand: fresh, as torch
                         state = self.state[i] = self._new_state(p, hyper)
                     name, args = self._update(p, g, inv_scale, state, hyper)
                     launches.append((i, p, name, args, hyper))

@@ -119,6 +119,8 @@ def parse(optimizer: Any, state_dict: Any, params: list) -> tuple[list, dict]:
         if pid not in index_of:
             raise ValueError(f"state_dict['state'] has an entry {pid!r} that no group lists")
         i = index_of[pid]
+        if isinstance(saved, dict) and not saved:
+            continue  # an empty entry: no state yet (torch's optimizers write these too)
         new_state[i] = _param_state(optimizer, f"state_dict['state'][{pid!r}]", saved,
                                     params[i], hypers[group_of[i]])
     return new_groups, new_state

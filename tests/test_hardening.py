@@ -896,3 +896,45 @@ def test_a_bfloat16_parameters_master_set_to_another_parameter_is_refused():
     with pytest.raises(ValueError, match=r"params\[1\]'s state 'master' shares memory"):
         opt.step(grads)
     np.testing.assert_array_equal(f, before)
+
+
+@pytest.mark.parametrize("cls,hyper", [(fastopt.Adam, {}), (fastopt.Adagrad, {}),
+                                       (fastopt.SGD, {"momentum": 0.9}),
+                                       (fastopt.AdamW, {"state_dtype": "int8"})])
+def test_emptied_state_starts_afresh_as_in_torch(cls, hyper):
+    # torch treats an empty state as none yet; here it raised KeyError('step')
+    # after the parameters before it had been stepped.
+    params = [np.linspace(-1, 1, 5000).astype(np.float32) for _ in range(2)]
+    opt = cls(params, lr=0.1, **hyper)
+    grads = [np.full(5000, 0.5, np.float32)] * 2
+    opt.step(grads)
+    opt.state[1] = {} if cls is not fastopt.Adagrad else opt.state[1]
+    opt.state[1].clear()
+    fresh_param = params[1].copy()
+    fresh = cls([fresh_param], lr=0.1, **hyper)
+    opt.step(grads)
+    fresh.step(grads[:1])
+    np.testing.assert_array_equal(params[1], fresh_param)
+    assert opt.state[1]["step"] == 1 if "step" in opt.state[1] else True
+
+
+def test_state_that_is_not_a_dict_is_refused_before_any_write():
+    params = [np.ones(3), np.ones(3)]
+    opt = fastopt.Adam(params, lr=0.1)
+    opt.step([np.ones(3)] * 2)
+    opt.state[1] = []
+    before = [p.copy() for p in params]
+    with pytest.raises(TypeError, match=r"params\[1\]'s state is a list"):
+        opt.step([np.ones(3)] * 2)
+    assert all(np.array_equal(a, b) for a, b in zip(before, params))
+
+
+def test_a_state_dict_with_empty_entries_loads():
+    # torch's optimizers write {} for a parameter that has no state yet
+    opt = fastopt.Adam([np.ones(3), np.ones(3)], lr=0.1)
+    opt.step([np.ones(3), None])
+    saved = opt.state_dict()
+    saved["state"][1] = {}
+    other = fastopt.Adam([np.ones(3), np.ones(3)], lr=0.1)
+    other.load_state_dict(saved)
+    assert sorted(other.state) == [0]
