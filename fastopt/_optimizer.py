@@ -266,8 +266,13 @@ class Optimizer:
         # State replaced or removed since the last step must fit too: the
         # kernels write through it.
         i = 0
-        for group, hyper in zip(self.param_groups, hypers):
+        ranged = set()  # (group, dtype) whose scalars are in the dtype's range
+        for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             for _ in group["params"]:
+                dtype = params[i].dtype
+                if grads[i] is not None and (k, dtype) not in ranged:
+                    U.check_range(self._RULE, hyper, plain_dtype(params[i]), f"params[{i}]")
+                    ranged.add((k, dtype))
                 state = self.state.get(i)
                 if state is not None and not isinstance(state, dict):
                     raise TypeError(f"params[{i}]'s state is a {type(state).__name__}, not a dict")

@@ -37,7 +37,7 @@ from . import _spec, config
 from ._dispatch import direct, kernel, settled
 from ._state_dtype import plain_dtype
 from ._checks import STEP_LIMIT
-from ._update import SCALARS, STEP_ARGS, STEP_SCALARS, rounding_seed
+from ._update import SCALARS, STEP_ARGS, STEP_SCALARS, check_range, rounding_seed
 from .kernels.spec import KERNELS
 
 _is = operator.is_
@@ -298,10 +298,13 @@ def _new_lr(opt, record):
         return False
     try:
         lr = opt.spec.hyper("lr").check(group["lr"])
-    except (TypeError, ValueError):
+        if entries:
+            hyper = {**entries[0].hyper, "lr": lr}
+            for e in entries:
+                check_range(opt._RULE, hyper, e.scalars, "")
+    except (TypeError, ValueError):  # the checked step says why
         return False
     if entries:
-        hyper = {**entries[0].hyper, "lr": lr}
         for e in entries:
             e.hyper = hyper
         _share_scalars(opt, entries)

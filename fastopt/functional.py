@@ -265,6 +265,7 @@ def sgd(param: Array, grad: Array, momentum_buffer: Array | None = None, *,
         states.append(("momentum_buffer", momentum_buffer))
     param, grad, states, inv_scale, codec, absmax = _check_arrays(
         param, grad, states, target, grad_scale, h["state_dtype"])
+    U.check_range("sgd", h, D.plain_dtype(param), "param")
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
@@ -310,6 +311,7 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
     h = _hypers(_spec.ADAGRAD, "adagrad", hyperparameters)
     param, grad, states, inv_scale, codec, absmax = _check_arrays(
         param, grad, [("state_sum", state_sum)], target, grad_scale, h["state_dtype"])
+    U.check_range("adagrad", h, D.plain_dtype(param), "param")
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result
@@ -340,6 +342,7 @@ def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     param, grad, states, inv_scale, codec, absmax = _check_arrays(
         param, grad, states, target, grad_scale, h["state_dtype"])
+    U.check_range("adam", h, D.plain_dtype(param), "param")
     skip, inv_scale, result = _guard(grad, inv_scale, check_finite, max_grad_norm, norm_type, target)
     if skip:
         return result

@@ -241,3 +241,39 @@ def test_numpy_scalar_gradient_for_a_0d_parameter():
         fastopt.SGD([np.array(1.0)]).step([np.float32(2.0)])
     with pytest.raises(TypeError, match="grads"):
         fastopt.SGD([np.zeros(2)]).step([np.float64(2.0)])
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: fastopt.SGD([p], lr=1e39),
+    lambda p: fastopt.SGD([p], lr=0.1, momentum=1e39),
+    lambda p: fastopt.SGD([p], lr=0.1, weight_decay=1e39),
+    lambda p: fastopt.Adagrad([p], lr=1e39),
+    lambda p: fastopt.Adagrad([p], eps=1e39),
+    lambda p: fastopt.Adam([p], lr=1e33, betas=(0.9999999, 0.999)),  # the step size
+    lambda p: fastopt.AdamW([p], lr=1e20, weight_decay=1e20),  # 1 - lr * weight_decay
+    lambda p: fastopt.Adam([p], eps=1e39),
+])
+def test_float32_scalars_beyond_float32s_range_are_refused_like_torch(make):
+    # finite in float64, infinite once cast: the parameters became -inf (torch
+    # refuses: "value cannot be converted to type float without overflow")
+    p = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        make(p).step([np.ones(3, np.float32)])
+    np.testing.assert_array_equal(p, 1)
+
+
+def test_float32_range_is_checked_by_the_functional_api_and_a_schedules_new_lr():
+    p = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"param: lr is 1e\+39"):
+        F.sgd(p, np.ones(3, np.float32), lr=1e39)
+    opt = fastopt.SGD([p], lr=0.1)
+    for _ in range(3):  # replayed from the second step
+        opt.step([np.ones(3, np.float32)])
+    before = p.copy()
+    opt.param_groups[0]["lr"] = 1e39
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        opt.step([np.ones(3, np.float32)])
+    np.testing.assert_array_equal(p, before)
+    q = np.ones(3)  # float64 holds it
+    fastopt.SGD([q], lr=1e39).step([np.ones(3)])
+    assert q[0] == -1e39
