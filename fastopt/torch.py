@@ -41,7 +41,7 @@ except ImportError:
 
 from . import _checks as C
 from . import _cuda
-from . import _spec
+from . import _spec, _state_io
 from . import _update as U
 from . import optimizers as _numpy_optimizers
 
@@ -683,8 +683,8 @@ class _Optimizer(torch.optim.Optimizer):
             state.update(self._new_state(p, hyper))
         shadow: dict = {}
         for key, value in state.items():
-            if key == "step":
-                shadow[key] = int(value)
+            if key == "step":  # set by hand, or loaded: a whole number, or refused
+                shadow[key] = _state_io.step_count(f"state 'step' of {name}", value)
             elif value is not None:
                 shadow[key] = C.check_state(f"state {key!r} of {name}", _view(key, value), pv, name)
 
@@ -832,7 +832,8 @@ class _Run:
                     for p in map(b.param, range(self.first, self.last + 1))]
         shadow: dict = dict(self.state)
         if steps is not None:
-            shadow["step"] = int(steps[0])
+            shadow["step"] = _state_io.step_count("state 'step' of a flattened parameter",
+                                                  steps[0])
         return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow))]
 
     def commit(self, opt: _Optimizer, shadow: dict) -> None:

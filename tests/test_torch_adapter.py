@@ -682,3 +682,23 @@ def test_flatten_refuses_parameters_sharing_memory():
     assert a.data_ptr() == base.data_ptr() and b.data_ptr() == base[2:].data_ptr()
     c = torch.nn.Parameter(torch.randn(6, dtype=torch.float64)[:3])  # a view alone is fine
     ft.flatten_([c, torch.nn.Parameter(torch.zeros(0, dtype=torch.float64))])
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), 0.5, 1e300])
+def test_a_step_count_set_by_hand_is_checked_before_any_write(bad, flat):
+    # int(value) took 0.5 as 0 and let -1 divide by zero after the parameter
+    # before it had been stepped
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    if flat:
+        ft.flatten_(net)
+    params = list(net.parameters())
+    opt = ft.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    opt.state[params[-1]]["step"] = torch.tensor(bad)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="state 'step' of .* whole number"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
