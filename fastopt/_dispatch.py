@@ -264,9 +264,19 @@ def _gnu_openmp_threads_may_run():
 _parent_gnu_openmp = False  # set just before a fork: _gnu_openmp_threads_may_run() then
 
 
+def _layer_may_be_omp():
+    """Whether numba's threading layer is omp, or, not started yet, may be
+    (any choice but an explicit "workqueue" or "tbb" may pick omp)."""
+    import numba
+    try:
+        return numba.threading_layer() == "omp"
+    except ValueError:  # not started
+        return numba.config.THREADING_LAYER not in ("workqueue", "tbb")
+
+
 def _before_fork():
     global _parent_gnu_openmp
-    _parent_gnu_openmp = _gnu_openmp_threads_may_run()
+    _parent_gnu_openmp = _gnu_openmp_threads_may_run() and _layer_may_be_omp()
 
 
 def _after_fork_in_child():
