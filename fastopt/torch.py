@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import os
 import threading
 import warnings
 import weakref
@@ -160,6 +161,16 @@ class FlatModel:
 # per parameter at most (a tensor's == is elementwise, so no WeakKeyDictionary)
 _FLAT: dict[int, tuple] = {}
 _flat_lock = threading.Lock()
+
+
+def _new_flat_lock_in_child() -> None:
+    # a thread of the parent may have held it (in flatten_): it would never be released here
+    global _flat_lock
+    _flat_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_flat_lock_in_child)
 
 
 def _flat_entry(p: torch.Tensor) -> tuple | None:

@@ -163,3 +163,52 @@ def test_child_of_a_process_running_torchs_openmp_steps_serially():
         print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     """, timeout=180)
     assert "child 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_workqueue_child_stays_parallel_after_the_parent_ran_gnu_openmp():
+    # PyTorch's GNU OpenMP threads in the parent sent every child to the
+    # serial kernels, with a warning to use the workqueue layer, under that layer
+    pytest.importorskip("torch")
+    code = textwrap.dedent("""
+        import os, warnings, numpy as np, torch, fastopt
+        p = np.zeros(1 << 17, np.float32)
+        opt = fastopt.SGD([p], lr=1.0, target="parallel"); opt.step([np.ones_like(p)])
+        torch.randn(300, 300) @ torch.randn(300, 300)
+        pid = os.fork()
+        if pid == 0:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                opt.step([np.ones_like(p)])
+            os._exit(10 + len([w for w in seen if "forked" in str(w.message)]))
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "10"  # no warning in the child
+
+
+def test_a_child_forked_while_a_thread_flattens_can_flatten():
+    # flatten_'s lock, held by the parent's thread at the fork, was never
+    # released in the child: its flatten_ hung
+    pytest.importorskip("torch")
+    code = textwrap.dedent("""
+        import os, threading, torch
+        import fastopt.torch as FT
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with FT._flat_lock:
+                held.set(); release.wait()
+        t = threading.Thread(target=hold); t.start(); held.wait()
+        pid = os.fork()
+        if pid == 0:
+            import signal; signal.alarm(60)
+            FT.flatten_(torch.nn.Linear(2, 2))
+            os._exit(7)
+        release.set(); t.join()
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "7"
