@@ -34,6 +34,7 @@ from numpy.typing import DTypeLike
 from . import _checks as C
 from . import _arrays
 from ._flat_layout import Array, ShapeLike, Views, lay_out
+from ._state_dtype import is_bfloat16
 
 if TYPE_CHECKING:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
@@ -183,7 +184,8 @@ class FlatParams(_Buffers, Mapping[str, "Array"]):
             raise TypeError(f"arrays must be a mapping of name -> array, got {type(arrays).__name__}")
         arrays = {name: _arrays.host_array(a) for name, a in arrays.items()}
         for name, a in arrays.items():
-            if a.dtype.kind not in "biuf":  # complex would lose its imaginary part; objects, NaN
+            # complex would lose its imaginary part; objects, NaN (bfloat16 widens exactly)
+            if a.dtype.kind not in "biuf" and not is_bfloat16(a):
                 raise TypeError(f"arrays[{name!r}] must hold real numbers, got dtype {a.dtype}")
         if dtype is None:
             dtype = np.result_type(*arrays.values()) if arrays else np.float32

@@ -194,3 +194,13 @@ def test_a_removed_flatparams_gradient_is_not_found_by_a_reused_id():
     with pytest.raises(TypeError, match="FlatParams"):
         opt.step()
     assert not reused[0].any()
+
+
+def test_from_arrays_takes_bfloat16_arrays():
+    # (refused as "not real numbers" when the dtype check came in; bfloat16 widens exactly)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = np.array([1.5, -2.0, 3.25], ml_dtypes.bfloat16)
+    for dtype, want in ((None, np.float32), (np.float64, np.float64)):
+        flat = fastopt.FlatParams.from_arrays({"w": a}, dtype=dtype)
+        assert flat.data.dtype == want
+        np.testing.assert_array_equal(flat["w"], [1.5, -2.0, 3.25])
