@@ -20,24 +20,23 @@ _MOMENTUM_KEYS = ("max_momentum", "base_momentum")
 
 
 def _phases(name: str, phases: Any) -> list[dict[str, Any]]:
-    """The cycle's phases (two, or three): each ends at a real step after the
-    one before ends (the first starts at step 0): a phase of no steps would
-    divide by zero in get_lr (as in torch). Its rates and momenta are group keys."""
+    """The cycle's phases (two, or three), each ending at a real step; their
+    rates and momenta are group keys. The first must have steps (it starts at
+    step 0, where torch divides by zero otherwise); a later one may have none
+    (torch takes ``pct_start=1.0``, a warm-up-only cycle), see ``get_lr``."""
     if not isinstance(phases, list) or len(phases) not in (2, 3):
         raise ValueError(f"{name}: the cycle must be a list of 2 or 3 phases")
-    start = 0.0
     for k, phase in enumerate(phases):
         if not isinstance(phase, dict) or set(phase) != set(_phase(0, "", "", "", "")):
             raise ValueError(f"{name}: phase {k + 1} of the cycle is not a OneCycleLR phase")
         end = _real(f"{name}: phase {k + 1}'s end_step", phase["end_step"])
+        if k == 0 and end == 0:
+            raise ValueError(f"{name}, phase 1 of the cycle has no steps (it starts and ends "
+                             "at step 0); change pct_start or total_steps")
         if (phase["start_lr"] not in _LR_KEYS or phase["end_lr"] not in _LR_KEYS
                 or phase["start_momentum"] not in _MOMENTUM_KEYS
                 or phase["end_momentum"] not in _MOMENTUM_KEYS):
             raise ValueError(f"{name}: phase {k + 1} of the cycle names unknown group keys")
-        if end == start:
-            raise ValueError(f"{name}, phase {k + 1} of the cycle has no steps (it starts and "
-                             f"ends at step {start:g}); change pct_start or total_steps")
-        start = end
     return phases
 
 
@@ -172,7 +171,8 @@ class OneCycleLR(LRScheduler):
             for i, phase in enumerate(self._schedule_phases):
                 end = phase["end_step"]
                 if t <= end or i == last:
-                    pct = (t - begin) / (end - begin)
+                    # a phase of no steps is at its end (torch divides by zero there)
+                    pct = (t - begin) / (end - begin) if end != begin else 1.0
                     lrs.append(self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct))
                     if self.cycle_momentum:
                         self._set_momentum(group, self._anneal(

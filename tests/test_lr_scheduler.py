@@ -262,15 +262,13 @@ def test_cosine_endpoints_exact():
      "pct_start"),
     (lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=5, anneal_strategy="exp"), ValueError,
      "anneal_strategy"),
-    # a phase of no steps (torch divides by zero in it)
+    # a first phase of no steps (torch divides by zero in it at once)
     (lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=10, pct_start=0.1), ValueError,
      "phase 1 of the cycle has no steps"),
     (lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=1, pct_start=1.0), ValueError,
      "no steps"),
     (lambda o: S.OneCycleLR(o, max_lr=1.0, epochs=2, steps_per_epoch=1, pct_start=0.5,
                             anneal_strategy="linear"), ValueError, "no steps"),
-    (lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=10, pct_start=1.0), ValueError,
-     "phase 2 of the cycle has no steps"),
     (lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=20, pct_start=0.05, three_phase=True),
      ValueError, "no steps"),
     (lambda o: S.StepLR(o, step_size=2, last_epoch=3), ValueError, "initial_lr"),
@@ -477,3 +475,21 @@ def test_bad_lambda_attributes_change_nothing(bad):
     with pytest.raises(TypeError, match="lr_lambdas"):
         sched.load_state_dict(sd)
     assert _snapshot(sched) == before
+
+
+def test_one_cycle_of_warm_up_only_runs_as_torchs():
+    # pct_start=1.0: the last phase has no steps; torch takes it (and divides
+    # by zero only at total_steps, where this gives the phase's end value)
+    torch = pytest.importorskip("torch")
+    opt = fastopt.SGD([np.zeros(2)], lr=0.2, momentum=0.9)
+    ours = S.OneCycleLR(opt, max_lr=0.5, total_steps=10, pct_start=1.0)
+    t_opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.2, momentum=0.9)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.5, total_steps=10, pct_start=1.0)
+    for _ in range(9):
+        assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-15)
+        ours.step()
+        theirs.step()
+    restored = S.OneCycleLR(fastopt.SGD([np.zeros(2)], lr=0.2, momentum=0.9), max_lr=0.5,
+                            total_steps=10, pct_start=0.5)
+    restored.load_state_dict(theirs.state_dict())  # a torch state of such a cycle loads
+    assert ours.get_last_lr()[0] == pytest.approx(0.5)
