@@ -301,6 +301,7 @@ def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
     unknown = _spec.unknown_keys(group, defaults)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}")
+    _spec.schedule_keys(where, group)  # as a state dict's are checked
     ps = group["params"]
     if isinstance(ps, (np.ndarray, FlatParams, FlatSegment)) or _cuda.is_cuda_array(ps):
         ps = [ps]

@@ -30,7 +30,10 @@ def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,
     """
     dequantize = dequantize or to_torch
     groups, index = [], 0
-    for group in optimizer.param_groups:
+    for k, group in enumerate(optimizer.param_groups):
+        # what load_state_dict will check of a schedule's keys, checked now (a
+        # value set by hand would make a checkpoint that cannot be loaded)
+        _spec.schedule_keys(f"param_groups[{k}]", group)
         n = len(group["params"])
         groups.append({**{k: v for k, v in group.items() if k != "params"},
                        "params": list(range(index, index + n))})

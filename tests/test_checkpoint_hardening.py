@@ -558,3 +558,15 @@ def test_temporary_names_are_short_and_recognised(tmp_path):
     for name in ("c" * 255, "x", "\u00e9" * 127):
         tmp = _ckpt_files._temp_name(name, _ckpt_files._host_tag(), 4_194_304)
         assert len(tmp) < 60 and _ckpt_files._TMP_NAME.match(tmp)
+
+
+def test_a_schedule_key_set_badly_is_refused_when_saved_or_added_not_when_loaded():
+    # such a group was stepped and saved, and its checkpoint then refused at load
+    opt = fastopt.SGD([np.zeros(3)], lr=0.1)
+    opt.param_groups[0]["initial_lr"] = "x"
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['initial_lr'\]"):
+        opt.state_dict()
+    opt.param_groups[0]["initial_lr"] = 0.1
+    with pytest.raises(ValueError, match="initial_lr"):
+        opt.add_param_group({"params": [np.zeros(2)], "initial_lr": -3.0})
+    assert len(opt.param_groups) == 1
