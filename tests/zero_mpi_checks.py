@@ -257,6 +257,14 @@ def check_bad_setups(comm):
         fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, lr=-1.0 if last else 0.1))
     expect_everywhere(comm, ValueError, ["cuda"], lambda: ZeroOptimizer(
         fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, target="cuda"))
+    z = ZeroOptimizer(fastopt.Adam, fastopt.FlatParams({"x": 3}), comm, target="serial")
+    try:  # fixed for its life, as an optimizer's (a KeyError at the next step otherwise)
+        z.target = "bogus"
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("ZeroOptimizer.target could be assigned")
+    assert z.target == "serial"
     for state_dtype in ("int8", "int4", "bfloat16"):  # sharded state is full precision
         expect_everywhere(comm, ValueError, ["state_dtype"], lambda: ZeroOptimizer(
             fastopt.Adam, fastopt.FlatParams({"x": 5000}), comm,

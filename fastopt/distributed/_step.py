@@ -31,6 +31,12 @@ def _full_precision(group: dict, where: str) -> None:
 class _Stepping:
     """Construction and stepping of :class:`fastopt.distributed.ZeroOptimizer`."""
 
+    @property
+    def target(self) -> str | None:
+        """Where the local kernels run (None, "serial" or "parallel"), as
+        given to the constructor; fixed for the optimizer's life."""
+        return self._target
+
     def __init__(self, optimizer_class: type[Optimizer], flat: FlatParams, comm: Any = None, *,
                  groups: Sequence[dict[str, Any]] | None = None, target: str | None = None,
                  **hyperparameters: Any) -> None:
@@ -61,8 +67,8 @@ class _Stepping:
             raise ValueError("ZeroOptimizer steps host FlatParams only (device='cpu'): GPU "
                              "buffers are not supported yet, and would need a CUDA-aware MPI "
                              "build, which the mpich wheel is not")
-        self.target = C.check_target(target)
-        if self.target == "cuda":
+        self._target = C.check_target(target)
+        if self._target == "cuda":
             raise ValueError("target='cuda' needs GPU buffers, which ZeroOptimizer does not take")
         spec = cls.spec
         try:
