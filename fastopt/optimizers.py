@@ -40,13 +40,14 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW"]
 def _bf16_args(p: Any, h: dict, state: dict) -> dict[str, Any]:
     """The update's arguments for a bfloat16 parameter (none for others):
     its float32 master copy, made from the parameter when
-    ``master_weights`` is switched on (dropped when it is switched off),
-    and, where the optimizer counts steps, its stochastic rounding."""
+    ``master_weights`` is switched on, or the copy removed or set to None
+    (dropped when it is switched off), and, where the optimizer counts
+    steps, its stochastic rounding."""
     if not D.is_bfloat16(p):
         return {}
     if not h["master_weights"]:
         state.pop("master", None)
-    elif "master" not in state:
+    elif state.get("master") is None:
         state["master"] = p.astype(np.float32)
     out = {"master": state.get("master")}
     if "stochastic_rounding" in h:

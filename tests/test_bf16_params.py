@@ -247,3 +247,25 @@ def test_bad_input_is_refused_with_nothing_changed():
         fastopt.SGD([swapped])
     _unchanged(p, before)
 
+
+
+@pytest.mark.parametrize("how", ["None", "removed"])
+def test_a_master_copy_set_to_none_or_removed_is_made_again(how):
+    # set to None it was silently left out: the steps ran without a master copy
+    p = np.linspace(-1, 1, 64).astype(ml_dtypes.bfloat16)
+    q = p.copy()
+    opt = fastopt.Adam([p], lr=1e-3, master_weights=True)
+    fresh = fastopt.Adam([q], lr=1e-3, master_weights=True)
+    g = np.ones(64, ml_dtypes.bfloat16)
+    opt.step([g])
+    fresh.step([g])
+    if how == "None":
+        opt.state[0]["master"] = None
+    else:
+        del opt.state[0]["master"]
+    fresh.state[0]["master"] = q.astype(np.float32)  # what a new copy is made from
+    opt.step([g])
+    fresh.step([g])
+    assert opt.state[0]["master"] is not None
+    np.testing.assert_array_equal(opt.state[0]["master"], fresh.state[0]["master"])
+    np.testing.assert_array_equal(p.view(np.uint16), q.view(np.uint16))
