@@ -246,6 +246,9 @@ class Optimizer:
             key = _spec.cache_key(group)
             if key is None or cached is None or cached[0] != key:
                 try:
+                    unknown = _spec.unknown_keys(group, self.defaults)
+                    if unknown:  # (a typo, set by hand: as the constructor refuses it)
+                        raise ValueError(f"unknown hyperparameter(s) {unknown}")
                     checked = self.spec.check(group)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{k}]: {e}") from None

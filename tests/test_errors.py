@@ -277,3 +277,21 @@ def test_float32_range_is_checked_by_the_functional_api_and_a_schedules_new_lr()
     q = np.ones(3)  # float64 holds it
     fastopt.SGD([q], lr=1e39).step([np.ones(3)])
     assert q[0] == -1e39
+
+
+@pytest.mark.parametrize("key,value,cls", [("weight_decay ", 0.5, fastopt.SGD),
+                                           ("momentun", 0.9, fastopt.SGD),
+                                           ("stochastic_rounding", True, fastopt.SGD),
+                                           ("amsgrad_", True, fastopt.Adam)])
+def test_an_unknown_key_added_to_a_group_is_refused_as_the_constructor_refuses_it(key, value, cls):
+    # a typo set by hand had no effect and no error (and made a later
+    # add_param_group fail, naming the old group)
+    p = np.ones(3)
+    opt = cls([p], lr=0.1)
+    opt.step([np.ones(3)])  # replayed from here on
+    opt.step([np.ones(3)])
+    opt.param_groups[0][key] = value
+    before = p.copy()
+    with pytest.raises(ValueError, match=rf"param_groups\[0\]: unknown hyperparameter.*{key}"):
+        opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p, before)
