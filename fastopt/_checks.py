@@ -172,9 +172,7 @@ def check_param(name, p, bfloat16=False):
         return p
     if p.dtype not in FLOAT_DTYPES and not (bfloat16 and is_bfloat16(p) and p.dtype.isnative):
         allowed = "float32, float64 or bfloat16" if bfloat16 else "float32 or float64"
-        got = ("bfloat16 in non-native byte order" if bfloat16 and is_bfloat16(p)
-               else "bfloat16" if is_bfloat16(p) else p.dtype)
-        raise TypeError(f"{name} must have dtype {allowed}, got {got}")
+        raise TypeError(f"{name} must have dtype {allowed}, got {_dtype_name(p)}")
     if not p.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (updating a copy would lose the update); "
                          "pass numpy.ascontiguousarray(...) and use that array")
@@ -246,9 +244,17 @@ def _refuse_other_kind(name, a, pname, wanted):
     raise TypeError(f"{name} must be {wanted} like {pname}, got {_type_name(a)}")
 
 
+def _dtype_name(a):
+    """``a``'s dtype as a message names it (bfloat16 by name, a byte-swapped one said so)."""
+    if is_bfloat16(a):
+        return "bfloat16" if a.dtype.isnative else "bfloat16 in non-native byte order"
+    return str(a.dtype)
+
+
 def _check_matches(name, a, p, pname):
     if a.dtype != p.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, but {pname} has dtype {p.dtype}")
+        raise TypeError(f"{name} has dtype {_dtype_name(a)}, but {pname} has dtype "
+                        f"{_dtype_name(p)}")
     if a.shape != p.shape:
         raise ValueError(f"{name} has shape {a.shape}, but {pname} has shape {p.shape}")
 

@@ -269,3 +269,11 @@ def test_a_master_copy_set_to_none_or_removed_is_made_again(how):
     assert opt.state[0]["master"] is not None
     np.testing.assert_array_equal(opt.state[0]["master"], fresh.state[0]["master"])
     np.testing.assert_array_equal(p.view(np.uint16), q.view(np.uint16))
+
+
+def test_a_byte_swapped_bfloat16_gradient_is_named_so():
+    # (it was "dtype >V2")
+    opt = fastopt.Adam([np.ones(3, ml_dtypes.bfloat16)])
+    swapped = np.ones(3, ml_dtypes.bfloat16).astype(np.dtype(ml_dtypes.bfloat16).newbyteorder())
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype bfloat16 in non-native byte order"):
+        opt.step([swapped])
