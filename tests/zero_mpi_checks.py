@@ -334,6 +334,9 @@ def check_ranks_that_disagree_are_refused(comm):
     zero.param_groups[0]["lr"] = 0.5 if last else 0.05
     expect_everywhere(comm, ValueError, ["hyperparameters"], zero.step)
     zero.param_groups[0]["lr"] = 0.05
+    zero.param_groups[0]["initial_lr"] = 2.0 if last else 1.0  # a schedule's key
+    expect_everywhere(comm, ValueError, ["schedule"], zero.step)
+    del zero.param_groups[0]["initial_lr"]
     other = zero.state_dict()
     other["param_groups"][0]["lr"] = 0.5
     expect_everywhere(comm, ValueError, ["different state dicts"],

@@ -180,8 +180,11 @@ class _Stepping:
             check_finite = C.check_flag("check_finite", check_finite)
             inv_scale = C.check_grad_scale(grad_scale, {self.flat.dtype})
             hypers = self._checked_hypers()
-            # What every rank must agree on: each steps its own slice with them.
-            digest = int(_digest([check_finite, inv_scale, hypers])[:15], 16)
+            # What every rank must agree on: each steps its own slice with them
+            # (and a schedule's keys, which every rank's state dict carries).
+            schedules = [_spec.schedule_keys(f"param_groups[{k}]", group)
+                         for k, group in enumerate(self.param_groups)]
+            digest = int(_digest([check_finite, inv_scale, hypers, schedules])[:15], 16)
         except Exception as e:
             error = e
         if K > 1:
@@ -198,7 +201,8 @@ class _Stepping:
             _agree(comm, error, "ZeroOptimizer.step()")
         if flags[2] != -flags[3]:
             raise ValueError("ZeroOptimizer.step(): the ranks passed different check_finite or "
-                             "grad_scale, or hold different hyperparameters in param_groups "
+                             "grad_scale, or hold different hyperparameters (or schedule "
+                             "keys, initial_lr...) in param_groups "
                              "(every rank must make the same call with the same groups); "
                              "nothing was changed")
         if flags[1]:
