@@ -218,32 +218,32 @@ class ParamList:
                                + [(f"state '{key}'", a) for key, a in arrays])
         except ValueError as e:
             raise ValueError(f"params[{i}]'s {e}") from None
+        self.apart_pending = True
 
     def check_apart(self, views: list, state: dict) -> None:
-        """No host array of one parameter (the parameter or a state array)
-        shares memory with another parameter's: a state array set by hand to
-        another parameter, or to its state, would be written twice a step.
-        (Each parameter's own arrays are kept apart by ``check_fits``, and
-        parameters from each other at construction.) One sweep over the
-        arrays sorted by address."""
+        """No array of one parameter (the parameter, or a state array its
+        kernel writes) shares memory with another parameter's: a state array
+        set by hand to another parameter, or to its state, would be written
+        twice a step. (Each parameter's own arrays are kept apart by
+        ``check_fits``, and parameters from each other at construction.)
+        One sweep over the arrays sorted by address (host or GPU: all of one
+        kind, as the parameters are)."""
+        keys = (*self.state_keys, "master", *(k + "_absmax" for k in self.state_keys))
         spans = []
         for i, v in enumerate(views):
-            if not isinstance(v, np.ndarray):
-                return
             st = state.get(i)
-            named = [(f"params[{i}]", v)]
+            named = [(None, v)]
             if isinstance(st, dict):
-                named += [(f"params[{i}]'s state '{k}'", a) for k, a in st.items()
-                          if type(a) is np.ndarray]
-            for name, a in named:
+                named += [(k, st[k]) for k in keys if st.get(k) is not None]
+            for key, a in named:
                 if a.nbytes:  # (C-contiguous, as checked: one range of bytes)
-                    low = a.__array_interface__["data"][0]
-                    spans.append((low, low + a.nbytes, name))
-        spans.sort()
+                    low = _address(a)
+                    spans.append((low, low + a.nbytes, i, key))
+        spans.sort(key=lambda span: span[0])
         furthest = None  # of the ranges so far, the one that ends last
         for span in spans:
             if furthest is not None and span[0] < furthest[1]:
-                raise ValueError(f"{span[2]} shares memory with {furthest[2]}")
+                raise ValueError(f"{_span_name(span)} shares memory with {_span_name(furthest)}")
             if furthest is None or span[1] > furthest[1]:
                 furthest = span
         self.apart_pending = False
@@ -267,6 +267,17 @@ class ParamList:
                 self.check_fits(i, v, state.get(i))
                 shapes[i], dtypes[i] = v.shape, params[i].dtype
         return views
+
+
+def _address(a: Any) -> int:
+    """The address of a host or GPU array's first byte."""
+    face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
+    return face["data"][0]
+
+
+def _span_name(span: tuple) -> str:
+    _, _, i, key = span
+    return f"params[{i}]" if key is None else f"params[{i}]'s state '{key}'"
 
 
 def as_groups(params: Any) -> list[dict[str, Any]]:

@@ -220,6 +220,31 @@ def test_check_finite_waits_once_per_step_under_the_simulator():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+@needs_numba_cuda
+def test_gpu_state_set_to_another_parameter_or_its_state_is_refused_in_the_simulator():
+    # the host sweep returned at once for GPU arrays: such state was written twice
+    result = run_python("""
+        import numpy as np, pytest, fastopt
+        from numba import cuda
+        a, b = (cuda.to_device(np.ones(4, np.float32)) for _ in range(2))
+        grads = [cuda.to_device(np.ones(4, np.float32)) for _ in range(2)]
+        opt = fastopt.Adam([a, b], lr=0.1, target="cuda")
+        opt.step(grads)
+        opt.state[1]["exp_avg"] = opt.state[0]["exp_avg"]
+        with pytest.raises(ValueError, match="shares memory with params.0.'s state 'exp_avg'"):
+            opt.step(grads)
+        sgd = fastopt.SGD([a, b], lr=0.1, momentum=0.9, target="cuda")
+        sgd.step(grads)
+        sgd.state[1]["momentum_buffer"] = a
+        before = a.copy_to_host()
+        with pytest.raises(ValueError, match="shares memory with params.0.$"):
+            sgd.step(grads)
+        assert (a.copy_to_host() == before).all()
+        print("ok")
+    """, NUMBA_ENABLE_CUDASIM="1")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 # --- bench ---------------------------------------------------------------------------
 
 def test_bench_cuda_rows_skipped_without_a_gpu(capsys):

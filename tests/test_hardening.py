@@ -938,3 +938,15 @@ def test_a_state_dict_with_empty_entries_loads():
     other = fastopt.Adam([np.ones(3), np.ones(3)], lr=0.1)
     other.load_state_dict(saved)
     assert sorted(other.state) == [0]
+
+
+def test_extra_state_keys_the_kernels_do_not_write_may_be_shared():
+    # (as torch keeps extra keys): only the arrays a kernel writes are swept
+    params = [np.ones(4), np.ones(4)]
+    opt = fastopt.SGD(params, lr=0.5, momentum=0.9)
+    opt.step([np.ones(4)] * 2)
+    opt.state[0]["mask"] = np.zeros(4)
+    opt.state[1]["mask"] = opt.state[0]["mask"]
+    opt.state[1]["ema_of"] = params[0]
+    opt.state[1]["momentum_buffer"] = opt.state[1]["momentum_buffer"].copy()  # a fresh check
+    opt.step([np.ones(4)] * 2)
