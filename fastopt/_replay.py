@@ -300,8 +300,8 @@ def _new_lr(opt, record):
         lr = opt.spec.hyper("lr").check(group["lr"])
         if entries:
             hyper = {**entries[0].hyper, "lr": lr}
-            for e in entries:
-                check_range(opt._RULE, hyper, e.scalars, "")
+            for dtype in {e.scalars for e in entries}:
+                check_range(opt._RULE, hyper, dtype, "")
     except (TypeError, ValueError):  # the checked step says why
         return False
     if entries:

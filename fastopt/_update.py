@@ -228,7 +228,8 @@ STEP_SCALARS = {
 # The hyperparameters each rule passes to its kernel cast to the parameter's
 # dtype as they are (the others reach it through STEP_SCALARS, or lie in [0, 1]),
 # and how a message names each step scalar.
-_CAST = {"sgd": ("weight_decay", "momentum", "dampening"), "adagrad": ("weight_decay", "eps"),
+_CAST = {"sgd": ("weight_decay", "momentum", "dampening"),
+         "adagrad": ("weight_decay", "eps", "initial_accumulator_value"),
          "adam": ("weight_decay", "eps")}
 _SCALAR_NAMES = {"neg_lr": "lr", "neg_clr": "lr / (1 + (step - 1) * lr_decay)",
                  "neg_step_size": "the step size lr / (1 - beta1**step)",
@@ -244,15 +245,16 @@ def check_range(rule, hyper, dtype, where):
     check holds for every step. ``where`` names the parameter."""
     if np.dtype(dtype) != np.float32:
         return
-    values = {name: hyper[name] for name in _CAST[rule]}
+    values = {name: hyper[name] for name in _CAST[rule] if name in hyper}
     values.update(zip(STEP_ARGS[rule], STEP_SCALARS[rule](hyper)(1)))
     for name, value in values.items():
         if type(value) is float and abs(value) > 3.4e38 and math.isfinite(value):
             with np.errstate(over="ignore"):
                 if np.isinf(np.float32(value)):
                     shown = -value if name.startswith("neg_") else value
-                    raise ValueError(f"{where}: {_SCALAR_NAMES.get(name, name)} is {shown:.4g}, "
-                                     "beyond float32's range (about 3.4e38)")
+                    raise ValueError(f"{where}: {_SCALAR_NAMES.get(name, name)} is {shown:.4g}"
+                                     f"{' at the first step' if name in STEP_ARGS[rule] else ''}"
+                                     ", beyond float32's range (about 3.4e38)")
 
 
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,

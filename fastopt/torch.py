@@ -446,7 +446,13 @@ class _Optimizer(torch.optim.Optimizer):
         # (state_dtype: the parameters' dtype; no bfloat16 parameters here).
         absent = {k: v for k, v in self.spec.defaults.items() if k in _NOT_HERE}
         try:
-            return self.spec.check({**absent, **group})
+            hyper = self.spec.check({**absent, **group})
+            params = group.get("params")
+            if isinstance(params, (list, tuple)) and any(
+                    getattr(p, "dtype", None) == torch.float32 for p in params):
+                # (torch refuses these too, as it casts them to float)
+                U.check_range(self._numpy_cls._RULE, hyper, np.float32, "float32 parameters")
+            return hyper
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
 

@@ -249,10 +249,12 @@ def test_numpy_scalar_gradient_for_a_0d_parameter():
     lambda p: fastopt.SGD([p], lr=0.1, weight_decay=1e39),
     lambda p: fastopt.Adagrad([p], lr=1e39),
     lambda p: fastopt.Adagrad([p], eps=1e39),
+    lambda p: fastopt.Adagrad([p], initial_accumulator_value=1e39),
     lambda p: fastopt.Adam([p], lr=1e33, betas=(0.9999999, 0.999)),  # the step size
     lambda p: fastopt.AdamW([p], lr=1e20, weight_decay=1e20),  # 1 - lr * weight_decay
     lambda p: fastopt.Adam([p], eps=1e39),
 ])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # (Adagrad's sum, made at once)
 def test_float32_scalars_beyond_float32s_range_are_refused_like_torch(make):
     # finite in float64, infinite once cast: the parameters became -inf (torch
     # refuses: "value cannot be converted to type float without overflow")

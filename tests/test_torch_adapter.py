@@ -702,3 +702,20 @@ def test_a_step_count_set_by_hand_is_checked_before_any_write(bad, flat):
     with pytest.raises(ValueError, match="state 'step' of .* whole number"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+@pytest.mark.parametrize("name,hyper", [("SGD", dict(lr=1e39)), ("Adam", dict(lr=1e38)),
+                                        ("Adagrad", dict(lr=1e39))])
+def test_float32_hyperparameters_beyond_float32s_range_are_refused_like_torch(name, hyper):
+    # they made the parameters -inf (torch refuses them when it casts them)
+    w = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        getattr(ft, name)([w], **hyper)
+    opt = getattr(ft, name)([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    before = w.detach().clone()
+    opt.param_groups[0]["lr"] = hyper["lr"]
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        opt.step()
+    assert torch.equal(w, before)

@@ -334,6 +334,15 @@ def check_ranks_that_disagree_are_refused(comm):
     zero.param_groups[0]["lr"] = 0.5 if last else 0.05
     expect_everywhere(comm, ValueError, ["hyperparameters"], zero.step)
     zero.param_groups[0]["lr"] = 0.05
+    # beyond float32's range: refused on every rank (only the ranks holding
+    # the group refused it, and the others waited for ever)
+    flat32 = fastopt.FlatParams({"w": 8 * comm.Get_size(), "b": 1}, dtype=np.float32)
+    z32 = ZeroOptimizer(fastopt.Adam, flat32, comm, groups=[
+        {"params": flat32.segment("w")}, {"params": flat32.segment("b")}], lr=0.1)
+    flat32.grad_data[:] = 1.0
+    z32.step()
+    z32.param_groups[1]["lr"] = 1e38
+    expect_everywhere(comm, ValueError, ["float32's range"], z32.step)
     zero.param_groups[0]["initial_lr"] = 2.0 if last else 1.0  # a schedule's key
     expect_everywhere(comm, ValueError, ["schedule"], zero.step)
     del zero.param_groups[0]["initial_lr"]

@@ -227,7 +227,11 @@ class _Stepping:
             if unknown:
                 raise ValueError(f"param_groups[{k}] has unknown hyperparameter(s) {unknown}")
             try:
-                hypers.append(self.spec.check(group))
+                hyper = self.spec.check(group)
+                # refused here, on every rank, not by the local optimizer of
+                # the ranks holding the group (the others would wait for ever)
+                U.check_range(self.optimizer_class._RULE, hyper, self.flat.dtype, "the parameters")
+                hypers.append(hyper)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param_groups[{k}]: {e}") from None
             _full_precision(group, f"param_groups[{k}]")
