@@ -188,7 +188,12 @@ class FlatParams(_Buffers, Mapping[str, "Array"]):
             if a.dtype.kind not in "biuf" and not is_bfloat16(a):
                 raise TypeError(f"arrays[{name!r}] must hold real numbers, got dtype {a.dtype}")
         if dtype is None:
-            dtype = np.result_type(*arrays.values()) if arrays else np.float32
+            try:
+                dtype = np.result_type(*arrays.values()) if arrays else np.float32
+            except TypeError:  # (NumPy's DTypePromotionError: bfloat16 and int64, say)
+                raise TypeError("arrays have dtypes with no common type "
+                                f"({sorted({str(a.dtype) for a in arrays.values()})}): "
+                                "pass dtype=") from None
             if np.dtype(dtype) not in C.FLOAT_DTYPES:
                 dtype = np.float32
         flat = cls({name: a.shape for name, a in arrays.items()}, dtype, device)

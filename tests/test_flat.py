@@ -204,3 +204,11 @@ def test_from_arrays_takes_bfloat16_arrays():
         flat = fastopt.FlatParams.from_arrays({"w": a}, dtype=dtype)
         assert flat.data.dtype == want
         np.testing.assert_array_equal(flat["w"], [1.5, -2.0, 3.25])
+
+
+def test_from_arrays_of_dtypes_with_no_common_type_says_so():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    arrays = {"a": np.ones(2, ml_dtypes.bfloat16), "b": np.ones(2, np.int64)}
+    with pytest.raises(TypeError, match="no common type.*pass dtype="):
+        fastopt.FlatParams.from_arrays(arrays)
+    assert fastopt.FlatParams.from_arrays(arrays, dtype=np.float32).data.dtype == np.float32
