@@ -7,6 +7,8 @@ all their checks before the first write, so a rejected call changes nothing.
 
 import math
 import numbers
+import sys
+from typing import Any
 
 import numpy as np
 
@@ -280,3 +282,12 @@ def check_no_overlap(named_arrays):
     for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
         if start < end:
             raise ValueError(f"{name} and {other} share memory; every array must be distinct")
+
+
+def caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside fastopt."""
+    frame: Any = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastopt"):
+        frame, level = frame.f_back, level + 1
+    return level

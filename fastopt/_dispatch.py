@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from . import config
+from ._checks import caller_level as _caller_level
 from .kernels.cpu import KERNELS
 
 from ._targets import TARGETS  # noqa: F401  (re-exported: where work can run)
@@ -204,7 +205,7 @@ def _guarded_parallel(name, args):
                               "one parallel step at a time, and steps that other threads take "
                               "meanwhile use the serial kernel (same results). Install tbb, or "
                               "use the omp layer, for concurrent parallel steps.",
-                              RuntimeWarning, stacklevel=4)
+                              RuntimeWarning, stacklevel=_caller_level())
     finally:
         _parallel_lock.release()
     return result
@@ -222,7 +223,7 @@ def _layer_loads():
         warnings.warn(f"fastopt: numba's parallel kernels cannot run here ({str(e).splitlines()[0]}); "
                       "fastopt uses the serial kernels (same results). Check "
                       "NUMBA_THREADING_LAYER and that the layer it names is installed.",
-                      RuntimeWarning, stacklevel=5)
+                      RuntimeWarning, stacklevel=_caller_level())
         return False
     return True
 
@@ -265,13 +266,14 @@ _parent_gnu_openmp = False  # set just before a fork: _gnu_openmp_threads_may_ru
 
 
 def _layer_may_be_omp():
-    """Whether numba's threading layer is omp, or, not started yet, may be
-    (any choice but an explicit "workqueue" or "tbb" may pick omp)."""
+    """Whether numba's threading layer is omp, or, not started yet, may be:
+    "default", "threadsafe" and "omp" may pick it; "workqueue" and "tbb"
+    do not, nor "safe" and "forksafe" (not GNU OpenMP, which is not fork-safe)."""
     import numba
     try:
         return numba.threading_layer() == "omp"
     except ValueError:  # not started
-        return numba.config.THREADING_LAYER not in ("workqueue", "tbb")
+        return numba.config.THREADING_LAYER in ("default", "threadsafe", "omp")
 
 
 def _before_fork():
@@ -295,7 +297,7 @@ def _warn_forked():
                       "layer cannot run beside here; parallel-sized steps use the serial "
                       "kernel (same results). Start processes with the 'spawn' or "
                       "'forkserver' method, or use the tbb or workqueue threading layer, "
-                      "to keep them parallel.", RuntimeWarning, stacklevel=4)
+                      "to keep them parallel.", RuntimeWarning, stacklevel=_caller_level())
 
 
 if hasattr(os, "register_at_fork"):

@@ -21,7 +21,7 @@ from . import _cuda
 from . import _spec
 from . import _state_dtype, _state_io
 from . import _update as U
-from ._params import ParamList, as_groups
+from ._params import ParamList, as_groups, check_state_kind
 from ._replay import Replay
 from ._state_dtype import plain_dtype
 
@@ -237,7 +237,8 @@ class Optimizer:
         cache = self._hyper_cache
         hypers = []
         for k, group in enumerate(self.param_groups):
-            objects = tuple(group.values())
+            # the keys too: one renamed in place (the last, keeping the order) is a new group
+            objects = (*group, *group.values())
             cached = cache.get(k)
             if (cached is not None and cached[2] is not None and len(objects) == len(cached[2])
                     and all(map(operator.is_, objects, cached[2]))):
@@ -277,8 +278,7 @@ class Optimizer:
                     U.check_range(self._RULE, hyper, plain_dtype(params[i]), f"params[{i}]")
                     ranged.add((k, dtype))
                 state = self.state.get(i)
-                if state is not None and not isinstance(state, dict):
-                    raise TypeError(f"params[{i}]'s state is a {type(state).__name__}, not a dict")
+                check_state_kind(i, state)
                 if grads[i] is not None and state:
                     self._plist.check_fits(i, params[i], state)
                     step = state.get("step")

@@ -9,7 +9,6 @@ group and parameter again and re-keys the state, changing nothing on error.
 
 from __future__ import annotations
 
-import sys
 import warnings
 import weakref
 from typing import Any
@@ -156,7 +155,7 @@ class ParamList:
             warnings.warn(f"a parameter of this {self.owner_name} is also a parameter "
                           f"of another live {shared}: fastopt does not lock parameters across "
                           "optimizers, so never step both from two threads at once (updates "
-                          "would be lost)", RuntimeWarning, stacklevel=_caller_level())
+                          "would be lost)", RuntimeWarning, stacklevel=C.caller_level())
 
     def check_fits(self, i: int, p: Any, state: dict | None) -> None:
         """Parameter ``i`` (as the kernels take it) has the shape and dtype of
@@ -165,6 +164,7 @@ class ParamList:
         check no bounds, write through. Host state checked afresh (new or
         replaced since it last passed) sets ``apart_pending``: then
         ``check_apart`` must run before a step writes."""
+        check_state_kind(i, state)
         if not state:
             return
         seen = self.fitted.get(i)
@@ -269,6 +269,12 @@ class ParamList:
         return views
 
 
+def check_state_kind(i: int, state: Any) -> None:
+    """Parameter ``i``'s entry of ``opt.state`` is a dict (or absent: None)."""
+    if state is not None and not isinstance(state, dict):
+        raise TypeError(f"params[{i}]'s state is a {type(state).__name__}, not a dict")
+
+
 def _address(a: Any) -> int:
     """The address of a host or GPU array's first byte."""
     face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
@@ -353,10 +359,3 @@ def _shared_with(me: ParamList, views: list) -> str | None:
     return None
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside fastopt."""
-    frame: Any = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastopt"):
-        frame, level = frame.f_back, level + 1
-    return level

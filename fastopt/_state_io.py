@@ -17,6 +17,7 @@ from . import _checks as C
 from . import _cuda, _spec
 from . import _state_dtype as D
 from ._arrays import host_array, place_like
+from ._params import check_state_kind
 
 
 def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,
@@ -40,6 +41,8 @@ def build(optimizer: Any, to_host: bool = False, to_torch: bool = False,
         index += n
     convert: Callable[[Any], Any] | None = (_torch_copy() if to_torch
                                             else _host_copy if to_host else None)
+    for i, s in optimizer.state.items():
+        check_state_kind(i, s)
     state = {i: _stored_form(optimizer, i, s, dequantize) for i, s in optimizer.state.items()}
     if convert is not None:
         state = {i: {k: convert(v) for k, v in s.items()} for i, s in state.items()}

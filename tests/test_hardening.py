@@ -927,6 +927,14 @@ def test_state_that_is_not_a_dict_is_refused_before_any_write():
     with pytest.raises(TypeError, match=r"params\[1\]'s state is a list"):
         opt.step([np.ones(3)] * 2)
     assert all(np.array_equal(a, b) for a, b in zip(before, params))
+    # and by what else reads it (an AttributeError from deep inside, before)
+    with pytest.raises(TypeError, match=r"params\[1\]'s state is a list"):
+        opt.state_dict()
+    with pytest.raises(TypeError, match=r"params\[1\]'s state is a list"):
+        opt.add_param_group({"params": [np.ones(2)]})
+    opt.param_groups[0]["params"] = params[::-1]
+    with pytest.raises(TypeError, match=r"params\[0\]'s state is a list"):
+        opt.step([np.ones(3)] * 2)
 
 
 def test_a_state_dict_with_empty_entries_loads():
