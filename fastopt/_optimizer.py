@@ -237,8 +237,7 @@ class Optimizer:
         cache = self._hyper_cache
         hypers = []
         for k, group in enumerate(self.param_groups):
-            # the keys too: one renamed in place (the last, keeping the order) is a new group
-            objects = (*group, *group.values())
+            objects = tuple(group.values())
             cached = cache.get(k)
             if (cached is not None and cached[2] is not None and len(objects) == len(cached[2])
                     and all(map(operator.is_, objects, cached[2]))):

@@ -210,12 +210,11 @@ class Replay:
                     or len(groups) != len(self.groups)):
                 return False
             for record, now in zip(self.groups, groups):
-                group, params, members, values, keys, _ = record
+                group, params, members, values, _, _ = record
                 if (now is not group or group.get("params") is not params
                         or len(params) != len(members) or not all(map(_is, params, members))):
                     return False
-                if ((len(group) != len(values) or not all(map(_is, group.values(), values))
-                     or not all(map(_is, group, keys)))  # (a key renamed in place)
+                if ((len(group) != len(values) or not all(map(_is, group.values(), values)))
                         and not _new_lr(opt, record)):
                     return False
             if grads is None:  # FlatParams' gradient buffers, as the checked path takes them
