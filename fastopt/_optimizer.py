@@ -270,6 +270,7 @@ class Optimizer:
         # kernels write through it.
         i = 0
         ranged = set()  # (group, dtype) whose scalars are in the dtype's range
+        counts = []  # (state, its step count as a whole number) of counts set by hand
         for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             for _ in group["params"]:
                 dtype = params[i].dtype
@@ -278,14 +279,15 @@ class Optimizer:
                     ranged.add((k, dtype))
                 state = self.state.get(i)
                 check_state_kind(i, state)
-                if grads[i] is not None and state:
+                if state:  # (also without a gradient: its arrays may be another's)
                     self._plist.check_fits(i, params[i], state)
+                if grads[i] is not None and state:
                     step = state.get("step")
                     if self.spec.has_step and not (type(step) is int
                                                    and 0 <= step < C.STEP_LIMIT):
                         # set by hand: a whole number, as a state dict's is read
-                        state["step"] = _state_io.step_count(f"params[{i}]'s state 'step'",
-                                                             state.get("step"))
+                        counts.append((state, _state_io.step_count(
+                            f"params[{i}]'s state 'step'", state.get("step"))))
                     missing = [k for k in self._required_state(state, hyper)
                                if k not in self._MADE_BY_STEP and state.get(k) is None]
                     if missing:
@@ -294,6 +296,8 @@ class Optimizer:
                 i += 1
         if self._plist.apart_pending:
             self._plist.check_apart(params, self.state)
+        for state, count in counts:  # all checked: written as a state dict's is read
+            state["step"] = count
         present = [g for g in grads if g is not None]
         if clip is not None:
             inv_scale, self.last_grad_norm, finite = U.clip_scale(present, inv_scale, *clip,

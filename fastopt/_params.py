@@ -270,9 +270,16 @@ class ParamList:
 
 
 def check_state_kind(i: int, state: Any) -> None:
-    """Parameter ``i``'s entry of ``opt.state`` is a dict (or absent: None)."""
-    if state is not None and not isinstance(state, dict):
+    """Parameter ``i``'s entry of ``opt.state`` is a dict (or absent: None)
+    whose ``"state_dtype"``, if any, names a codec (it could be set by hand)."""
+    if state is None:
+        return
+    if not isinstance(state, dict):
         raise TypeError(f"params[{i}]'s state is a {type(state).__name__}, not a dict")
+    codec = state.get("state_dtype")
+    if codec is not None and codec not in _state_dtype.CODECS:
+        raise ValueError(f"params[{i}]'s state 'state_dtype' is {codec!r}, not one of "
+                         f"{list(_state_dtype.CODECS)}")
 
 
 def _address(a: Any) -> int:

@@ -197,6 +197,18 @@ class Replay:
                 and all(g is None or type(g) is np.ndarray for g in grads)
                 and all(entry[2] is not None for entry in opt._hyper_cache.values()))
 
+    def _absent_unchanged(self, plist, grads):
+        """Whether the parameters the recorded step skipped are skipped again
+        (no gradient) and still as checked: the checked step checks every
+        parameter (made read-only, or reshaped in place, it refuses one)."""
+        for i in self.absent:
+            p = plist.params[i]
+            flags = p.flags
+            if (grads[i] is not None or p.shape != plist.shapes[i] or p.dtype is not plist.dtypes[i]
+                    or not (flags.writeable and flags.c_contiguous)):
+                return False
+        return True
+
     def run(self, opt, grads):
         """Step ``opt`` with ``grads`` (None: its FlatParams' gradients) by
         replaying, if everything still holds; return whether it did (if not,
@@ -256,7 +268,7 @@ class Replay:
                     flats.append(g.view(np.uint16) if bits else g)
             except KeyError:  # a held state array's key removed (and another added)
                 return False
-            if self.absent and any(grads[i] is not None for i in self.absent):
+            if self.absent and not self._absent_unchanged(opt._plist, grads):
                 return False
             # Everything holds: from here on, nothing raises.
             advance = opt._advance

@@ -30,6 +30,7 @@ from .kernels import _cpu_loops, codecs  # (_cpu_loops: the host conversions too
 
 NAMES = ("float32", "float64", "bfloat16", "int8", "int4")
 BLOCKWISE = ("int8", "int4")
+CODECS = ("bfloat16", *BLOCKWISE)  # what a state's "state_dtype" names (float state: none)
 MIN_BLOCKWISE_SIZE = codecs.MIN_BLOCKWISE_SIZE
 # Which map each optimizer's state arrays use (the first moment's is signed).
 SIGNED = {"momentum_buffer": True, "sum": False, "exp_avg": True, "exp_avg_sq": False,

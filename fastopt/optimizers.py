@@ -202,8 +202,9 @@ class Adagrad(_Stored):
     def _group_added(self, group, first, views):
         for p in views:  # the state is made now: check its state_dtype now
             D.resolve(group["state_dtype"], p, "the new parameter group")
-        for k, p in enumerate(views):
-            self.state[first + k] = self._new_state(p, group)
+        for k, p in enumerate(views):  # (a parameter re-added keeps the state it had)
+            if not self.state.get(first + k):
+                self.state[first + k] = self._new_state(p, group)
 
     def _new_state(self, p, h):
         return {"step": 0, **self._fresh(p, h, "sum", h["initial_accumulator_value"])}

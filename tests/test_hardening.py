@@ -958,3 +958,65 @@ def test_extra_state_keys_the_kernels_do_not_write_may_be_shared():
     opt.state[1]["ema_of"] = params[0]
     opt.state[1]["momentum_buffer"] = opt.state[1]["momentum_buffer"].copy()  # a fresh check
     opt.step([np.ones(4)] * 2)
+
+
+def test_adagrad_add_param_group_keeps_a_readded_parameters_state():
+    # Adagrad made fresh state for every parameter of the new group, after the
+    # parameter list had given a returning parameter the state it kept
+    a, b = np.ones(3), np.ones(3)
+    opt = fastopt.Adagrad([a, b], lr=0.1)
+    for _ in range(3):
+        opt.step([np.ones(3)] * 2)
+    opt.param_groups[0]["params"].pop(1)
+    opt.step([np.ones(3)])
+    opt.add_param_group({"params": [b]})
+    assert opt.state_dict()["state"][1]["step"] == 3
+
+
+def test_a_skipped_parameter_made_read_only_is_refused_by_the_replay_too():
+    # the replay checked only the parameters it stepped; the checked step
+    # checks all of them (as the constructor does)
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    opt = fastopt.Adam([a, b])
+    g = np.ones(3, np.float32)
+    opt.step([None, g])
+    opt.step([None, g])  # recorded for replay
+    a.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\] is read-only"):
+        opt.step([None, g])
+
+
+def test_state_shared_by_a_parameter_without_a_gradient_is_refused():
+    # only the stepped parameters' state was checked again: a skipped one's
+    # state set to a stepped one's was written by that step
+    a, b = np.ones(3), np.ones(3)
+    opt = fastopt.Adam([a, b], lr=0.1)
+    opt.step([np.ones(3)] * 2)
+    opt.step([np.ones(3)] * 2, check_finite=True)
+    opt.state[1]["exp_avg"] = opt.state[0]["exp_avg"]
+    kept = opt.state[0]["exp_avg"].copy()
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step([np.ones(3), None], check_finite=True)
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], kept)
+
+
+def test_a_codec_name_set_by_hand_is_refused_clearly():
+    # (a KeyError: 'float32' from the step, state_dict and add_param_group)
+    w = np.ones(5000, np.float32)
+    opt = fastopt.Adam([w], state_dtype="int8")
+    opt.step([np.ones_like(w)])
+    opt.state[0]["state_dtype"] = "float32"
+    for call in (lambda: opt.step([np.ones_like(w)]), lambda: opt.state_dict(dequantize=True),
+                 lambda: opt.add_param_group({"params": [np.ones(3, np.float32)]})):
+        with pytest.raises(ValueError, match=r"params\[0\]'s state 'state_dtype' is 'float32'"):
+            call()
+
+
+def test_step_counts_are_rewritten_only_once_everything_is_checked():
+    # a count of 1.0 was made 1 before another parameter's None count raised
+    opt = fastopt.Adam([np.ones(3), np.ones(3)], lr=0.1)
+    opt.step([np.ones(3)] * 2)
+    opt.state[0]["step"], opt.state[1]["step"] = 1.0, None
+    with pytest.raises(TypeError):
+        opt.step([np.ones(3)] * 2)
+    assert type(opt.state[0]["step"]) is float
