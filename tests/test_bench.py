@@ -44,7 +44,7 @@ def test_block_wise_rows_below_their_size_are_not_measured():
     assert "float32 state" in unavailable("adam-int8", np.float32, 4095)
     assert "float32 state" in unavailable("adam-int4", np.float32, 1000)
     assert unavailable("adam-int8", np.float32, 4096) is None
-    assert unavailable("adam-bf16", np.float32, 10) is None
+    assert unavailable("adam", np.float32, 10) is None
 
 
 def test_the_roofline_line_moves_the_roofline_kernels_bytes():
