@@ -232,7 +232,7 @@ class ParamList:
         spans = []
         for i, v in enumerate(views):
             st = state.get(i)
-            named = [(None, v)]
+            named: list[tuple[str | None, Any]] = [(None, v)]
             if isinstance(st, dict):
                 named += [(k, st[k]) for k in keys if st.get(k) is not None]
             for key, a in named:
