@@ -161,9 +161,9 @@ class ParamList:
         """Parameter ``i`` (as the kernels take it) has the shape and dtype of
         its state, whose arrays are writeable, C-contiguous, where ``p`` lives
         and share no memory with it or each other: what the kernels, which
-        check no bounds, write through. Host state checked afresh (new or
-        replaced since it last passed) sets ``apart_pending``: then
-        ``check_apart`` must run before a step writes."""
+        check no bounds, write through. State checked afresh (new or
+        replaced since it last passed; on the GPU, every time) sets
+        ``apart_pending``: then ``check_apart`` must run before a step writes."""
         check_state_kind(i, state)
         if not state:
             return
