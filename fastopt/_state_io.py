@@ -141,8 +141,11 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
                | ({"master"} if D.is_bfloat16(p) else set()))
     unknown = set(saved) - allowed
     if unknown:
+        why = ("; a float32 master copy ('master') is kept for bfloat16 parameters only, and "
+               f"this one is {p.dtype} (drop the key to continue from the saved moments)"
+               if "master" in unknown else "")
         raise ValueError(f"{name} has unknown key(s) {sorted(map(str, unknown))}; "
-                         f"expected {sorted(allowed)}")
+                         f"expected {sorted(allowed)}{why}")
     state: dict = {}
     if spec.has_step:
         if "step" not in saved:

@@ -277,3 +277,14 @@ def test_a_byte_swapped_bfloat16_gradient_is_named_so():
     swapped = np.ones(3, ml_dtypes.bfloat16).astype(np.dtype(ml_dtypes.bfloat16).newbyteorder())
     with pytest.raises(TypeError, match=r"grads\[0\] has dtype bfloat16 in non-native byte order"):
         opt.step([swapped])
+
+
+def test_a_master_copy_loaded_into_a_float32_parameters_optimizer_says_why_it_is_refused():
+    # (it said only "unknown key(s) ['master']")
+    p = np.ones(8, ml_dtypes.bfloat16)
+    opt = fastopt.Adam([p], lr=1e-3, master_weights=True)
+    opt.step([np.ones(8, ml_dtypes.bfloat16)])
+    other = fastopt.Adam([np.ones(8, np.float32)], lr=1e-3)
+    with pytest.raises(ValueError, match="master copy .* bfloat16 parameters only.*float32"):
+        other.load_state_dict(opt.state_dict())
+    assert other.state == {}
