@@ -21,7 +21,7 @@ from . import _cuda
 from . import _spec
 from . import _state_dtype, _state_io
 from . import _update as U
-from ._params import ParamList, as_groups, check_state_kind
+from ._params import ParamList, as_groups
 from ._replay import Replay
 from ._state_dtype import plain_dtype
 
@@ -246,9 +246,7 @@ class Optimizer:
             key = _spec.cache_key(group)
             if key is None or cached is None or cached[0] != key:
                 try:
-                    unknown = _spec.unknown_keys(group, self.defaults)
-                    if unknown:  # (a typo, set by hand: as the constructor refuses it)
-                        raise ValueError(f"unknown hyperparameter(s) {unknown}")
+                    _spec.check_known(group, self.defaults)  # (a typo set by hand)
                     checked = self.spec.check(group)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{k}]: {e}") from None
@@ -278,9 +276,8 @@ class Optimizer:
                     U.check_range(self._RULE, hyper, plain_dtype(params[i]), f"params[{i}]")
                     ranged.add((k, dtype))
                 state = self.state.get(i)
-                check_state_kind(i, state)
-                if state:  # (also without a gradient: its arrays may be another's)
-                    self._plist.check_fits(i, params[i], state)
+                # (also without a gradient: its arrays may be another's)
+                self._plist.check_fits(i, params[i], state)
                 if grads[i] is not None and state:
                     step = state.get("step")
                     if self.spec.has_step and not (type(step) is int

@@ -248,6 +248,15 @@ class ParamList:
                 furthest = span
         self.apart_pending = False
 
+    def as_checked(self, i: int) -> bool:
+        """Whether host parameter ``i`` is as last checked: its shape and
+        dtype, writeable and C-contiguous (changed in place, it is checked
+        again)."""
+        p = self.params[i]
+        flags = p.flags
+        return (p.shape == self.shapes[i] and p.dtype is self.dtypes[i]
+                and flags.writeable and flags.c_contiguous)
+
     def current_views(self, state: dict) -> list:
         """The parameters as the kernels take them, checked again where they may
         have changed since (made read-only, resized in place; GPU tensors given
@@ -258,9 +267,7 @@ class ParamList:
         else:
             views = self.views
             for i, p in enumerate(params):
-                flags = p.flags
-                if (p.shape != shapes[i] or p.dtype is not dtypes[i]
-                        or not (flags.writeable and flags.c_contiguous)):
+                if not self.as_checked(i):
                     views[i] = _check_param(f"params[{i}]", p)
         for i, v in enumerate(views):
             if v.shape != shapes[i] or params[i].dtype is not dtypes[i]:
@@ -322,9 +329,7 @@ def _group_params(where: str, group: Any, defaults: dict, flat: dict) -> list:
         raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
     if "params" not in group:
         raise ValueError(f"{where} needs a 'params' entry")
-    unknown = _spec.unknown_keys(group, defaults)
-    if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}")
+    _spec.check_known(group, defaults, where)
     _spec.schedule_keys(where, group)  # as a state dict's are checked
     ps = group["params"]
     if isinstance(ps, (np.ndarray, FlatParams, FlatSegment)) or _cuda.is_cuda_array(ps):

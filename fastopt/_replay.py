@@ -201,13 +201,7 @@ class Replay:
         """Whether the parameters the recorded step skipped are skipped again
         (no gradient) and still as checked: the checked step checks every
         parameter (made read-only, or reshaped in place, it refuses one)."""
-        for i in self.absent:
-            p = plist.params[i]
-            flags = p.flags
-            if (grads[i] is not None or p.shape != plist.shapes[i] or p.dtype is not plist.dtypes[i]
-                    or not (flags.writeable and flags.c_contiguous)):
-                return False
-        return True
+        return all(grads[i] is None and plist.as_checked(i) for i in self.absent)
 
     def run(self, opt, grads):
         """Step ``opt`` with ``grads`` (None: its FlatParams' gradients) by

@@ -170,10 +170,14 @@ def cache_key(group: Mapping[str, Any]) -> tuple | None:
 SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
 
-def unknown_keys(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
-    """The keys of parameter group ``group`` that are neither ``"params"``, a
-    hyperparameter (a key of ``defaults``) nor a schedule's, sorted."""
-    return sorted(set(group) - set(defaults) - {"params"} - set(SCHEDULE_KEYS))
+def check_known(group: Mapping[str, Any], defaults: Mapping[str, Any],
+                where: str | None = None) -> None:
+    """Refuse (ValueError) keys of parameter group ``group`` (named ``where``)
+    that are neither ``"params"``, a hyperparameter (a key of ``defaults``)
+    nor a schedule's."""
+    unknown = sorted(set(group) - set(defaults) - {"params"} - set(SCHEDULE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}" + (f" in {where}" if where else ""))
 
 
 def schedule_keys(where: str, saved: Mapping[str, Any]) -> dict[str, float]:

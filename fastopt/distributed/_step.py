@@ -84,9 +84,7 @@ class _Stepping:
             where = f"groups[{k}]"
             if not isinstance(group, dict) or "params" not in group:
                 raise TypeError(f"{where} must be a dict with 'params'")
-            unknown = _spec.unknown_keys(group, self.defaults)
-            if unknown:
-                raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}")
+            _spec.check_known(group, self.defaults, where)
             _full_precision({**self.defaults, **group}, where)
             ps = group["params"]
             ps = list(ps) if isinstance(ps, (list, tuple)) else [ps]
@@ -223,10 +221,8 @@ class _Stepping:
         """Every group's hyperparameters, checked (``param_groups`` may have been edited)."""
         hypers = []
         for k, group in enumerate(self.param_groups):
-            unknown = _spec.unknown_keys(group, self.defaults)
-            if unknown:
-                raise ValueError(f"param_groups[{k}] has unknown hyperparameter(s) {unknown}")
             try:
+                _spec.check_known(group, self.defaults)
                 hyper = self.spec.check(group)
                 # refused here, on every rank, not by the local optimizer of
                 # the ranks holding the group (the others would wait for ever)
