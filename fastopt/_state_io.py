@@ -213,7 +213,10 @@ def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:
             a = saved.get(key + suffix)
             if a is not None:
                 a = host_array(a) if _cuda.is_cuda_array(a) else np.asarray(a)
-                if codec == "bfloat16" and a.dtype.itemsize == 2 and a.dtype.kind in "uV":
+                # (bfloat16 bits as uint16 of this machine's byte order: the
+                # other order, left as it is, is refused as absmax's is)
+                if (codec == "bfloat16" and a.dtype.itemsize == 2 and a.dtype.kind in "uV"
+                        and a.dtype.isnative):
                     a = a.view(np.uint16).view(dtype) if dtype != np.uint16 else a.view(np.uint16)
             stored[key + suffix] = a
     problem = D.fits(codec, p, stored, tuple(k for k in keys if saved.get(k) is not None))

@@ -462,6 +462,24 @@ def test_wrong_block_layout_refused_nothing_changed():
     assert other.state == {}
 
 
+def test_bfloat16_bits_of_the_other_byte_order_refused_nothing_changed():
+    # uint16 bits of the other byte order were viewed as this machine's: every
+    # moment loaded byte-swapped (0.05 became 2e8); refused now, as such absmax is.
+    needs_ml_dtypes()
+    p, opt = _trained("bfloat16")
+    sd = pickle.loads(pickle.dumps(opt.state_dict(to_host=True)))
+    swapped = np.dtype(np.uint16).newbyteorder()
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].view(np.uint16).astype(swapped)
+    other = fastopt.AdamW([np.zeros_like(p)], lr=0.01, state_dtype="bfloat16", amsgrad=True)
+    with pytest.raises(ValueError, match="'exp_avg' is [<>]u2"):
+        other.load_state_dict(sd)
+    assert other.state == {}
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].astype(np.uint16)  # native: loads
+    other.load_state_dict(sd)
+    np.testing.assert_array_equal(other.state[0]["exp_avg"].view(np.uint16),
+                                  opt.state[0]["exp_avg"].view(np.uint16))
+
+
 def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
