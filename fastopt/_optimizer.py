@@ -264,35 +264,7 @@ class Optimizer:
         ``check_finite``; their norm, with ``clip``), then step every
         parameter with a gradient."""
         hypers = self._checked_hypers()
-        # State replaced or removed since the last step must fit too: the
-        # kernels write through it.
-        i = 0
-        ranged = set()  # (group, dtype) whose scalars are in the dtype's range
-        counts = []  # (state, its step count as a whole number) of counts set by hand
-        for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
-            for _ in group["params"]:
-                dtype = params[i].dtype
-                if grads[i] is not None and (k, dtype) not in ranged:
-                    U.check_range(self._RULE, hyper, plain_dtype(params[i]), f"params[{i}]")
-                    ranged.add((k, dtype))
-                state = self.state.get(i)
-                # (also without a gradient: its arrays may be another's)
-                self._plist.check_fits(i, params[i], state)
-                if grads[i] is not None and state:
-                    step = state.get("step")
-                    if self.spec.has_step and not (type(step) is int
-                                                   and 0 <= step < C.STEP_LIMIT):
-                        # set by hand: a whole number, as a state dict's is read
-                        counts.append((state, _state_io.step_count(
-                            f"params[{i}]'s state 'step'", state.get("step"))))
-                    missing = [k for k in self._required_state(state, hyper)
-                               if k not in self._MADE_BY_STEP and state.get(k) is None]
-                    if missing:
-                        raise ValueError(f"params[{i}]'s state lacks {missing} (removed or set "
-                                         "to None since its first step)")
-                i += 1
-        if self._plist.apart_pending:
-            self._plist.check_apart(params, self.state)
+        counts = self._check_state(params, grads, hypers)
         for state, count in counts:  # all checked: written as a state dict's is read
             state["step"] = count
         present = [g for g in grads if g is not None]
@@ -322,6 +294,49 @@ class Optimizer:
         if Replay.eligible(self, params, grads, inv_scale, check_finite, clip):
             self._replay = Replay(self, launches, len(params))
         return True if check_finite else None
+
+    def _check_step(self, grads: list, hypers: list) -> None:
+        """Raise what ``step(grads)`` with hyperparameters ``hypers`` would
+        refuse in the parameters and their state, writing nothing:
+        ZeroOptimizer asks every rank before any rank steps."""
+        with self._lock:
+            self._sync()
+            self._check_state(self._plist.current_views(self.state), grads, hypers)
+
+    def _check_state(self, params: list, grads: list, hypers: list) -> list:
+        """The checks a step makes of each parameter's state before any write,
+        with the groups' checked hyperparameters ``hypers``: state replaced or
+        removed since the last step must fit too (the kernels write through
+        it). Returns ``[(state, its step count as a whole number)]`` for the
+        counts set by hand, to be written once the step is sure to go on."""
+        i = 0
+        ranged = set()  # (group, dtype) whose scalars are in the dtype's range
+        counts = []  # (state, its step count as a whole number) of counts set by hand
+        for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            for _ in group["params"]:
+                dtype = params[i].dtype
+                if grads[i] is not None and (k, dtype) not in ranged:
+                    U.check_range(self._RULE, hyper, plain_dtype(params[i]), f"params[{i}]")
+                    ranged.add((k, dtype))
+                state = self.state.get(i)
+                # (also without a gradient: its arrays may be another's)
+                self._plist.check_fits(i, params[i], state)
+                if grads[i] is not None and state:
+                    step = state.get("step")
+                    if self.spec.has_step and not (type(step) is int
+                                                   and 0 <= step < C.STEP_LIMIT):
+                        # set by hand: a whole number, as a state dict's is read
+                        counts.append((state, _state_io.step_count(
+                            f"params[{i}]'s state 'step'", state.get("step"))))
+                    missing = [k for k in self._required_state(state, hyper)
+                               if k not in self._MADE_BY_STEP and state.get(k) is None]
+                    if missing:
+                        raise ValueError(f"params[{i}]'s state lacks {missing} (removed or set "
+                                         "to None since its first step)")
+                i += 1
+        if self._plist.apart_pending:
+            self._plist.check_apart(params, self.state)
+        return counts
 
     # --- state dicts -----------------------------------------------------------
 

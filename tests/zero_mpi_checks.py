@@ -346,6 +346,13 @@ def check_ranks_that_disagree_are_refused(comm):
     zero.param_groups[0]["initial_lr"] = 2.0 if last else 1.0  # a schedule's key
     expect_everywhere(comm, ValueError, ["schedule"], zero.step)
     del zero.param_groups[0]["initial_lr"]
+    # The local optimizer's state edited on one rank only (a state array made
+    # read-only): refused on every rank before any rank steps (the others
+    # stepped and waited in the all-gather for ever).
+    held = zero.optimizer.state[0]["exp_avg"]
+    held.flags.writeable = not last
+    expect_everywhere(comm, ValueError, ["'exp_avg' is read-only"], zero.step)
+    held.flags.writeable = True
     other = zero.state_dict()
     other["param_groups"][0]["lr"] = 0.5
     expect_everywhere(comm, ValueError, ["different state dicts"],
@@ -431,7 +438,8 @@ def phase_resume(comm, directory):
     shards = os.path.join(directory, "shards")
     name = os.path.join(shards, "shard-0-of-3.fastopt")
     for fault, words in [("damaged", ["shard-0", "checksum"]), ("missing", ["missing"]),
-                         ("other save", ["different saves"])]:
+                         ("other save", ["different saves"]),
+                         ("lacking an array", ["not those its header names", "exp_avg_sq"])]:
         flat, zero = resume_setup(comm)
         comm.Barrier()
         if comm.Get_rank() == 0:
@@ -443,6 +451,12 @@ def phase_resume(comm, directory):
                     f.write(data)
             elif fault == "other save":  # shard 0 of a later save of the same run
                 shutil.copyfile(os.path.join(directory, "later", "shard-0-of-3.fastopt"), name)
+            elif fault == "lacking an array":  # a sound file without one state array
+                from fastopt._ckpt_io import _read
+                header, arrays, _ = _read(name + ".good")
+                named = dict(zip(header["params"]["names"], arrays))
+                del named["state.exp_avg_sq"]
+                fastopt.save(name, named)
         comm.Barrier()
         try:
             expect_everywhere(comm, fastopt.CheckpointError, words,

@@ -200,6 +200,15 @@ class _Files(_StateDicts):
                     save_id, meta = info["save_id"], info["meta"]
                 elif info["save_id"] != save_id:
                     raise CheckpointError(f"{directory}: the shards come from different saves")
+                # every shard holds the parameters and each state array its header names
+                held = sorted(key for key in named if key != "params")
+                try:
+                    wanted = ["state." + key for key in self._keys(info["meta"])]
+                except (KeyError, ValueError, TypeError, AttributeError):
+                    wanted = None
+                if "params" not in named or held != wanted:
+                    raise CheckpointError(f"{name}: the arrays in it ({held}) are not those "
+                                          f"its header names ({wanted})")
                 s, e = max(a, lo), min(b, hi)
                 for key, array in named.items():
                     if array.shape != (b - a,) or array.dtype != self.flat.dtype:

@@ -182,26 +182,33 @@ class _StateDicts(_Stepping):
         (this rank's slice of the parameters) the parameters; checked on every
         rank before anything changes."""
         lo = self.shard[0]
-        state: dict[int, dict[str, Any]] = {}
-        for j, (i, off, n) in enumerate(self._local):
-            entry = meta["state"].get(i)
-            if entry is None:
-                continue
-            step, keys = entry
-            start = self._spans[i][0] + off - lo
-            s: dict[str, Any] = {} if step is None else {"step": step}
-            for key in keys:
-                s[key] = slices[key][start:start + n]
-            state[j] = s
-        local = {"state": state, "param_groups": [
-            {**meta["groups"][k], "params": [j for j, (i, _, _) in enumerate(self._local)
-                                             if self._group_of[i] == k]}
-            for k in self._local_groups]}
+        local: dict[str, Any] = {}
 
         def check() -> None:
+            # (the local state is built here too: a key the saved state lacks
+            # raises on every rank, not on the one whose slice needs it)
+            state: dict[int, dict[str, Any]] = {}
+            for j, (i, off, n) in enumerate(self._local):
+                entry = meta["state"].get(i)
+                if entry is None:
+                    continue
+                step, keys = entry
+                start = self._spans[i][0] + off - lo
+                s: dict[str, Any] = {} if step is None else {"step": step}
+                for key in keys:
+                    if key not in slices:
+                        raise ValueError(f"the saved state has no {key!r} array (parameter {i} "
+                                         "has one)")
+                    s[key] = slices[key][start:start + n]
+                state[j] = s
             if len(meta["groups"]) != len(self.param_groups):
                 raise ValueError(f"the saved state has {len(meta['groups'])} parameter groups, "
                                  f"this optimizer has {len(self.param_groups)}")
+            local["state"] = state
+            local["param_groups"] = [
+                {**meta["groups"][k], "params": [j for j, (i, _, _) in enumerate(self._local)
+                                                 if self._group_of[i] == k]}
+                for k in self._local_groups]
             for k, g in enumerate(meta["groups"]):
                 self._loaded_group(k, g)
             if self.optimizer is not None:

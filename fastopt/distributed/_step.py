@@ -183,6 +183,11 @@ class _Stepping:
             schedules = [_spec.schedule_keys(f"param_groups[{k}]", group)
                          for k, group in enumerate(self.param_groups)]
             digest = int(_digest([check_finite, inv_scale, hypers, schedules])[:15], 16)
+            if self.optimizer is not None:
+                # What the local step would refuse (its state edited on this
+                # rank only): refused here, before any rank steps.
+                self.optimizer._check_step(self._local_grads,
+                                           [hypers[k] for k in self._local_groups])
         except Exception as e:
             error = e
         if K > 1:
