@@ -395,6 +395,7 @@ class _Optimizer(torch.optim.Optimizer):
     # The NumPy classes' state helpers, which their hooks call on ``self``.
     _KERNEL_ARG: dict[str, str] = {}
     _fresh = _numpy_optimizers._Stored._fresh
+    _made: list | None = None  # (during a plan: see ``_plan``)
     _stored = _numpy_optimizers._Stored._stored
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -622,10 +623,22 @@ class _Optimizer(torch.optim.Optimizer):
         every flattened parameter's data and gradient pointers and its flat
         state tensors' data pointers are the same (checked at every step: two
         pointer compares per parameter, one per flat state tensor)."""
+        self._track_state()
+        made: list = []  # parameters given a fresh state by this plan
+        self._made = made
+        try:
+            return self._planned(hypers)
+        except BaseException:  # nothing changed: their state made is taken back
+            for p in made:
+                self.state.pop(p, None)
+            raise
+        finally:
+            self._made = None
+
+    def _planned(self, hypers: list[dict]) -> list:
         work: list = []
         kinds = set()
         cache = self._plan_cache
-        self._track_state()
         changes = self._changes
         for k, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             params = group["params"]
@@ -695,15 +708,15 @@ class _Optimizer(torch.optim.Optimizer):
                              ".to(memory_format=torch.contiguous_format)")
         pv = C.check_param(name, _view(name, p))
         gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", grad), pv, name)
-        state = self.state[p]
-        if not state:
-            state.update(self._new_state(p, hyper))
+        state = self._state_of(p, hyper)
         shadow: dict = {}
         for key, value in state.items():
             if key == "step":  # set by hand, or loaded: a whole number, or refused
                 shadow[key] = _state_io.step_count(f"state 'step' of {name}", value)
             elif value is not None:
                 shadow[key] = C.check_state(f"state {key!r} of {name}", _view(key, value), pv, name)
+
+        self._check_required(f"state of {name}", shadow, hyper)
 
         def commit(shadow: dict) -> None:
             for key, value in shadow.items():
@@ -715,6 +728,28 @@ class _Optimizer(torch.optim.Optimizer):
                 elif key not in state:
                     state[key] = _tensor(value)
         return pv, gv, shadow, hyper, commit
+
+    def _state_of(self, p: torch.Tensor, hyper: dict) -> dict:
+        """``p``'s state, made fresh where it has none (or an emptied one),
+        noted for ``_plan`` to take back if the plan fails."""
+        state = self.state[p]
+        if not state:
+            state.update(self._new_state(p, hyper))
+            assert self._made is not None
+            self._made.append(p)
+        return state
+
+    def _check_required(self, name: str, shadow: dict, hyper: dict) -> None:
+        """Refuse a state without the keys its step reads (loaded or edited
+        so), before any parameter is stepped, as the NumPy classes do."""
+        cls = self._numpy_cls
+        if self.spec.has_step and "step" not in shadow:
+            raise ValueError(f"{name} has no 'step' (removed since its first step, or "
+                             "loaded without one)")
+        missing = [k for k in cls._required_state(self, shadow, hyper)
+                   if k not in cls._MADE_BY_STEP and shadow.get(k) is None]
+        if missing:
+            raise ValueError(f"{name} lacks {missing} (removed, or loaded without them)")
 
     def _flush(self, run: list, hyper: dict, items: list) -> None:
         """Turn ``run`` (consecutive ``(buffer, index)`` in one buffer) into plan
@@ -730,9 +765,7 @@ class _Optimizer(torch.optim.Optimizer):
         params = [b.param(k) for k in range(first, last + 1)]
         keys = None
         for k, p in zip(range(first, last + 1), params):
-            state = self.state[p]
-            if not state:
-                state.update(self._new_state(p, hyper))
+            state = self._state_of(p, hyper)
             mine = store["views"].get(k)
             if mine is None or any(state.get(key) is not v for key, v in mine.items()) \
                     or len(state) != len(mine):
@@ -851,6 +884,7 @@ class _Run:
         if steps is not None:
             shadow["step"] = _state_io.step_count("state 'step' of a flattened parameter",
                                                   steps[0])
+        opt._check_required("the state of flattened parameters", shadow, hyper)
         return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow))]
 
     def commit(self, opt: _Optimizer, shadow: dict) -> None:

@@ -719,3 +719,45 @@ def test_float32_hyperparameters_beyond_float32s_range_are_refused_like_torch(na
     with pytest.raises(ValueError, match="beyond float32's range"):
         opt.step()
     assert torch.equal(w, before)
+
+
+@pytest.mark.parametrize("name, lacking", [("Adam", ["exp_avg"]), ("Adagrad", ["sum"]),
+                                           ("Adam", ["step"])])
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_state_lacking_keys_is_refused_before_anything_changes(name, lacking, flat):
+    # The first parameter was stepped (and its step counted) before the
+    # second's missing moment raised a KeyError; torch raises with nothing
+    # changed, and so does fastopt now, naming the keys.
+    net = model(torch.float32)
+    opt = getattr(ft, name)(net.parameters(), lr=0.1)
+    if flat:
+        ft.flatten_(net)
+    net(X.float()).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    last = max(sd["state"])
+    for key in lacking:
+        del sd["state"][last][key]
+    opt.load_state_dict(sd)
+    before = [p.detach().clone() for p in net.parameters()]
+    steps = [float(opt.state[p]["step"]) for p in list(net.parameters())[:-1]]
+    with pytest.raises(ValueError, match="lacks|no 'step'"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters()))
+    assert [float(opt.state[p]["step"]) for p in list(net.parameters())[:-1]] == steps
+
+
+def test_a_refused_step_makes_no_state():
+    # The state of the parameters planned before the refused one was made
+    # (zeros) and kept; torch's refusals leave none either.
+    a = torch.nn.Parameter(torch.ones(4))
+    b = torch.nn.Parameter(torch.ones(4, 4).t())  # not contiguous: refused
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(4, 4)
+    with pytest.raises(ValueError, match="not contiguous"):
+        opt.step()
+    assert not any(opt.state.values())
+    b.data = b.data.contiguous()
+    b.grad = torch.ones(4, 4)
+    opt.step()
+    assert float(opt.state[a]["step"]) == float(opt.state[b]["step"]) == 1.0
