@@ -836,6 +836,27 @@ class _Optimizer(torch.optim.Optimizer):
             self.state = _State(self._changes, state.items())
             self._changes.n += 1  # (an empty one has counted nothing)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's. A state dict of the NumPy classes (``state_dict(to_torch=True)``
+        or ``dequantize=True``) loads too: their own group options, which
+        fastopt.torch does not take (``state_dtype`` and the bfloat16
+        parameters' options), are left out, as torch's optimizers leave them
+        unused, and the state is the float tensors it holds. Reduced-precision
+        state as stored (codes and block scales) is refused: ask for it
+        dequantized."""
+        if isinstance(state_dict, dict):
+            for i, s in (state_dict.get("state") or {}).items():
+                if isinstance(s, dict) and s.get("state_dtype"):
+                    raise ValueError(f"state_dict['state'][{i}] holds {s['state_dtype']} state "
+                                     "as stored (codes and block scales); fastopt.torch takes "
+                                     "float state: save it with state_dict(to_torch=True)")
+            groups = state_dict.get("param_groups")
+            if isinstance(groups, list):
+                state_dict = {**state_dict, "param_groups": [
+                    {k: v for k, v in g.items() if k not in _NOT_HERE} if isinstance(g, dict)
+                    else g for g in groups]}
+        super().load_state_dict(state_dict)
+
     def state_dict(self) -> dict[str, Any]:
         """torch's, its parameters' states as plain dicts (``torch.load``'s
         ``weights_only`` unpickler takes no other kind)."""

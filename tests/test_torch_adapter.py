@@ -761,3 +761,27 @@ def test_a_refused_step_makes_no_state():
     b.grad = torch.ones(4, 4)
     opt.step()
     assert float(opt.state[a]["step"]) == float(opt.state[b]["step"]) == 1.0
+
+
+def test_a_numpy_optimizers_torch_state_dict_loads_and_steps():
+    # The NumPy classes' own group options (state_dtype...) came along and
+    # every later step was refused, where torch.optim loads and steps.
+    import fastopt
+    n = 5000
+    w = np.linspace(-1, 1, n).astype(np.float32)
+    numpy_opt = fastopt.Adam([w], lr=0.1, state_dtype="int8")
+    numpy_opt.step([np.ones(n, np.float32)])
+    results = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        p = torch.nn.Parameter(torch.ones(n))
+        opt = cls([p], lr=0.1)
+        opt.load_state_dict(numpy_opt.state_dict(to_torch=True))
+        p.grad = torch.ones(n)
+        opt.step()
+        results.append(p.detach().clone())
+    assert "state_dtype" not in opt.param_groups[0]
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
+    stored = numpy_opt.state_dict()  # codes and block scales: refused, nothing changed
+    with pytest.raises(ValueError, match="int8 state as stored.*to_torch=True"):
+        opt.load_state_dict(stored)
+    assert float(opt.state[p]["step"]) == 2.0
