@@ -322,6 +322,7 @@ class Optimizer:
                 # (also without a gradient: its arrays may be another's)
                 self._plist.check_fits(i, params[i], state)
                 if grads[i] is not None and state:
+                    self._plist.check_grad_apart(i, grads[i], state, f"the gradient of params[{i}]")
                     step = state.get("step")
                     if self.spec.has_step and not (type(step) is int
                                                    and 0 <= step < C.STEP_LIMIT):

@@ -228,7 +228,7 @@ class ParamList:
         ``check_fits``, and parameters from each other at construction.)
         One sweep over the arrays sorted by address (host or GPU: all of one
         kind, as the parameters are)."""
-        keys = (*self.state_keys, "master", *(k + "_absmax" for k in self.state_keys))
+        keys = self.kernel_keys
         spans = []
         for i, v in enumerate(views):
             st = state.get(i)
@@ -247,6 +247,22 @@ class ParamList:
             if furthest is None or span[1] > furthest[1]:
                 furthest = span
         self.apart_pending = False
+
+    @property
+    def kernel_keys(self) -> tuple:
+        """The state keys whose arrays the kernels write."""
+        return (*self.state_keys, "master", *(k + "_absmax" for k in self.state_keys))
+
+    def check_grad_apart(self, i: int, g: Any, state: Any, name: str) -> None:
+        """Gradient ``g`` (``name``) shares no memory with the state arrays of
+        parameter ``i``: the kernels would read it after writing them."""
+        if not isinstance(state, dict):
+            return
+        for key in self.kernel_keys:
+            a = state.get(key)
+            if a is not None and (np.may_share_memory(g, a) if isinstance(a, np.ndarray)
+                                  and isinstance(g, np.ndarray) else _overlap(g, a)):
+                raise ValueError(f"{name} shares memory with params[{i}]'s state {key!r}")
 
     def as_checked(self, i: int) -> bool:
         """Whether host parameter ``i`` is as last checked: its shape and
@@ -293,6 +309,14 @@ def _address(a: Any) -> int:
     """The address of a host or GPU array's first byte."""
     face = getattr(a, "__array_interface__", None) or a.__cuda_array_interface__
     return face["data"][0]
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two C-contiguous arrays (GPU ones: by address) overlap."""
+    if not (a.nbytes and b.nbytes):
+        return False
+    x, y = _address(a), _address(b)
+    return x < y + b.nbytes and y < x + a.nbytes
 
 
 def _span_name(span: tuple) -> str:

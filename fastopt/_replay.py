@@ -254,7 +254,9 @@ class Replay:
                         return False
                     last_g = e.last_g
                     if last_g is None or last_g() is not g:
-                        if np.may_share_memory(g, p):
+                        # (a new gradient: not the parameter, nor its state)
+                        if np.may_share_memory(g, p) or any(
+                                np.may_share_memory(g, a) for a in arrays):
                             return False
                         e.last_g = weakref.ref(g)
                     if g.ndim != 1:

@@ -885,6 +885,38 @@ def test_state_shared_with_another_parameter_is_refused_before_any_write(case):
     assert all(np.array_equal(a, b) for a, b in zip(before, params))
 
 
+@pytest.mark.parametrize("how", ["the state array", "a view overlapping it"])
+@pytest.mark.parametrize("cls,key,hyper", [(fastopt.Adam, "exp_avg_sq", {}),
+                                           (fastopt.SGD, "momentum_buffer", {"momentum": 0.5}),
+                                           (fastopt.Adagrad, "sum", {}),
+                                           (fastopt.Adam, "exp_avg_absmax", {"state_dtype": "int8"})])
+def test_a_gradient_sharing_memory_with_its_own_state_is_refused(cls, key, hyper, how):
+    # The README promises it; the functional API refused it, the classes took
+    # it (on the checked and the replayed path) and read the gradient after
+    # writing the state (p went -1.5, -2, -2.5... against -1.5, -2.5, -2.5...).
+    n = 5000
+    params = [np.linspace(-1, 1, n).astype(np.float32), np.ones(n, np.float32)]
+    opt = cls(params, lr=0.1, **hyper)
+    grads = [np.ones(n, np.float32), np.ones(n, np.float32)]
+    opt.step(grads)
+    opt.step(grads)  # recorded: the next is a replay, when it may be
+    state = opt.state[1][key]
+    bad = state if how == "the state array" else np.concatenate([state, state])[:0]
+    if how != "the state array":  # a view of the state's memory, of the gradient's size
+        buf = np.zeros(n + state.size, np.float32)
+        opt.state[1][key] = buf[:state.size]
+        opt.state[1][key][:] = state
+        bad = buf[state.size - 1:state.size - 1 + n] if state.size < n else buf[1:n + 1]
+    if bad.size != n:
+        pytest.skip("no gradient-sized view of this state array")
+    before = [p.copy() for p in params] + [opt.state[1][key].copy()]
+    with pytest.raises(ValueError, match=rf"params\[1\] shares memory with params\[1\]'s "
+                                         rf"state '{key}'"):
+        opt.step([grads[0], bad])
+    after = [p for p in params] + [opt.state[1][key]]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
 def test_a_bfloat16_parameters_master_set_to_another_parameter_is_refused():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     f, p = np.ones(8, np.float32), np.ones(8, ml_dtypes.bfloat16)
