@@ -177,10 +177,15 @@ class Replay:
         # its items, its keys, its entries] (the values change with the lr).
         self.groups = []
         start = 0
+        pending = iter(self.entries)  # (in index order, as the groups are)
+        e = next(pending, None)
         for group in opt.param_groups:
             params = group["params"]
             members = tuple(params)
-            entries = [e for e in self.entries if start <= e.index < start + len(members)]
+            entries = []
+            while e is not None and e.index < start + len(members):
+                entries.append(e)
+                e = next(pending, None)
             self.groups.append([group, params, members, tuple(group.values()), tuple(group),
                                 entries])
             start += len(members)

@@ -307,3 +307,20 @@ def test_a_group_whose_params_key_was_removed_is_refused_clearly():
     del opt.param_groups[0]["params"]
     with pytest.raises(ValueError, match="'params'"):
         opt.step([np.ones(3)])
+
+
+@pytest.mark.parametrize("where", [0, 7, 19])
+def test_many_parameters_overlapping_anywhere_are_refused(where):
+    # Beyond a few arrays the check sorts their byte ranges (every pair was
+    # compared: most of a minute to build an optimizer of 800 groups).
+    buf = np.zeros(200)
+    params = [buf[10 * i:10 * i + 10] for i in range(20)]
+    fastopt.Adam(params[::-1], lr=0.1)  # apart: accepted, in any order
+    overlapping = params[:where] + [buf[10 * where + 5:10 * where + 12]] + params[where:]
+    with pytest.raises(ValueError, match="share memory"):
+        fastopt.Adam(overlapping[::-1], lr=0.1)
+    with pytest.raises(ValueError, match="share memory"):
+        fastopt.Adam([{"params": [p]} for p in overlapping], lr=0.1)
+    inside = params + [buf[0:200]]  # one range holding all the others
+    with pytest.raises(ValueError, match="share memory"):
+        fastopt.Adam(inside, lr=0.1)
