@@ -14,6 +14,8 @@ import textwrap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from . import _checks as C
 from . import _state_dtype
 
@@ -129,7 +131,10 @@ _ROUNDING = (Hyper("stochastic_rounding", False, "flag", keyword_only=True),
 BFLOAT16_PARAMS = ("master_weights", "stochastic_rounding", "rounding_seed")
 
 
-_CACHEABLE = (float, int, bool, str, type(None))
+# (NumPy's scalars too: a schedule computed with NumPy gives np.float64 rates)
+_NUMPY_FLOATS = (np.float64, np.float32, np.float16)
+_CACHEABLE = (float, int, bool, str, type(None), *_NUMPY_FLOATS, np.bool_,
+              np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
 
 
 def immutable(value: Any) -> bool:
@@ -141,7 +146,7 @@ def immutable(value: Any) -> bool:
 def _signed(value: Any) -> Any:
     """``value``, a zero with its sign (-0.0 == 0.0, and a learning rate's
     sign is the result's)."""
-    if type(value) is float and value == 0:  # (the only float kind cached)
+    if (type(value) is float or type(value) in _NUMPY_FLOATS) and value == 0:
         return (value, math.copysign(1.0, value))
     return value
 

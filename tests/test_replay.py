@@ -525,6 +525,29 @@ def test_a_schedule_changing_lr_is_replayed(cls, hyper, checked_steps):
     assert len(checked_steps) == 1 + 8  # a: its first step only
 
 
+@pytest.mark.parametrize("kind", [np.float64, np.float32])
+def test_a_numpy_scalar_learning_rate_is_replayed(kind, checked_steps):
+    """A rate computed with NumPy (np.cos, np.linspace...) is a NumPy scalar:
+    it counted as a value that may change in place, and every step took the
+    checked path (8.5x the replayed one at 200 parameters)."""
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(300).astype(np.float32)
+    q = p.copy()
+    a, b = fastopt.Adam([p], lr=1e-2), fastopt.Adam([q], lr=1e-2)
+    for t in range(8):
+        g = rng.standard_normal(300).astype(np.float32)
+        for opt in (a, b):
+            opt.param_groups[0]["lr"] = kind(1e-2 * (1 + np.cos(np.pi * t / 8)) / 2)
+        a.step([g])
+        b.step([g], check_finite=True)
+    assert p.tobytes() == q.tobytes()
+    assert len(checked_steps) == 1 + 8  # a: its first step only
+    for lr in (kind(-0.0), kind(0.0)):  # a zero's sign is still seen
+        a.param_groups[0]["lr"] = lr
+        a.step([g])
+    assert len(checked_steps) == 1 + 8
+
+
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), True, "0.1", np.array(0.1)])
 def test_a_bad_scheduled_lr_is_refused_by_the_checked_path(bad):
     opt, p, g = _adam()
