@@ -421,7 +421,7 @@ class Call(_Launch):
 # function on that parameter: a loop over a model's layers repeats each.
 # Its arrays are held weakly, so an id reused by a new array never matches.
 _CALLS: dict = {}
-_KEEP = 1024  # recorded calls at most (then start afresh)
+_KEEP = 4096  # recorded calls at most (then the oldest half is dropped)
 
 
 def recall(fn, arrays, given, target):
@@ -432,5 +432,13 @@ def recall(fn, arrays, given, target):
 
 def remember(fn, arrays, call):
     if len(_CALLS) >= _KEEP:
-        _CALLS.clear()
+        # Calls on freed parameters first; then the oldest half (a loop over
+        # more layers than this keeps recording; clearing everything made a
+        # loop over 1,100 layers never replay).
+        for key in [key for key, c in _CALLS.items() if c.refs[0]() is None]:
+            del _CALLS[key]
+        if len(_CALLS) >= _KEEP // 2:
+            for key in list(_CALLS)[:len(_CALLS) - _KEEP // 2]:
+                del _CALLS[key]
+    _CALLS.pop((fn, id(arrays[0])), None)  # (re-inserted: the newest)
     _CALLS[fn, id(arrays[0])] = call

@@ -570,3 +570,23 @@ def test_a_loop_over_layers_replays_each_layer(monkeypatch):
             fastopt.functional.adam(p, np.ones_like(p), m, v, step=t, lr=0.1)
     assert len(calls) == 6  # every call after each layer's first
     assert all(np.allclose(p, layers[0][0][0]) for p, _, _ in layers)
+
+
+def test_a_loop_over_more_layers_than_a_thousand_replays(monkeypatch):
+    """The recorded calls were all dropped at 1,024: a loop over 1,100
+    layers never replayed (10x per call). Now the oldest go first, and
+    only beyond 4,096."""
+    from fastopt import _replay
+    monkeypatch.setattr(_replay, "_CALLS", {})
+    calls = []
+    run = _replay.Call.run
+    monkeypatch.setattr(_replay.Call, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    layers = [(np.zeros(4), np.zeros(4), np.zeros(4)) for _ in range(1100)]
+    g = np.ones(4)
+    for t in range(1, 4):
+        for p, m, v in layers:
+            fastopt.functional.adam(p, g, m, v, step=t, lr=0.1)
+    assert len(calls) == 2 * 1100
+    for k in range(_replay._KEEP + 10):  # beyond the limit: the oldest are dropped
+        _replay.remember("adam", (np.zeros(1),), _replay._CALLS[next(iter(_replay._CALLS))])
+    assert len(_replay._CALLS) <= _replay._KEEP
