@@ -34,12 +34,15 @@ import numpy as np
 
 import fastopt
 from fastopt.bench import bytes_per_step, roofline_time
+from fastopt.bench.cases import target_for
+from fastopt.bench.cli import whole
 
 # name (as in ``python -m fastopt bench``) -> how to make the optimizer
 OPTIMIZERS = {
-    "sgd-momentum": lambda params: fastopt.SGD(params, lr=0.5, momentum=0.9),
-    "adagrad": lambda params: fastopt.Adagrad(params, lr=0.1),
-    "adam": lambda params: fastopt.Adam(params, lr=0.02),
+    "sgd-momentum": lambda params, target: fastopt.SGD(params, lr=0.5, momentum=0.9,
+                                                       target=target),
+    "adagrad": lambda params, target: fastopt.Adagrad(params, lr=0.1, target=target),
+    "adam": lambda params, target: fastopt.Adam(params, lr=0.02, target=target),
 }
 TARGET_REDUCTION = 10.0
 
@@ -47,8 +50,8 @@ TARGET_REDUCTION = 10.0
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1e6 elements, 100 steps")
-    parser.add_argument("--size", type=lambda s: int(float(s)), help="elements (default 1e8)")
-    parser.add_argument("--steps", type=int, help="training steps (default 200)")
+    parser.add_argument("--size", type=whole(1), help="elements (default 1e8)")
+    parser.add_argument("--steps", type=whole(1), help="training steps (default 200)")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,7 +72,10 @@ def main(argv=None):
     p = rng.standard_normal(n, dtype=dtype)
     d = np.exp(rng.uniform(np.log(0.01), 0.0, n)).astype(dtype)   # curvatures in [0.01, 1]
     g = np.empty_like(p)
-    opt = OPTIMIZERS[args.optimizer]([p])
+    # The kernel the roofline is timed with (serial below the parallel
+    # threshold, parallel above), asked for: by default fastopt times both
+    # and may take the other on a busy machine, against the wrong roofline.
+    opt = OPTIMIZERS[args.optimizer]([p], target_for(n))
 
     def loss():
         np.multiply(d, p, out=g)
