@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlp_digits  # noqa: E402  (the model, its data and its passes)
 
 import fastopt  # noqa: E402
+from fastopt.bench.cli import whole  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 NAMES = ("w1", "b1", "w2", "b2")
@@ -126,8 +127,8 @@ def speed(n, rounds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 steps, timing at 1e5")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--speed", type=float, help="elements of the timed vector (default 2e7)")
+    parser.add_argument("--steps", type=whole(1))
+    parser.add_argument("--speed", type=whole(1), help="elements of the timed vector (default 2e7)")
     args = parser.parse_args(argv)
     seeds = [0] if args.quick else [0, 1, 2]
     steps = args.steps or (200 if args.quick else 400)

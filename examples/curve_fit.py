@@ -34,6 +34,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 import fastopt.functional as F
+from fastopt.bench.cli import whole
 
 NAMES = ["height1", "centre1", "width1", "height2", "centre2", "width2", "offset", "slope"]
 TRUE = np.array([3.0, 4.2, 0.6, 2.0, 5.5, 0.9, 0.5, 0.05])
@@ -68,7 +69,9 @@ def model(theta, x):
 
 def fit_adam(x, y, theta0, max_iterations, gtol, lr=0.05, amsgrad=True):
     """Minimise half the mean squared residual with Adam, from theta0, until the
-    gradient's norm is below gtol. Returns (theta, cost before each iteration).
+    gradient's norm is below gtol, or for max_iterations steps. Returns
+    (theta, cost before each step and after the last, whether the norm got
+    below gtol).
 
     amsgrad=True (the default here) divides by the largest second moment seen
     so far, so once the gradient vanishes the steps keep shrinking. Plain Adam
@@ -80,15 +83,17 @@ def fit_adam(x, y, theta0, max_iterations, gtol, lr=0.05, amsgrad=True):
     # Adam's state: our arrays, updated in place by each call.
     exp_avg, exp_avg_sq, max_exp_avg_sq = (np.zeros_like(theta) for _ in range(3))
     costs = []
-    for t in range(1, max_iterations + 1):
+    for t in range(1, max_iterations + 2):
         pred, jac = model(theta, x)
         r = pred - y
         costs.append(0.5 * np.mean(r * r))
         grad = jac.T @ r / x.size
         if np.linalg.norm(grad) < gtol:
+            return theta, np.array(costs), True
+        if t > max_iterations:
             break
         F.adam(theta, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=t, lr=lr, amsgrad=amsgrad)
-    return theta, np.array(costs)
+    return theta, np.array(costs), False
 
 
 def fit_scipy(x, y, theta0):
@@ -142,7 +147,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"stop at a gradient norm of {QUICK_GTOL:g} instead of {GTOL:g}")
-    parser.add_argument("--max-iterations", type=int, default=20_000)
+    parser.add_argument("--max-iterations", type=whole(1), default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw data, fit, residuals and convergence (also runs plain Adam)")
@@ -152,14 +157,15 @@ def main(argv=None):
     x, y = make_data(args.seed)
     # A rough first guess, as one would read it off a plot of the data.
     theta0 = np.array([2.5, 4.0, 1.0, 2.5, 6.0, 1.0, 0.0, 0.0])
-    theta, costs = fit_adam(x, y, theta0, args.max_iterations, gtol)
-    iterations = len(costs) - 1
+    theta, costs, converged = fit_adam(x, y, theta0, args.max_iterations, gtol)
+    iterations = len(costs) - 1  # Adam steps taken (the last cost is after the last step)
     theta_ref, stderr = fit_scipy(x, y, theta0)
     cost_ref = 0.5 * np.mean((model(theta_ref, x)[0] - y) ** 2)
     distance = np.abs(theta - theta_ref) / stderr
 
-    print(f"{len(x)} samples, {len(theta)} parameters; Adam (amsgrad) stopped after "
-          f"{iterations:,} iterations (gradient norm < {gtol:g})")
+    print(f"{len(x)} samples, {len(theta)} parameters; Adam (amsgrad) "
+          + (f"stopped after {iterations:,} iterations (gradient norm < {gtol:g})" if converged
+             else f"did NOT reach a gradient norm < {gtol:g} in {iterations:,} iterations"))
     print(f"{'parameter':<9} {'true':>7} {'fastopt':>10} {'scipy':>10} {'std err':>9} "
           f"{'|diff|/std err':>15}")
     for name, true, a, b, s, d in zip(NAMES, TRUE, theta, theta_ref, stderr, distance):
@@ -167,16 +173,17 @@ def main(argv=None):
     cost_gap = costs[-1] / cost_ref - 1
     print(f"cost (half the mean squared residual): fastopt {costs[-1]:.12f}, "
           f"scipy {cost_ref:.12f} (relative difference {cost_gap:.1e})")
-    ok = bool(iterations < args.max_iterations and np.all(distance < TOLERANCE))
+    ok = bool(converged and np.all(distance < TOLERANCE))
     print(f"largest difference: {distance.max():.1e} standard errors "
           f"(tolerance {TOLERANCE}): {'agree' if ok else 'DISAGREE'}")
     if args.plot:
-        _, plain = fit_adam(x, y, theta0, max(iterations, 15_000), 0.0, amsgrad=False)
+        _, plain, _ = fit_adam(x, y, theta0, max(iterations, 15_000), 0.0, amsgrad=False)
         plot(x, y, theta, {"plain Adam": (plain, "0.55"),
                            f"amsgrad, stops at |g| < {gtol:g}": (costs, "C3")},
              cost_ref, args.plot)
         print(f"plot written to {args.plot}")
-    print("RESULT " + json.dumps({"example": "curve_fit", "ok": ok, "iterations": iterations,
+    print("RESULT " + json.dumps({"example": "curve_fit", "ok": ok, "converged": converged,
+                                  "iterations": iterations,
                                   "max_diff_in_stderr": float(f"{distance.max():.3g}"),
                                   "tolerance_in_stderr": TOLERANCE,
                                   "cost_relative_diff": float(f"{cost_gap:.3g}")}))

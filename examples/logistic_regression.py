@@ -39,6 +39,7 @@ from sklearn.model_selection import train_test_split
 
 import fastopt
 from fastopt.lr_scheduler import CosineAnnealingLR
+from fastopt.bench.cli import whole
 
 TARGET_ACCURACY = 0.95
 TARGET_GAP = 0.02          # final objective at most 2% above the optimum
@@ -129,8 +130,8 @@ def plot(curves, optimum, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 epochs instead of 60")
-    parser.add_argument("--epochs", type=int, help="number of passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=whole(1), help="number of passes over the training set")
+    parser.add_argument("--batch-size", type=whole(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="FILE.png", help="draw the training curves (needs matplotlib)")
     args = parser.parse_args(argv)

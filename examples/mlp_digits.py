@@ -31,6 +31,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import fastopt
+from fastopt.bench.cli import whole
 
 TARGET_ACCURACY = 0.95
 HIDDEN = 256
@@ -84,11 +85,11 @@ def accuracy(flat, X, y):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 epochs instead of 30")
-    parser.add_argument("--epochs", type=int, help="number of passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=whole(1), help="number of passes over the training set")
+    parser.add_argument("--batch-size", type=whole(1), default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden", type=int, default=HIDDEN,
+    parser.add_argument("--hidden", type=whole(1), default=HIDDEN,
                         help=f"hidden units (default {HIDDEN}: 19,210 parameters; 1024: 76,810, "
                              "above the parallel threshold)")
     parser.add_argument("--target", choices=["auto", "serial", "parallel"], default="auto",

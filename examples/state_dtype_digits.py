@@ -48,6 +48,7 @@ import numpy as np
 from mlp_digits import HIDDEN, accuracy, backward, forward, init_params, load_data
 
 import fastopt
+from fastopt.bench.cli import whole
 
 STATE_DTYPES = ["float32", "bfloat16", "int8", "int4"]
 # The most bytes of Adam state per parameter each may hold (README, "Reduced-precision state").
@@ -224,9 +225,9 @@ def plot(rows, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 200 steps")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 400)")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=whole(1), help="optimizer steps per run (default 400)")
+    parser.add_argument("--seeds", type=whole(1), help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--batch-size", type=whole(1), default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="largest drop of mean test accuracy from float32 state's")

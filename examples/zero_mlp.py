@@ -39,13 +39,14 @@ from mpi4py import MPI
 
 import fastopt
 from fastopt.distributed import ZeroOptimizer
+from fastopt.bench.cli import whole
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 epochs instead of 30")
-    parser.add_argument("--epochs", type=int, help="number of passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=48,
+    parser.add_argument("--epochs", type=whole(1), help="number of passes over the training set")
+    parser.add_argument("--batch-size", type=whole(1), default=48,
                         help="the global batch, split evenly across the ranks")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
