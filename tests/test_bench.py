@@ -97,11 +97,21 @@ def test_bench_rejects_unknown_optimizer():
     (["--sizes", "0"], "between 1 and"),
     (["--json", "/nonexistent-folder/r.json"], "does not exist"),
     (["--plot", "."], "is a folder"),
+    # (root may write anywhere by the permission bits: /proc still refuses,
+    # and the run failed at its end, its results lost)
+    (["--json", "/proc/fastopt-bench.json"], "cannot be written"),
 ])
 def test_bad_arguments_are_usage_errors_before_any_measurement(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_cuda_rows_without_a_gpu_measure_nothing_and_say_so(monkeypatch, capsys):
+    from fastopt.bench import cli
+    monkeypatch.setattr(cli, "cuda_device", lambda: (None, "no GPU (test)"))
+    assert bench.main(["--device", "cuda", "--no-progress"]) == 1
+    assert "nothing was measured" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):

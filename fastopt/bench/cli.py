@@ -213,8 +213,17 @@ def _check_output(p, option, path):
         p.error(f"{option} {path}: is a folder")
     if not os.path.isdir(folder):
         p.error(f"{option} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        p.error(f"{option} {path}: cannot be written")
+    # Opened for appending (and removed again if it was made now): permission
+    # bits alone (os.access) say yes to root, where /proc or a read-only
+    # mount still refuse, after the whole run.
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        p.error(f"{option} {path}: cannot be written ({e.strerror or e})")
+    if not existed:
+        os.remove(path)
 
 
 def parser():
@@ -307,6 +316,12 @@ def main(argv=None):
         plot(results["rows"], args.plot)
         if args.json != "-":
             print(f"\nplot written to {args.plot}")
+    elif args.plot:
+        print(f"--plot {args.plot}: no CPU row was measured (the plot draws those): not "
+              "written", file=sys.stderr)
+    if args.device == "cuda" and results["gpu"] is None:
+        print("nothing was measured: --device cuda, and no GPU (see above)", file=sys.stderr)
+        return 1
     if args.torch_loop:  # with --json -, stdout holds the JSON alone
         return torch_loop(args.quick, args.device, sys.stderr if args.json == "-" else None)
     return 0
