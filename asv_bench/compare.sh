@@ -25,10 +25,11 @@
 #
 # Exit status: 0 nothing worse; 1 something worse; 2 usage or asv error.
 set -euo pipefail
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # (for the usage, after the cd)
 cd "$(dirname "$0")"
 
 if [ $# -ne 2 ]; then
-    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$script" >&2
     exit 2
 fi
 
