@@ -212,9 +212,16 @@ class Replay:
         """Step ``opt`` with ``grads`` (None: its FlatParams' gradients) by
         replaying, if everything still holds; return whether it did (if not,
         nothing was changed)."""
-        if grads is not None and (type(grads) is not list and type(grads) is not tuple
-                                  or len(grads) != self.n):
-            return False
+        if grads is not None:
+            if type(grads) is not list and type(grads) is not tuple:
+                # any other sized collection the checked path takes (a dict's
+                # values, a deque) as a list; not an array (refused there)
+                if (isinstance(grads, np.ndarray) or not hasattr(grads, "__len__")
+                        or hasattr(grads, "__cuda_array_interface__")):
+                    return False
+                grads = list(grads)
+            if len(grads) != self.n:
+                return False
         with opt._lock:
             groups = opt.param_groups
             if (opt._replay is not self or groups is not self.group_list
@@ -240,6 +247,11 @@ class Replay:
                     (index, p, shape, dtype, st, keys, fetch, held, counted, owner, bits, arrays,
                      layouts) = e.check
                     g = grads[index]
+                    if g is None:  # no gradient this time: skipped, still as checked
+                        if not opt._plist.as_checked(index):
+                            return False
+                        flats.append(None)
+                        continue
                     if (type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape
                             or p.shape != shape or p.dtype is not dtype
                             or state.get(index) is not st or len(st) != keys
@@ -278,6 +290,8 @@ class Replay:
             # while its step count is the same: a function of both.
             key = scalars_of = values = None
             for e, g in zip(self.entries, flats):
+                if g is None:
+                    continue
                 args = e.args
                 if not e.p_as_given:
                     p = e.p
