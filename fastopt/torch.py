@@ -396,6 +396,7 @@ class _Optimizer(torch.optim.Optimizer):
     _KERNEL_ARG: dict[str, str] = {}
     _fresh = _numpy_optimizers._Stored._fresh
     _made: list | None = None  # (during a plan: see ``_plan``)
+    _swept = -1  # the state's change count at the last sweep for shared memory (``_planned``)
     _stored = _numpy_optimizers._Stored._stored
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -665,6 +666,16 @@ class _Optimizer(torch.optim.Optimizer):
         if len(kinds) > 1:
             raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
                             "or all on CUDA")
+        if self._swept != changes.n:
+            # The state changed since the last sweep (a state tensor set by
+            # hand, a load): no array one step writes may be another's, or it
+            # would be written twice (one parameter's state set to another's).
+            C.check_no_overlap([(f"the parameter(s) of step entry {k}", p)
+                                for k, (p, _, _, _, _) in enumerate(work)]
+                               + [(f"state {key!r} of step entry {k}", v)
+                                  for k, (_, _, shadow, _, _) in enumerate(work)
+                                  for key, v in shadow.items() if key != "step"])
+            self._swept = changes.n
         return work
 
     def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list]:
@@ -717,6 +728,10 @@ class _Optimizer(torch.optim.Optimizer):
                 shadow[key] = C.check_state(f"state {key!r} of {name}", _view(key, value), pv, name)
 
         self._check_required(f"state of {name}", shadow, hyper)
+        # (its state set by hand to the parameter's memory, or to its gradient's)
+        C.check_no_overlap([(name, pv), (f"{name}.grad", gv)]
+                           + [(f"state {key!r} of {name}", v) for key, v in shadow.items()
+                              if key != "step"])
 
         def commit(shadow: dict) -> None:
             for key, value in shadow.items():

@@ -785,3 +785,23 @@ def test_a_numpy_optimizers_torch_state_dict_loads_and_steps():
     with pytest.raises(ValueError, match="int8 state as stored.*to_torch=True"):
         opt.load_state_dict(stored)
     assert float(opt.state[p]["step"]) == 2.0
+
+
+@pytest.mark.parametrize("case", ["the parameter", "its gradient", "another's state",
+                                  "another parameter"])
+def test_state_sharing_memory_is_refused_before_anything_changes(case):
+    # The NumPy classes refused these; fastopt.torch stepped them, writing one
+    # tensor twice a step (or the parameter through its own state).
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.full((4,), 2.0))
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    target = {"the parameter": b.data, "its gradient": b.grad,
+              "another's state": opt.state[a]["exp_avg_sq"], "another parameter": a.data}[case]
+    opt.state[b]["exp_avg_sq"] = target
+    before = [a.detach().clone(), b.detach().clone(), opt.state[a]["exp_avg"].clone()]
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    assert torch.equal(before[0], a) and torch.equal(before[1], b)
+    assert torch.equal(before[2], opt.state[a]["exp_avg"])
+    assert float(opt.state[a]["step"]) == 1.0
