@@ -180,6 +180,10 @@ class ParamList:
         keys = (*self.state_keys, "master")
         if codec:
             keys += tuple(k + "_absmax" for k in self.state_keys)
+        if state.get("master") is not None and not _state_dtype.is_bfloat16(p):
+            # (stepped, it would be saved in a state dict no load accepts)
+            raise ValueError(f"params[{i}]'s state has a 'master' copy, which only bfloat16 "
+                             f"parameters keep; this one is {p.dtype} (remove the key)")
         arrays = [(key, state[key]) for key in keys if state.get(key) is not None]
         if codec:  # reduced-precision state: its own layout
             problem = _state_dtype.fits(codec, p, state, self.state_keys)

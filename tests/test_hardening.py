@@ -1052,3 +1052,20 @@ def test_step_counts_are_rewritten_only_once_everything_is_checked():
     with pytest.raises(TypeError):
         opt.step([np.ones(3)] * 2)
     assert type(opt.state[0]["step"]) is float
+
+
+def test_a_master_copy_on_a_full_precision_parameter_is_refused():
+    # It was stepped past, and the optimizer's own state dict then failed to
+    # load ("unknown key(s) ['master']").
+    params = [np.ones(8, np.float32), np.ones(8, np.float32)]
+    opt = fastopt.Adam(params, lr=0.1)
+    grads = [np.ones(8, np.float32)] * 2
+    opt.step(grads)
+    opt.state[1]["master"] = np.ones(8, np.float32)
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match=r"params\[1\]'s state has a 'master' copy"):
+        opt.step(grads)
+    assert all(np.array_equal(a, b) for a, b in zip(before, params))
+    del opt.state[1]["master"]
+    opt.step(grads)
+    fastopt.Adam([p.copy() for p in params], lr=0.1).load_state_dict(opt.state_dict())
