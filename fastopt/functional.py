@@ -149,6 +149,7 @@ def _check_stored(codec, name, key, value, param):
         if isinstance(param, np.ndarray):
             if not isinstance(part, np.ndarray):
                 raise TypeError(f"{where} must be a numpy.ndarray, got {type(part).__name__}")
+            part = C._base_ndarray(part)  # (np.matrix, memmaps: a plain view, as for the rest)
         else:
             part = C._device_array(where, part, "param")
         if tuple(part.shape) != shape or part.dtype != dtype:
@@ -157,6 +158,11 @@ def _check_stored(codec, name, key, value, param):
                              f"got {part.dtype}{list(part.shape)}")
         if isinstance(part, np.ndarray) and not (part.flags.c_contiguous and part.flags.writeable):
             raise ValueError(f"{where} must be C-contiguous and writeable")
+        if what == " absmax" and isinstance(part, np.ndarray) and not (
+                np.isfinite(part) & (part >= 0)).all():
+            # (as a state dict's are checked: a scale the kernels never make)
+            raise ValueError(f"{where} must hold finite block scales >= 0 (the largest "
+                             "|value| of each block)")
         checked.append(part)
     return checked[0], (checked[1] if len(checked) > 1 else None)
 

@@ -536,6 +536,14 @@ def test_functional_bad_stored_state_refused_nothing_changed():
         F.adam(p, np.ones_like(p), m, v, step=1, state_dtype="int4")
     with pytest.raises(ValueError, match="needs float32"):
         F.adam(p.astype(np.float64), np.ones(5000), m, v, step=1, state_dtype="int8")
+    for bad in (np.nan, -1.0, np.inf):  # scales the kernels never make (state dicts refuse them)
+        scales = v[1].copy()
+        scales[2] = bad
+        with pytest.raises(ValueError, match="exp_avg_sq absmax must hold finite block scales"):
+            F.adam(p, np.ones_like(p), m, (v[0], scales), step=1, state_dtype="int8")
+    matrix = (m[0], np.asmatrix(m[1]))  # a subclass, of the wrong shape: said so
+    with pytest.raises(ValueError, match=r"absmax must be float32\[20\].*got float32\[1, 20\]"):
+        F.adam(p, np.ones_like(p), matrix, v, step=1, state_dtype="int8")
     assert (p == 1).all() and (m[0] == F.zeros_state(p, "exp_avg", "int8")[0]).all()
 
 
