@@ -158,7 +158,7 @@ def _param_state(optimizer: Any, name: str, saved: Any, p: Any, hyper: dict) -> 
             continue
         if have:
             # Stored exactly (the same codec), or decoded to float32 first.
-            stored = {key + suffix: np.array(host_array(saved[key + suffix]), copy=True,
+            stored = {key + suffix: np.array(_stored_array(saved[key + suffix]), copy=True,
                                              order="C")
                       for suffix in D.layout(have, p) if key + suffix in saved}
             if have == want:
@@ -212,7 +212,7 @@ def _saved_codec(name: str, saved: dict, p: Any, keys: tuple) -> str:
                 continue
             a = saved.get(key + suffix)
             if a is not None:
-                a = host_array(a) if _cuda.is_cuda_array(a) else np.asarray(a)
+                a = _stored_array(a)
                 # (bfloat16 bits as uint16 of this machine's byte order: the
                 # other order, left as it is, is refused as absmax's is)
                 if (codec == "bfloat16" and a.dtype.itemsize == 2 and a.dtype.kind in "uV"
@@ -246,6 +246,21 @@ def step_count(name: str, value: Any) -> int:
     if step >= C.STEP_LIMIT:
         raise ValueError(f"{name} is too large: it must be below 2**1023")
     return int(step)
+
+
+def _stored_array(value: Any) -> np.ndarray:
+    """A saved reduced-precision state array (codes, block scales, bfloat16
+    bits) as NumPy: a GPU array copied to the host, a torch tensor viewed (a
+    bfloat16 one as its bits, which NumPy cannot hold as bfloat16)."""
+    if _cuda.is_cuda_array(value):
+        return host_array(value)
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        t = value.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+            return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+    return np.asarray(value)
 
 
 def _host_value(name: str, value: Any) -> np.ndarray:

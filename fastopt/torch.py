@@ -63,6 +63,9 @@ def _view(name: str, t: torch.Tensor) -> Any:
         return _cuda.as_array(name, t)
     if t.device.type != "cpu":
         raise TypeError(f"{name} is on {t.device}; fastopt.torch steps CPU and CUDA tensors")
+    if t.is_neg() or t.is_conj():  # (lazily negated: its memory holds the other sign)
+        raise ValueError(f"{name} is a lazily negated view (torch's neg bit): pass "
+                         f"{name.split('.')[-1]}.resolve_neg(), or a tensor of its own")
     return t.numpy()
 
 

@@ -606,3 +606,20 @@ def test_ml_dtypes_bfloat16_arrays_load_as_torch_bfloat16_tensors_do():
     sd["state"][0]["exp_avg"] = half
     opt.load_state_dict(sd)
     np.testing.assert_array_equal(opt.state[0]["exp_avg"], half.astype(np.float32))
+
+
+def test_bfloat16_state_given_as_torch_bfloat16_tensors_loads():
+    # NumPy cannot hold torch's bfloat16: np.asarray raised a bare
+    # "Got unsupported ScalarType BFloat16"; the tensor's bits are the state.
+    needs_ml_dtypes()
+    torch = pytest.importorskip("torch")
+    p, opt = _trained("bfloat16")
+    sd = opt.state_dict(to_host=True)
+    values = opt.state_dict(dequantize=True)["state"][0]
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        sd["state"][0][key] = torch.from_numpy(values[key]).to(torch.bfloat16)
+    other = fastopt.AdamW([p.copy()], lr=0.01, state_dtype="bfloat16", amsgrad=True)
+    other.load_state_dict(sd)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        np.testing.assert_array_equal(other.state[0][key].view(np.uint16),
+                                      opt.state[0][key].view(np.uint16))
