@@ -9,7 +9,9 @@ def main(argv=None):
     commands = {"bench": "measure speed on this machine (see 'bench --help')",
                 "warmup": "compile the CPU kernels into numba's on-disk cache"}
     if not argv or argv[0] not in commands:
+        from . import __version__
         parser = argparse.ArgumentParser(prog="python -m fastopt")
+        parser.add_argument("--version", action="version", version=f"fastopt {__version__}")
         parser.add_argument("command", choices=list(commands),
                             help="; ".join(f"{k}: {v}" for k, v in commands.items()))
         parser.parse_args(argv[:1])

@@ -546,5 +546,10 @@ def write():
 
 
 if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m fastopt.kernels.spec",
+        description="Regenerate fastopt/kernels/_cpu_loops.py and _cuda_loops.py from the "
+                    "kernels declared in spec.py (takes no arguments)").parse_args()
     for path in write():
         print(f"wrote {path}")
