@@ -107,13 +107,6 @@ def test_bad_arguments_are_usage_errors_before_any_measurement(argv, words, caps
     assert e.value.code == 2 and words in capsys.readouterr().err
 
 
-def test_cuda_rows_without_a_gpu_measure_nothing_and_say_so(monkeypatch, capsys):
-    from fastopt.bench import cli
-    monkeypatch.setattr(cli, "cuda_device", lambda: (None, "no GPU (test)"))
-    assert bench.main(["--device", "cuda", "--no-progress"]) == 1
-    assert "nothing was measured" in capsys.readouterr().err
-
-
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
     import importlib.util
     real = importlib.util.find_spec

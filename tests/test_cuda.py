@@ -255,8 +255,10 @@ def test_bench_cuda_rows_skipped_without_a_gpu(capsys):
         pass
     else:
         pytest.skip("a GPU is available")
-    assert bench.main(["--device", "cuda", "--sizes", "100", "--optimizers", "sgd"]) == 0
-    assert "CUDA rows skipped" in capsys.readouterr().err
+    # nothing measured: said, and not a success (it was 0, silently)
+    assert bench.main(["--device", "cuda", "--sizes", "100", "--optimizers", "sgd"]) == 1
+    err = capsys.readouterr().err
+    assert "CUDA rows skipped" in err and "nothing was measured" in err
 
 
 @pytest.mark.parametrize("kind", ["fastopt", "roofline"])

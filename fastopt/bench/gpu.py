@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .cases import bytes_per_step, make_step
+from .cases import bytes_per_step, make_step, state_bytes_per_param
 from .noise import check_row
 from .timing import batch_time
 
@@ -20,6 +20,7 @@ def measure_cuda(variant, n, dtype, repeats):
     return check_row({
         "optimizer": variant, "n": n, "dtype": np.dtype(dtype).name, "target": "cuda",
         "fastopt_ms": t_fast * 1e3, "gbps": moved / t_fast / 1e9,
+        "state_bytes": state_bytes_per_param(variant, dtype),
         "roofline_ms": t_roof * 1e3, "roofline_pct": 100 * t_roof / t_fast,
         "torch_ms": None if t_torch is None else t_torch * 1e3,
         "speedup_torch": None if t_torch is None else t_torch / t_fast,
