@@ -28,6 +28,7 @@ same parameter and state arrays with the same hyperparameters repeats the
 last one recorded for that function and parameter.
 """
 
+import copy
 import operator
 import weakref
 
@@ -422,6 +423,27 @@ class Call(_Launch):
             self.refs = (self.refs[0], weakref.ref(grad)) + self.refs[2:]
         return True
 
+    def with_new_lr(self, given):
+        """A copy of this call for hyperparameters ``given`` that differ from
+        its own in the learning rate only, to a valid one (its scalars are
+        among those given at each run); else None."""
+        key = _spec.cache_key(given)
+        if key is None or self.key is None or len(key) != len(self.key):
+            return None
+        changed = [new for new, old in zip(key, self.key) if new != old]
+        if len(changed) != 1 or changed[0][0] != "lr":
+            return None
+        rule = KERNELS[self.name].rule_function
+        try:
+            lr = _spec.RULE_SPECS[rule].hyper("lr").check(given["lr"])
+            hyper = {**self.hyper, "lr": lr}
+            check_range(rule, hyper, self.scalars, "")
+        except (TypeError, ValueError):  # the checked call says why
+            return None
+        moved = copy.copy(self)
+        moved.key, moved.hyper, moved.scalars_of = key, hyper, STEP_SCALARS[rule](hyper)
+        return moved
+
     def run(self, arrays, values):
         """Launch with ``arrays`` (those of ``matches``) and the step's scalars."""
         args = list(self.args)  # a copy: calls from several threads may share this one
@@ -439,9 +461,18 @@ _KEEP = 4096  # recorded calls at most (then the oldest half is dropped)
 
 
 def recall(fn, arrays, given, target):
-    """The recorded call of function ``fn`` these arguments repeat, or None."""
+    """The recorded call of function ``fn`` these arguments repeat (or
+    repeat with a new learning rate: a schedule's), or None."""
     call = _CALLS.get((fn, id(arrays[0])))
-    return call if call is not None and call.matches(arrays, given, target) else None
+    if call is None:
+        return None
+    if call.matches(arrays, given, target):
+        return call
+    moved = call.with_new_lr(given)
+    if moved is not None and moved.matches(arrays, given, target):
+        _CALLS[fn, id(arrays[0])] = moved  # (a copy: a thread running the old one keeps it)
+        return moved
+    return None
 
 
 def remember(fn, arrays, call):

@@ -256,3 +256,5 @@ ADAMW = ADAM.variant("AdamW", pinned={"decoupled_weight_decay": True},
                      weight_decay=1e-2, decoupled_weight_decay=True)
 
 SPECS = {spec.name: spec for spec in (SGD, ADAGRAD, ADAM, ADAMW)}
+# By update rule (a kernel's ``rule_function``; AdamW's rule is Adam's).
+RULE_SPECS = {"sgd": SGD, "adagrad": ADAGRAD, "adam": ADAM}

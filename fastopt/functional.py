@@ -201,6 +201,12 @@ def _check_arrays(param, grad, states, target, grad_scale, state_dtype=None):
             absmax or None)
 
 
+def _whole(step):
+    """A NumPy integer step count (from np.arange, say) as a Python int, as
+    the checks would read it; anything else as given."""
+    return int(step) if isinstance(step, np.integer) else step
+
+
 def _plain(grad_scale, check_finite, max_grad_norm):
     """Whether a call asks for no guard (so a recorded call may stand for it)."""
     return grad_scale is None and check_finite is False and max_grad_norm is None
@@ -307,6 +313,7 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
         (array([0.5, 1.5]), array([1., 4.]))
     """
     arrays = (param, grad, state_sum)
+    step = _whole(step)
     if (_plain(grad_scale, check_finite, max_grad_norm) and type(step) is int
             and 1 <= step < C.STEP_LIMIT):
         call = R.recall("adagrad", arrays, hyperparameters, target)
@@ -333,6 +340,7 @@ def adagrad(param: Array, grad: Array, state_sum: Array, *, step: int,
 def _adam(spec, fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, grad_scale,
           check_finite, max_grad_norm, norm_type, target, hyperparameters):
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    step = _whole(step)
     if (_plain(grad_scale, check_finite, max_grad_norm) and type(step) is int
             and 1 <= step < C.STEP_LIMIT):
         call = R.recall(fn, arrays, hyperparameters, target)

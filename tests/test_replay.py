@@ -615,3 +615,34 @@ def test_a_gradient_missing_on_some_steps_and_other_sequences_are_replayed(cls, 
     with pytest.raises(ValueError, match="read-only"):
         a.step([np.ones(50), None, np.ones(50)])
     assert all(np.array_equal(p, s) for p, s in zip(ps, snap))
+
+
+@pytest.mark.parametrize("fn, states, extra", [
+    ("adam", 2, {}), ("adamw", 2, {"weight_decay": 0.1}), ("adagrad", 1, {}),
+    ("sgd", 1, {"momentum": 0.9})])
+def test_functional_calls_follow_a_schedule_and_numpy_steps_replayed(fn, states, extra,
+                                                                       monkeypatch):
+    """A learning rate that changes at every call (a schedule), or a step
+    given as a NumPy integer, sent every call to the checked path (3.9x and
+    2.9x a replayed call); a new valid rate now replays, bitwise as checked."""
+    from fastopt import _replay
+    monkeypatch.setattr(_replay, "_CALLS", {})
+    calls = []
+    run = _replay.Call.run
+    monkeypatch.setattr(_replay.Call, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    F = fastopt.functional
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal(40)
+    q = p.copy()
+    mine, theirs = ([np.zeros(40) for _ in range(states)] for _ in range(2))
+    for t in np.arange(1, 9):
+        g = rng.standard_normal(40)
+        lr = 0.1 * (1 + np.cos(np.pi * t / 8)) / 2 if t % 2 else float(0.05 * t)
+        count = {"first_step": bool(t == 1)} if fn == "sgd" else {"step": t}
+        getattr(F, fn)(p, g, *mine, lr=lr, **count, **extra)
+        getattr(F, fn)(q, g, *theirs, lr=lr, check_finite=True, **count, **extra)
+    assert p.tobytes() == q.tobytes()
+    assert len(calls) == 7  # every call after the first
+    with pytest.raises(ValueError):  # a bad new rate: refused by the checked call
+        getattr(F, fn)(p, g, *mine, lr=-1.0, **count, **extra)
+    assert p.tobytes() == q.tobytes()
