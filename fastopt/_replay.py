@@ -38,7 +38,8 @@ from . import _spec, config
 from ._dispatch import direct, kernel, settled
 from ._state_dtype import plain_dtype
 from ._checks import STEP_LIMIT
-from ._update import SCALARS, STEP_ARGS, STEP_SCALARS, check_range, rounding_seed
+from ._update import (MOMENTUM_ARGS, MOMENTUM_KEYS, SCALARS, STEP_ARGS, STEP_SCALARS,
+                      check_range, rounding_seed)
 from .kernels.spec import KERNELS
 
 _is = operator.is_
@@ -315,24 +316,44 @@ class Replay:
 
 
 def _new_lr(opt, record):
-    """Whether only the group's learning rate changed (a schedule's doing), to
-    a valid one: then its entries take it (they are its checked values)."""
+    """Whether only the group's learning rate changed, or its momentum too
+    (SGD's momentum, Adam's betas: OneCycleLR cycles it) -- a schedule's
+    doing -- to valid values: then its entries take them, as the checked
+    step would make them (they are its checked values)."""
     group, _, _, values, keys, entries = record
     now = tuple(group.values())
     if len(now) != len(values) or tuple(group) != keys:
         return False
-    if ([k for k, a, b in zip(keys, now, values) if a is not b] != ["lr"]
-            or not _spec.immutable(group["lr"])):  # held by identity from here on
+    changed = [k for k, a, b in zip(keys, now, values) if a is not b]
+    if not changed or any(k != "lr" and k not in MOMENTUM_KEYS[opt._RULE] for k in changed):
+        return False
+    if not all(_spec.immutable(group[k]) or (type(group[k]) is tuple and all(
+            map(_spec.immutable, group[k]))) for k in changed):  # held by identity from here on
         return False
     try:
-        lr = opt.spec.hyper("lr").check(group["lr"])
+        if changed == ["lr"]:  # (a learning-rate schedule: the usual case, checked alone)
+            checked = {"lr": opt.spec.hyper("lr").check(group["lr"])}
+        else:  # with the cross-rules (nesterov needs momentum)
+            checked = opt.spec.check(group)
         if entries:
-            hyper = {**entries[0].hyper, "lr": lr}
+            hyper = {**entries[0].hyper, **checked}
             for dtype in {e.scalars for e in entries}:
                 check_range(opt._RULE, hyper, dtype, "")
     except (TypeError, ValueError):  # the checked step says why
         return False
     if entries:
+        updates = []
+        if changed != ["lr"]:
+            for e in entries:
+                names = KERNELS[e.name].names
+                made = MOMENTUM_ARGS[opt._RULE](hyper, SCALARS[e.scalars])
+                if ("use_momentum" in made
+                        and made["use_momentum"] != e.args[names.index("use_momentum")]):
+                    return False  # momentum switched on or off: its state changes (checked path)
+                updates.append((e, [(names.index(k), v) for k, v in made.items()]))
+        for e, positions in updates:
+            for position, value in positions:
+                e.args[position] = value
         for e in entries:
             e.hyper = hyper
         _share_scalars(opt, entries)

@@ -257,6 +257,29 @@ def check_range(rule, hyper, dtype, where):
                                      ", beyond float32's range (about 3.4e38)")
 
 
+# The kernel arguments that follow a momentum hyperparameter (SGD's momentum,
+# Adam's betas), besides the step's scalars: made here for the checked step,
+# and again by a replay when a schedule (OneCycleLR) changes that
+# hyperparameter. ``MOMENTUM_ARGS[rule](hyper, T)`` gives them, cast by ``T``.
+def sgd_momentum_args(momentum, T):
+    return {"momentum": T(momentum), "use_momentum": momentum != 0}
+
+
+def adam_momentum_args(beta1, beta2, T):
+    lerp_weight = T(1 - beta1)
+    return {"lerp_weight": lerp_weight, "lerp_weight_complement": T(1) - lerp_weight,
+            "beta2": T(beta2), "one_minus_beta2": T(1 - beta2),
+            "lerp_from_end": not abs(lerp_weight) < 0.5}
+
+
+MOMENTUM_KEYS = {"sgd": ("momentum",), "adagrad": (), "adam": ("betas",)}
+MOMENTUM_ARGS = {
+    "sgd": lambda h, T: sgd_momentum_args(h["momentum"], T),
+    "adagrad": lambda h, T: {},
+    "adam": lambda h, T: adam_momentum_args(h["betas"][0], h["betas"][1], T),
+}
+
+
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
         first_step, target, codec="", absmax=None, master=None):
     T = SCALARS[_state_dtype.plain_dtype(p)]
@@ -264,10 +287,9 @@ def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov
     return _run("sgd", codec if use_momentum else "", target, p,
                 {"buf": buf if use_momentum else None}, absmax, master, g=_flat(g),
                 inv_scale=T(inv_scale), neg_lr=T(sgd_scalars(lr)(first_step)[0]),
-                weight_decay=T(weight_decay),
-                momentum=T(momentum), one_minus_dampening=T(1.0 - dampening), maximize=maximize,
-                use_weight_decay=weight_decay != 0, use_momentum=use_momentum,
-                first_step=first_step, nesterov=nesterov)
+                weight_decay=T(weight_decay), **sgd_momentum_args(momentum, T),
+                one_minus_dampening=T(1.0 - dampening), maximize=maximize,
+                use_weight_decay=weight_decay != 0, first_step=first_step, nesterov=nesterov)
 
 
 def adagrad(*, p, g, state_sum, inv_scale, step, lr, lr_decay, weight_decay, eps, maximize, target,
@@ -286,16 +308,14 @@ def adam(*, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, inv_scale, step, lr, beta
     T = SCALARS[_state_dtype.plain_dtype(p)]
     neg_step_size, bias_correction2_sqrt, decay_factor = adam_scalars(
         lr, beta1, beta2, weight_decay, decoupled_weight_decay)(step)
-    lerp_weight = T(1 - beta1)
     decay = weight_decay != 0
     return _run("adam", codec, target, p, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
                                            "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None},
                 absmax, master, stochastic, seed, g=_flat(g), inv_scale=T(inv_scale),
-                lerp_weight=lerp_weight, lerp_weight_complement=T(1) - lerp_weight,
-                beta2=T(beta2), one_minus_beta2=T(1 - beta2), neg_step_size=T(neg_step_size),
+                **adam_momentum_args(beta1, beta2, T), neg_step_size=T(neg_step_size),
                 bias_correction2_sqrt=T(bias_correction2_sqrt), eps=T(eps),
                 weight_decay=T(weight_decay),
                 decay_factor=T(decay_factor),
                 maximize=maximize,
                 l2_decay=decay and not decoupled_weight_decay,
-                amsgrad=amsgrad, lerp_from_end=not abs(lerp_weight) < 0.5)
+                amsgrad=amsgrad)

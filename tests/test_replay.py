@@ -646,3 +646,46 @@ def test_functional_calls_follow_a_schedule_and_numpy_steps_replayed(fn, states,
     with pytest.raises(ValueError):  # a bad new rate: refused by the checked call
         getattr(F, fn)(p, g, *mine, lr=-1.0, **count, **extra)
     assert p.tobytes() == q.tobytes()
+
+
+@pytest.mark.parametrize("cls, hyper", [
+    (fastopt.Adam, dict(lr=1e-2)), (fastopt.AdamW, dict(lr=1e-2, amsgrad=True)),
+    (fastopt.SGD, dict(lr=0.1, momentum=0.9)), (fastopt.SGD, dict(lr=0.1, momentum=0.9,
+                                                                nesterov=True)),
+    (fastopt.Adam, dict(lr=1e-2, state_dtype="int8"))])
+def test_a_momentum_schedule_is_replayed(cls, hyper, checked_steps):
+    """OneCycleLR cycles the momentum (Adam's beta1, SGD's momentum) with the
+    rate by default: every step took the checked path (15x the replayed one
+    at 200 parameters). Now replayed, bitwise as the checked path."""
+    rng = np.random.default_rng(6)
+    n = 5000 if "state_dtype" in hyper else 300
+    p = rng.standard_normal(n).astype(np.float32)
+    q = p.copy()
+    a, b = cls([p], **hyper), cls([q], **hyper)
+    sa, sb = (fastopt.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=12) for o in (a, b))
+    for _ in range(10):
+        g = rng.standard_normal(n).astype(np.float32)
+        a.step([g])
+        b.step([g], check_finite=True)
+        sa.step()
+        sb.step()
+    assert p.tobytes() == q.tobytes()
+    for key, value in a.state[0].items():
+        assert np.asarray(value).tobytes() == np.asarray(b.state[0][key]).tobytes(), key
+    assert len(checked_steps) == 1 + 10  # a: its first step only
+    # a beta1 on the other side of 0.5 (torch's other lerp formula), and
+    # momentum switched off (its state changes: the checked path)
+    key = "betas" if "betas" in a.param_groups[0] else "momentum"
+    for value in ((0.3, 0.999), (0.9, 0.99)) if key == "betas" else (0.5,):
+        for opt in (a, b):
+            opt.param_groups[0][key] = value
+        g = rng.standard_normal(n).astype(np.float32)
+        a.step([g])
+        b.step([g], check_finite=True)
+    assert p.tobytes() == q.tobytes()
+    if key == "momentum" and not hyper.get("nesterov"):
+        for opt in (a, b):
+            opt.param_groups[0]["momentum"] = 0.0
+        a.step([g])
+        b.step([g], check_finite=True)
+        assert p.tobytes() == q.tobytes()
