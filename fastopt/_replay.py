@@ -344,16 +344,20 @@ def _new_lr(opt, record):
     if entries:
         updates = []
         if changed != ["lr"]:
+            made: dict = {}  # (kernel, scalars' dtype) -> (its putter, the new values)
             for e in entries:
-                names = KERNELS[e.name].names
-                made = MOMENTUM_ARGS[opt._RULE](hyper, SCALARS[e.scalars])
-                if ("use_momentum" in made
-                        and made["use_momentum"] != e.args[names.index("use_momentum")]):
-                    return False  # momentum switched on or off: its state changes (checked path)
-                updates.append((e, [(names.index(k), v) for k, v in made.items()]))
-        for e, positions in updates:
-            for position, value in positions:
-                e.args[position] = value
+                put = made.get((e.name, e.scalars))
+                if put is None:
+                    names = KERNELS[e.name].names
+                    values = MOMENTUM_ARGS[opt._RULE](hyper, SCALARS[e.scalars])
+                    if ("use_momentum" in values
+                            and values["use_momentum"] != e.args[names.index("use_momentum")]):
+                        return False  # momentum switched on or off: its state changes
+                    put = made[e.name, e.scalars] = (
+                        _putter(tuple(names.index(k) for k in values)), tuple(values.values()))
+                updates.append((e, put))
+        for e, (put, values) in updates:
+            put(e.args, values)
         for e in entries:
             e.hyper = hyper
         _share_scalars(opt, entries)
