@@ -146,7 +146,9 @@ def immutable(value: Any) -> bool:
 def _signed(value: Any) -> Any:
     """``value``, a zero with its sign (-0.0 == 0.0, and a learning rate's
     sign is the result's)."""
-    if (type(value) is float or type(value) in _NUMPY_FLOATS) and value == 0:
+    if type(value) in _NUMPY_FLOATS:  # as a Python float (its type is in the key beside it):
+        value = float(value)  # a NumPy scalar compared with the tuple below broadcasts
+    if type(value) is float and value == 0:
         return (value, math.copysign(1.0, value))
     return value
 

@@ -689,3 +689,26 @@ def test_a_momentum_schedule_is_replayed(cls, hyper, checked_steps):
         a.step([g])
         b.step([g], check_finite=True)
         assert p.tobytes() == q.tobytes()
+
+
+def test_numpy_scalar_hyperparameters_crossing_zero():
+    """A NumPy zero went into the cache key as a (value, sign) pair, and a
+    key holding a NumPy scalar compared with it broadcast: 'truth value of
+    an array is ambiguous', on a warm-up from lr 0 (functional, classes,
+    fastopt.torch alike)."""
+    F = fastopt.functional
+    lrs = np.linspace(0.0, 1e-2, 4)
+    p, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    q, mq, vq = np.ones(4), np.zeros(4), np.zeros(4)
+    for t in range(4):
+        F.adam(p, np.ones(4), m, v, step=t + 1, lr=lrs[t])
+        F.adam(q, np.ones(4), mq, vq, step=t + 1, lr=float(lrs[t]), check_finite=True)
+    assert p.tobytes() == q.tobytes()
+    ps, qs = [np.ones(4)], [np.ones(4)]
+    a, b = fastopt.Adam(ps, lr=0.1), fastopt.Adam(qs, lr=0.1)
+    for wd in (np.float64(0.0), np.float64(0.01), np.float64(-0.0), np.float32(0.0), 0.0):
+        for opt in (a, b):
+            opt.param_groups[0]["weight_decay"] = wd
+        a.step([np.ones(4)])
+        b.step([np.ones(4)], check_finite=True)
+    assert ps[0].tobytes() == qs[0].tobytes()
