@@ -59,13 +59,14 @@ def _view(name: str, t: torch.Tensor) -> Any:
     t = t.detach()
     if t.dtype not in _DTYPES:
         raise TypeError(f"{name} is {t.dtype}; fastopt.torch steps float32 and float64 tensors")
+    if t.is_neg() or t.is_conj():  # lazily negated: its memory holds the other sign (the
+        # CUDA array interface does not say so)
+        raise ValueError(f"{name} is a lazily negated view (torch's neg bit): pass "
+                         f"{name.split('.')[-1]}.resolve_neg(), or a tensor of its own")
     if t.device.type == "cuda":
         return _cuda.as_array(name, t)
     if t.device.type != "cpu":
         raise TypeError(f"{name} is on {t.device}; fastopt.torch steps CPU and CUDA tensors")
-    if t.is_neg() or t.is_conj():  # (lazily negated: its memory holds the other sign)
-        raise ValueError(f"{name} is a lazily negated view (torch's neg bit): pass "
-                         f"{name.split('.')[-1]}.resolve_neg(), or a tensor of its own")
     return t.numpy()
 
 
@@ -345,18 +346,33 @@ class _State(collections.defaultdict):
             self[key] = value
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if type(value) is dict or (isinstance(value, _ParamState)
-                                   and value.changes is not self.changes):
+        if (isinstance(value, dict) and not isinstance(value, _ParamState)) or (
+                isinstance(value, _ParamState) and value.changes is not self.changes):
             value = _ParamState(self.changes, value)
         self.changes.n += 1
         super().__setitem__(key, value)
+
+    # Every way in goes through __setitem__ (so a dict put in is counted when edited).
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]  # (defaultdict's is narrower)
+        self.update(other)
+        return self
 
     def __reduce__(self) -> Any:
         return (collections.defaultdict, (dict,), None, None,
                 ((k, dict(v)) for k, v in self.items()))
 
     locals().update({name: _counting(getattr(collections.defaultdict, name))
-                     for name in _MUTATORS if name != "__setitem__"})
+                     for name in _MUTATORS
+                     if name not in ("__setitem__", "update", "setdefault", "__ior__")})
 
 
 # --- optimizers ---------------------------------------------------------------------
@@ -399,7 +415,7 @@ class _Optimizer(torch.optim.Optimizer):
     _KERNEL_ARG: dict[str, str] = {}
     _fresh = _numpy_optimizers._Stored._fresh
     _made: list | None = None  # (during a plan: see ``_plan``)
-    _swept = -1  # the state's change count at the last sweep for shared memory (``_planned``)
+    _swept: tuple = ()  # (the state's change count, the entries stepped) at the last sweep
     _stored = _numpy_optimizers._Stored._stored
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -436,6 +452,7 @@ class _Optimizer(torch.optim.Optimizer):
         self._check_group(defaults, "defaults")
         self._hyper_cache: dict = {}
         self._plan_cache: dict = {}
+        self._apart: dict = {}  # id(parameter) -> what its own overlap check saw (``_single``)
         self._changes = _Changes()
         super().__init__(params, defaults)
         self._track_state()
@@ -597,7 +614,7 @@ class _Optimizer(torch.optim.Optimizer):
         fresh = ([p for group in self.param_groups for p in group["params"]
                   if not self.state.get(p)] if check_finite else [])
         work = self._plan(hypers)  # everything checked; from here on nothing raises
-        grads = [g for _, g, _, _, _ in work]
+        grads = [g for _, g, _, _, _, _ in work]
         target = "cuda" if grads and not isinstance(grads[0], np.ndarray) else None
         if clip is not None:
             inv_scale, self.last_grad_norm, finite = U.clip_scale(grads, inv_scale, clip[0],
@@ -610,7 +627,7 @@ class _Optimizer(torch.optim.Optimizer):
                 for p in fresh:
                     self.state.pop(p, None)
                 return loss
-        for p, g, shadow, hyper, commit in work:
+        for p, g, shadow, hyper, commit, _ in work:
             self._numpy_cls._update(self, p, g, inv_scale, shadow, hyper)
             commit(shadow)
         return loss
@@ -669,16 +686,17 @@ class _Optimizer(torch.optim.Optimizer):
         if len(kinds) > 1:
             raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
                             "or all on CUDA")
-        if self._swept != changes.n:
+        swept = (changes.n, tuple(name for *_, name in work))
+        if self._swept != swept:
             # The state changed since the last sweep (a state tensor set by
-            # hand, a load): no array one step writes may be another's, or it
-            # would be written twice (one parameter's state set to another's).
-            C.check_no_overlap([(f"the parameter(s) of step entry {k}", p)
-                                for k, (p, _, _, _, _) in enumerate(work)]
-                               + [(f"state {key!r} of step entry {k}", v)
-                                  for k, (_, _, shadow, _, _) in enumerate(work)
+            # hand, a load), or other parameters are stepped: no array one
+            # step writes may be another's, or it would be written twice (one
+            # parameter's state set to another's).
+            C.check_no_overlap([(name, p) for p, _, _, _, _, name in work]
+                               + [(f"state {key!r} of {name}", v)
+                                  for _, _, shadow, _, _, name in work
                                   for key, v in shadow.items() if key != "step"])
-            self._swept = changes.n
+            self._swept = swept
         return work
 
     def _group_plan(self, k: int, params: list, hyper: dict) -> tuple[list, list]:
@@ -721,6 +739,8 @@ class _Optimizer(torch.optim.Optimizer):
                              "fastopt.torch steps contiguous tensors; keep the model in "
                              ".to(memory_format=torch.contiguous_format)")
         pv = C.check_param(name, _view(name, p))
+        if grad.is_neg():  # (only read: resolved, a copy, as torch's own step reads it)
+            grad = grad.resolve_neg()
         gv = C.check_grad(f"{name}.grad", _view(f"{name}.grad", grad), pv, name)
         state = self._state_of(p, hyper)
         shadow: dict = {}
@@ -728,33 +748,46 @@ class _Optimizer(torch.optim.Optimizer):
             if key == "step":  # set by hand, or loaded: a whole number, or refused
                 shadow[key] = _state_io.step_count(f"state 'step' of {name}", value)
             elif value is not None:
-                shadow[key] = C.check_state(f"state {key!r} of {name}", _view(key, value), pv, name)
+                where = f"state {key!r} of {name}"
+                shadow[key] = C.check_state(where, _view(where, value), pv, name)
 
         self._check_required(f"state of {name}", shadow, hyper)
-        # (its state set by hand to the parameter's memory, or to its gradient's)
-        C.check_no_overlap([(name, pv), (f"{name}.grad", gv)]
-                           + [(f"state {key!r} of {name}", v) for key, v in shadow.items()
-                              if key != "step"])
+        # (its state set by hand to the parameter's memory, or to its
+        # gradient's: checked again when the state or either memory changed)
+        seen = (self._changes.n, p.data_ptr(), grad.data_ptr())
+        if self._apart.get(id(p)) != seen:
+            C.check_no_overlap([(name, pv), (f"{name}.grad", gv)]
+                               + [(f"state {key!r} of {name}", v) for key, v in shadow.items()
+                                  if key != "step"])
+            self._apart[id(p)] = seen
 
         def commit(shadow: dict) -> None:
+            if not shadow:
+                return
+            st = self.state[p]  # (made now where the step made state: SGD's momentum buffer)
             for key, value in shadow.items():
                 if key == "step":
-                    if isinstance(state["step"], torch.Tensor):
-                        state["step"].fill_(value)
+                    if isinstance(st["step"], torch.Tensor):
+                        st["step"].fill_(value)
                     else:  # loaded as a number (older state dicts): torch's layout again
-                        state["step"] = torch.tensor(float(value))
-                elif key not in state:
-                    state[key] = _tensor(value)
-        return pv, gv, shadow, hyper, commit
+                        st["step"] = torch.tensor(float(value))
+                elif key not in st:
+                    st[key] = _tensor(value)
+        return pv, gv, shadow, hyper, commit, name
 
     def _state_of(self, p: torch.Tensor, hyper: dict) -> dict:
         """``p``'s state, made fresh where it has none (or an emptied one),
         noted for ``_plan`` to take back if the plan fails."""
+        state = self.state.get(p)
+        if state:
+            return state
+        fresh = self._new_state(p, hyper)
+        if not fresh:  # SGD's: none kept, as torch keeps none (and no change counted,
+            return {} if state is None else state  # so no plan made anew at each step)
         state = self.state[p]
-        if not state:
-            state.update(self._new_state(p, hyper))
-            assert self._made is not None
-            self._made.append(p)
+        state.update(fresh)
+        assert self._made is not None
+        self._made.append(p)
         return state
 
     def _check_required(self, name: str, shadow: dict, hyper: dict) -> None:
@@ -868,6 +901,12 @@ class _Optimizer(torch.optim.Optimizer):
                     raise ValueError(f"state_dict['state'][{i}] holds {s['state_dtype']} state "
                                      "as stored (codes and block scales); fastopt.torch takes "
                                      "float state: save it with state_dict(to_torch=True)")
+            states = state_dict.get("state")
+            if isinstance(states, dict):  # (a NumPy optimizer's dequantized dict: copies)
+                state_dict = {**state_dict, "state": {
+                    i: {k: torch.tensor(v) if isinstance(v, np.ndarray) else v
+                        for k, v in s.items()} if isinstance(s, dict) else s
+                    for i, s in states.items()}}
             groups = state_dict.get("param_groups")
             if isinstance(groups, list):
                 state_dict = {**state_dict, "param_groups": [
@@ -886,6 +925,7 @@ class _Optimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._hyper_cache = {}
         self._plan_cache = {}
+        self._apart = {}
         self._changes = getattr(self, "_changes", None) or _Changes()
         self._track_state()
         # As torch's own fill them: a state dict saved before an argument
@@ -902,6 +942,8 @@ class _Run:
 
     def __init__(self, b: _Buffer, first: int, last: int, keys: list, store: dict):
         self.buffer, self.first, self.last, self.keys, self.store = b, first, last, keys, store
+        self.name = (f"the flattened parameters {first} to {last} of their buffer" if last > first
+                     else f"flattened parameter {first} of its buffer")
         a, z = b.offsets[first], b.offsets[last + 1]
         self.p = _view("a flat buffer", b.data)[a:z]
         self.g = _view("a flat gradient buffer", b.grad)[a:z]
@@ -920,11 +962,12 @@ class _Run:
             return [opt._single("a flattened parameter", p, hyper)
                     for p in map(b.param, range(self.first, self.last + 1))]
         shadow: dict = dict(self.state)
-        if steps is not None:
+        if steps is not None and "step" in self.keys:  # (removed from every state: refused)
             shadow["step"] = _state_io.step_count("state 'step' of a flattened parameter",
                                                   steps[0])
-        opt._check_required("the state of flattened parameters", shadow, hyper)
-        return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow))]
+        opt._check_required(f"the state of {self.name}", shadow, hyper)
+        return [(self.p, self.g, shadow, hyper, lambda shadow: self.commit(opt, shadow),
+                 self.name)]
 
     def commit(self, opt: _Optimizer, shadow: dict) -> None:
         if self.steps is not None:

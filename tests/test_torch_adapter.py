@@ -805,3 +805,106 @@ def test_state_sharing_memory_is_refused_before_anything_changes(case):
     assert torch.equal(before[0], a) and torch.equal(before[1], b)
     assert torch.equal(before[2], opt.state[a]["exp_avg"])
     assert float(opt.state[a]["step"]) == 1.0
+
+
+def test_sgd_without_momentum_keeps_no_state_and_plans_once():
+    # Its empty fresh state was written at every step: a change counted, the
+    # plan made anew and the memory sweep run at every step; and the state
+    # dict held {} per parameter where torch's holds none.
+    net = model(torch.float32)
+    opt, ref = ft.SGD(net.parameters(), lr=0.1), torch.optim.SGD(model(torch.float32).parameters(),
+                                                                 lr=0.1)
+    net(X.float()).sum().backward()
+    opt.step()
+    count = opt._changes.n
+    for _ in range(3):
+        opt.step()
+    assert opt._changes.n == count
+    assert opt.state_dict()["state"] == ref.state_dict()["state"] == {}
+
+
+def test_step_removed_from_every_flattened_parameter_is_refused():
+    # The run read the old counts left in its flat step tensor and stepped.
+    net = model(torch.float32)
+    ft.flatten_(net)
+    opt = ft.Adam(net.parameters(), lr=0.1)
+    net(X.float()).sum().backward()
+    opt.step()
+    for p in net.parameters():
+        del opt.state[p]["step"]
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match="no 'step'"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("how", ["update", "setdefault", "|="])
+def test_state_put_in_by_any_dict_method_is_seen(how):
+    # opt.state.update({p: {...}}) stored a plain dict whose later edits were
+    # not counted: the flat plan kept stepping the old tensors.
+    results = []
+    for edit in (True, False):
+        a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.full((4,), 2.0))
+        ft.flatten_([a, b])
+        opt = ft.Adam([a, b], lr=0.1)
+        a.grad.fill_(1.0)
+        b.grad.fill_(1.0)
+        opt.step()
+        mine = dict(opt.state[b])
+        if edit:
+            if how == "update":
+                opt.state.update({b: mine})
+            elif how == "setdefault":
+                del opt.state[b]
+                opt.state.setdefault(b, mine)
+            else:
+                opt.state |= {b: mine}
+            opt.step()
+            opt.state[b]["exp_avg"] = torch.full((4,), 100.0)
+        else:
+            opt.step()
+            opt.state[b]["exp_avg"] = torch.full((4,), 100.0)
+        opt.step()
+        results.append(b.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_a_state_shared_while_its_parameter_had_no_gradient_is_refused_later():
+    # The sweep ran at the first step after the change, over the parameters
+    # stepped then only; b's shared state went unseen once b had a gradient.
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.full((4,), 2.0))
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    opt.state[b]["exp_avg"] = opt.state[a]["exp_avg"]
+    b.grad = None
+    opt.step()
+    b.grad = torch.ones(4)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[.\].*share memory"):
+        opt.step()
+
+
+def test_a_negated_gradient_is_stepped_as_torch_steps_it():
+    results = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = cls([p], lr=0.1)
+        p.grad = torch.ones(4)._neg_view()
+        opt.step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_a_numpy_optimizers_dequantized_state_dict_loads():
+    import fastopt
+    w = np.linspace(-1, 1, 5000).astype(np.float32)
+    numpy_opt = fastopt.Adam([w], lr=0.1, state_dtype="int8")
+    numpy_opt.step([np.ones(5000, np.float32)])
+    sd = numpy_opt.state_dict(dequantize=True)
+    p = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    opt = ft.Adam([p], lr=0.1)
+    opt.load_state_dict(sd)
+    exp_avg = opt.state[p]["exp_avg"]
+    assert isinstance(exp_avg, torch.Tensor)
+    assert not np.shares_memory(exp_avg.numpy(), sd["state"][0]["exp_avg"])  # a copy
+    np.testing.assert_array_equal(exp_avg.numpy(), sd["state"][0]["exp_avg"])
