@@ -30,6 +30,7 @@ last one recorded for that function and parameter.
 
 import copy
 import operator
+import threading
 import weakref
 
 import numpy as np
@@ -106,7 +107,7 @@ class _Entry(_Launch):
     its stochastic rounding is given anew each step."""
 
     __slots__ = ("p", "index", "state", "owner", "owner_dtype", "last_g", "hyper", "bits",
-                 "seeded", "grad_at", "scalars_of", "check", "p_as_given")
+                 "seeded", "grad_at", "scalars_of", "check", "p_as_given", "facts")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
@@ -127,13 +128,6 @@ class _Entry(_Launch):
         self.args = [a.view() if k and type(a) is np.ndarray else a
                      for k, a in enumerate(self.args)]
         counted = opt.spec.has_step  # a step count, an int as the checks left it
-        # What the arguments were made from: the state arrays (reduced-precision
-        # ones with their block scales) and how they are stored.
-        keys = opt.spec.state_keys
-        held = tuple((key, self.state[key])
-                     for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
-                     if self.state.get(key) is not None)
-        length = len(self.state)  # and nothing added (a stray "master" would be read later)
         # The user's array, where the kernels take a base-class view of it (a
         # subclass): its own flags and dtype can change without the view's.
         user = opt._plist.params[index]
@@ -142,17 +136,11 @@ class _Entry(_Launch):
         self.last_g = None
         self.scalars_of = None  # the function of the step count giving its scalars (``Replay``)
         # What ``Replay.run`` checks, in one tuple (unpacked faster than read
-        # attribute by attribute): the state's held arrays are fetched by key
-        # at once, a missing key raising KeyError.
-        held_keys = tuple(key for key, _ in held)
-        # and each held array's dtype and flags (writeable, contiguous...) as
-        # they were: one changed in place (made read-only, given another
-        # dtype or strides) sends the step to the checked path, as a new one does.
-        arrays = tuple(a for _, a in held if type(a) is np.ndarray)
-        layouts = tuple((a.dtype, a.flags.num) for a in arrays)
-        self.check = (index, p, self.shape, self.dtype, self.state, length,
-                      _fetcher(held_keys), tuple(a for _, a in held), counted,
-                      self.owner, self.bits, arrays, layouts)
+        # attribute by attribute): the state's facts (``_state_facts``) among them.
+        self.facts = _state_facts(opt, self.state)
+        _, length, fetch, held, arrays, layouts = self.facts
+        self.check = (index, p, self.shape, self.dtype, self.state, length, fetch, held,
+                      counted, self.owner, self.bits, arrays, layouts)
         # The kernel takes the parameter itself (1-D, not bfloat16 bits): its
         # argument needs no new view at each step.
         self.p_as_given = self.args[0] is p
@@ -192,7 +180,8 @@ class Replay:
                                 entries])
             start += len(members)
         present = {e.index for e in self.entries}
-        self.absent = tuple(i for i in range(n) if i not in present)
+        self.absent = tuple((i, _state_facts(opt, opt.state.get(i)))
+                            for i in range(n) if i not in present)
         _share_scalars(opt, self.entries)
 
     @staticmethod
@@ -204,11 +193,13 @@ class Replay:
                 and all(g is None or type(g) is np.ndarray for g in grads)
                 and all(entry[2] is not None for entry in opt._hyper_cache.values()))
 
-    def _absent_unchanged(self, plist, grads):
+    def _absent_unchanged(self, opt, grads):
         """Whether the parameters the recorded step skipped are skipped again
-        (no gradient) and still as checked: the checked step checks every
-        parameter (made read-only, or reshaped in place, it refuses one)."""
-        return all(grads[i] is None and plist.as_checked(i) for i in self.absent)
+        (no gradient) and still as checked, with their state: the checked
+        step checks every parameter and state (made read-only, reshaped in
+        place or replaced, it refuses one)."""
+        return all(grads[i] is None and opt._plist.as_checked(i)
+                   and _state_holds(opt.state.get(i), facts) for i, facts in self.absent)
 
     def run(self, opt, grads):
         """Step ``opt`` with ``grads`` (None: its FlatParams' gradients) by
@@ -250,7 +241,8 @@ class Replay:
                      layouts) = e.check
                     g = grads[index]
                     if g is None:  # no gradient this time: skipped, still as checked
-                        if not opt._plist.as_checked(index):
+                        if not (opt._plist.as_checked(index)
+                                and _state_holds(state.get(index), e.facts)):
                             return False
                         flats.append(None)
                         continue
@@ -283,7 +275,7 @@ class Replay:
                     flats.append(g.view(np.uint16) if bits else g)
             except KeyError:  # a held state array's key removed (and another added)
                 return False
-            if self.absent and not self._absent_unchanged(opt._plist, grads):
+            if self.absent and not self._absent_unchanged(opt, grads):
                 return False
             # Everything holds: from here on, nothing raises.
             advance = opt._advance
@@ -375,6 +367,41 @@ def _share_scalars(opt, entries):
         if scalars_of is None:
             scalars_of = made[id(e.hyper)] = STEP_SCALARS[opt._RULE](e.hyper)
         e.scalars_of = scalars_of
+
+
+def _state_facts(opt, st):
+    """What a replay checks of a parameter's state ``st`` (a dict, or None):
+    ``(st, its length, a fetcher of its held values, those values, the
+    arrays among them, their (dtype, flags))``. The held values are the state
+    arrays (reduced-precision ones with their block scales, a master copy)
+    and how they are stored; the length sees anything added (a stray
+    "master" would be read later); the arrays' dtype and flags, one changed
+    in place (made read-only, given another dtype or strides), as a new
+    array is, send the step to the checked path."""
+    if st is None:
+        return None, 0, _fetcher(()), (), (), ()
+    keys = opt.spec.state_keys
+    held = tuple((key, st[key])
+                 for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
+                 if st.get(key) is not None)
+    arrays = tuple(a for _, a in held if type(a) is np.ndarray)
+    return (st, len(st), _fetcher(tuple(key for key, _ in held)), tuple(a for _, a in held),
+            arrays, tuple((a.dtype, a.flags.num) for a in arrays))
+
+
+def _state_holds(st, facts):
+    """Whether state ``st`` is the one of ``facts`` (``_state_facts``), as it was."""
+    was, length, fetch, held, arrays, layouts = facts
+    if st is not was:
+        return False
+    if st is None:
+        return True
+    try:
+        if len(st) != length or not all(map(_is, fetch(st), held)):
+            return False
+    except KeyError:
+        return False
+    return all(a.dtype is dtype and a.flags.num == flags for a, (dtype, flags) in zip(arrays, layouts))
 
 
 def _fetcher(keys):
@@ -500,15 +527,19 @@ def recall(fn, arrays, given, target):
     return None
 
 
+_CALLS_LOCK = threading.Lock()  # (functional calls may come from several threads)
+
+
 def remember(fn, arrays, call):
-    if len(_CALLS) >= _KEEP:
-        # Calls on freed parameters first; then the oldest half (a loop over
-        # more layers than this keeps recording; clearing everything made a
-        # loop over 1,100 layers never replay).
-        for key in [key for key, c in _CALLS.items() if c.refs[0]() is None]:
-            del _CALLS[key]
-        if len(_CALLS) >= _KEEP // 2:
-            for key in list(_CALLS)[:len(_CALLS) - _KEEP // 2]:
-                del _CALLS[key]
-    _CALLS.pop((fn, id(arrays[0])), None)  # (re-inserted: the newest)
-    _CALLS[fn, id(arrays[0])] = call
+    with _CALLS_LOCK:
+        if len(_CALLS) >= _KEEP:
+            # Calls on freed parameters first; then the oldest half (a loop over
+            # more layers than this keeps recording; clearing everything made a
+            # loop over 1,100 layers never replay).
+            for key in [key for key, c in list(_CALLS.items()) if c.refs[0]() is None]:
+                _CALLS.pop(key, None)
+            if len(_CALLS) >= _KEEP // 2:
+                for key in list(_CALLS)[:len(_CALLS) - _KEEP // 2]:
+                    _CALLS.pop(key, None)
+        _CALLS.pop((fn, id(arrays[0])), None)  # (re-inserted: the newest)
+        _CALLS[fn, id(arrays[0])] = call

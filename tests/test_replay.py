@@ -712,3 +712,38 @@ def test_numpy_scalar_hyperparameters_crossing_zero():
         a.step([np.ones(4)])
         b.step([np.ones(4)], check_finite=True)
     assert ps[0].tobytes() == qs[0].tobytes()
+
+
+def _state_edits():
+    """State edits the checked path refuses at a step, even for a parameter
+    without a gradient (``edit(opt)`` makes it on params[1])."""
+    def read_only(opt):
+        opt.state[1]["exp_avg"].flags.writeable = False
+    return {
+        "wrong shape": lambda opt: opt.state[1].__setitem__("exp_avg", np.zeros(3)),
+        "read-only": read_only,
+        "another's": lambda opt: opt.state[1].__setitem__("exp_avg", opt.state[0]["exp_avg"]),
+        "not a dict": lambda opt: opt.state.__setitem__(1, "junk"),
+        "a master copy": lambda opt: opt.state[1].__setitem__("master", np.zeros(5)),
+    }
+
+
+@pytest.mark.parametrize("edit", list(_state_edits()))
+@pytest.mark.parametrize("recorded", ["with a gradient", "without one"])
+def test_a_parameter_without_a_gradient_has_its_state_checked_as_the_checked_path_does(
+        edit, recorded):
+    """The replay skipped a parameter given None with only its array
+    checked: its state, edited so that the checked path refuses the step,
+    was stepped past."""
+    ps = [np.ones(5), np.ones(5)]
+    opt = fastopt.Adam(ps, lr=0.1)
+    opt.step([np.ones(5), np.ones(5)])
+    second = np.ones(5) if recorded == "with a gradient" else None
+    opt.step([np.ones(5), second])  # recorded
+    _state_edits()[edit](opt)
+    before = ps[0].copy()
+    with pytest.raises((TypeError, ValueError)):
+        opt.step([np.ones(5), None], check_finite=True)  # the checked path refuses
+    with pytest.raises((TypeError, ValueError)):
+        opt.step([np.ones(5), None])  # and so does the replay now
+    np.testing.assert_array_equal(ps[0], before)
