@@ -21,6 +21,7 @@ float32 state (their state has no ``"state_dtype"``).
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
@@ -164,15 +165,30 @@ def decode(codec: str, key: str, state: dict, shape: tuple[int, ...]) -> np.ndar
     stored = host_array(state[key])
     n = int(np.prod(shape))
     out = np.empty(n, np.float32)
+    # What the loops read, checked against ``shape`` first: they check no
+    # bounds, and state of another size (set by hand) was read past its end.
+    sizes = {suffix: int(np.prod(size)) for suffix, (size, _) in layout(
+        codec, types.SimpleNamespace(shape=tuple(shape), size=n)).items()}
     if codec == "bfloat16":
-        _cpu_loops.from_bf16(np.ascontiguousarray(stored).reshape(-1).view(np.uint16), out)
+        bits = np.ascontiguousarray(stored).reshape(-1).view(np.uint16)
+        _check_size(key, bits, sizes[""], np.uint16, codec, n)
+        _cpu_loops.from_bf16(bits, out)
     else:
+        codes = np.ascontiguousarray(stored).reshape(-1)
+        scales = np.ascontiguousarray(host_array(state[key + "_absmax"])).reshape(-1)
+        _check_size(key, codes, sizes[""], np.uint8, codec, n)
+        _check_size(key + "_absmax", scales, sizes["_absmax"], np.float32, codec, n)
         off, _, _ = _offsets(codec, SIGNED[key])
         qmaps, _ = codecs.tables(codec)
-        _cpu_loops.dequantize_blocks(np.ascontiguousarray(stored),
-                                     host_array(state[key + "_absmax"]), out, qmaps, off,
-                                     codecs.BLOCK[codec], codec == "int4")
+        _cpu_loops.dequantize_blocks(codes, scales, out, qmaps, off, codecs.BLOCK[codec],
+                                     codec == "int4")
     return out.reshape(shape)
+
+
+def _check_size(key: str, a: np.ndarray, size: int, dtype: Any, codec: str, n: int) -> None:
+    if a.size != size or a.dtype != dtype:
+        raise ValueError(f"state '{key}' holds {a.size} {a.dtype} values; {codec} state of "
+                         f"{n} elements holds {size} {np.dtype(dtype)}")
 
 
 def new(codec: str, key: str, p: Any, value: float = 0.0) -> dict[str, Any]:

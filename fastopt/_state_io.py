@@ -60,8 +60,11 @@ def _stored_form(optimizer: Any, i: int, state: dict, dequantize: bool) -> dict:
         shape = optimizer._plist.views[i].shape
         out = {k: v for k, v in state.items()
                if k != "state_dtype" and not k.endswith("_absmax") and k not in keys}
-        out.update({k: place_like(optimizer._plist.views[i], D.decode(codec, k, state, shape))
-                    for k in keys})
+        try:
+            out.update({k: place_like(optimizer._plist.views[i], D.decode(codec, k, state, shape))
+                        for k in keys})
+        except ValueError as e:  # (state set by hand to another size)
+            raise ValueError(f"params[{i}]'s {e}") from None
         return out
     out = dict(state)
     if codec == "bfloat16":

@@ -149,9 +149,11 @@ class SGD(_Stored):
 
     def _update(self, p, g, inv_scale, state, h):
         first = state.get("momentum_buffer") is None
-        if h["momentum"] != 0 and first:
-            state.update(self._fresh(p, h, "momentum_buffer", None))
-        codec, absmax = self._stored(p, h, state)
+        codec, absmax = self._stored(p, h, state)  # (the state as the group stores it now,
+        if h["momentum"] != 0 and first:  # then a new buffer so stored: it was decoded as
+            state.update({k: v for k, v in self._fresh(p, h, "momentum_buffer", None).items()
+                          if k != "state_dtype"})  # the old dtype, out of bounds)
+            codec, absmax = self._stored(p, h, state)
         return U.sgd(p=p, g=g, buf=state.get("momentum_buffer"), inv_scale=inv_scale, lr=h["lr"],
               **_bf16_args(p, h, state),
               momentum=h["momentum"], dampening=h["dampening"], weight_decay=h["weight_decay"],

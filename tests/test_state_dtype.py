@@ -623,3 +623,58 @@ def test_bfloat16_state_given_as_torch_bfloat16_tensors_loads():
     for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
         np.testing.assert_array_equal(other.state[0][key].view(np.uint16),
                                       opt.state[0][key].view(np.uint16))
+
+
+@pytest.mark.parametrize("old, new", [("bfloat16", None), ("bfloat16", "int8"), ("int8", None),
+                                      ("int4", "bfloat16"), (None, "int8")])
+def test_sgd_momentum_switched_on_with_another_state_dtype(old, new):
+    # The new momentum buffer was made in the new dtype, then decoded as the
+    # old one: read (and written) past its end, a crash; int8 to None raised
+    # KeyError after writing it. Now as a fresh optimizer with the new settings.
+    # (in a subprocess: it crashed the interpreter)
+    for dtype in (old, new):
+        needs_ml_dtypes(dtype)
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import numpy as np, fastopt
+        n = 5000
+        p, q = np.ones(n, np.float32), np.ones(n, np.float32)
+        opt = fastopt.SGD([p], lr=0.01, momentum=0.0, state_dtype={old!r})
+        opt.step([np.full(n, 0.1, np.float32)])
+        opt.param_groups[0].update(state_dtype={new!r}, momentum=0.9)
+        fresh = fastopt.SGD([q], lr=0.01, momentum=0.9, state_dtype={new!r})
+        q[:] = p
+        for _ in range(2):
+            opt.step([np.full(n, 0.1, np.float32)])
+            fresh.step([np.full(n, 0.1, np.float32)])
+        print("equal" if p.tobytes() == q.tobytes() else "differ")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "equal", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+def test_a_dequantized_state_dict_refuses_state_of_another_size(state_dtype):
+    # decode read the stored array whole into a buffer of the parameter's
+    # size: 100,000 values written into 8, a crash (run in a subprocess).
+    needs_ml_dtypes(state_dtype)
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import numpy as np, fastopt
+        a, b = np.ones(4100, np.float32), np.ones(100_000, np.float32)
+        opt = fastopt.Adam([a, b], lr=0.1, state_dtype={state_dtype!r})
+        opt.step([np.ones(4100, np.float32), np.ones(100_000, np.float32)])
+        opt.state[0]["exp_avg"] = opt.state[1]["exp_avg"]
+        if {state_dtype!r} != "bfloat16":
+            opt.state[0]["exp_avg_absmax"] = opt.state[1]["exp_avg_absmax"]
+        try:
+            opt.state_dict(dequantize=True)
+        except ValueError as e:
+            print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "refused: state 'exp_avg" in out.stdout, out.stderr[-2000:]
