@@ -677,4 +677,5 @@ def test_a_dequantized_state_dict_refuses_state_of_another_size(state_dtype):
             print("refused:", e)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "refused: state 'exp_avg" in out.stdout, out.stderr[-2000:]
+    assert out.returncode == 0 and "refused: params[0]'s state 'exp_avg" in out.stdout, \
+        out.stderr[-2000:]
