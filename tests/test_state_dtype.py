@@ -9,6 +9,7 @@ resume, float32 in, dequantized out) and bad input.
 
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -541,7 +542,9 @@ def test_functional_bad_stored_state_refused_nothing_changed():
         scales[2] = bad
         with pytest.raises(ValueError, match="exp_avg_sq absmax must hold finite block scales"):
             F.adam(p, np.ones_like(p), m, (v[0], scales), step=1, state_dtype="int8")
-    matrix = (m[0], np.asmatrix(m[1]))  # a subclass, of the wrong shape: said so
+    with warnings.catch_warnings():  # (NumPy discourages np.matrix; a user may still pass one)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        matrix = (m[0], np.asmatrix(m[1]))  # a subclass, of the wrong shape: said so
     with pytest.raises(ValueError, match=r"absmax must be float32\[20\].*got float32\[1, 20\]"):
         F.adam(p, np.ones_like(p), matrix, v, step=1, state_dtype="int8")
     assert (p == 1).all() and (m[0] == F.zeros_state(p, "exp_avg", "int8")[0]).all()
