@@ -176,7 +176,11 @@ class ParamList:
                         or a.flags.num & _WRITEABLE_C != _WRITEABLE_C):
                     break
             else:
-                return
+                # (and the keys that held None still do: an array put there
+                # since, of any size, was not checked and the kernels wrote
+                # through it)
+                if all(state.get(key) is None for key in seen[6]):
+                    return
         keys = (*self.state_keys, "master")
         if codec:
             keys += tuple(k + "_absmax" for k in self.state_keys)
@@ -214,7 +218,8 @@ class ParamList:
                         raise ValueError(f"params[{i}]'s state '{key}' shares memory with "
                                          + (other if b is p else f"state '{other}'"))
             self.fitted[i] = (p, state, len(state), p.shape, codec,
-                              [(key, a, a.shape, a.dtype) for key, a in arrays])
+                              [(key, a, a.shape, a.dtype) for key, a in arrays],
+                              tuple(key for key in keys if state.get(key) is None))
             self.apart_pending = True
             return
         try:  # GPU arrays: by their device address ranges

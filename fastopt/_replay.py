@@ -381,9 +381,9 @@ def _state_facts(opt, st):
     if st is None:
         return None, 0, _fetcher(()), (), (), ()
     keys = opt.spec.state_keys
-    held = tuple((key, st[key])
+    held = tuple((key, st[key])  # (a key holding None too: an array put there is new)
                  for key in (*keys, *(k + "_absmax" for k in keys), "master", "state_dtype")
-                 if st.get(key) is not None)
+                 if key in st)
     arrays = tuple(a for _, a in held if type(a) is np.ndarray)
     return (st, len(st), _fetcher(tuple(key for key, _ in held)), tuple(a for _, a in held),
             arrays, tuple((a.dtype, a.flags.num) for a in arrays))

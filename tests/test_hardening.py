@@ -1069,3 +1069,46 @@ def test_a_master_copy_on_a_full_precision_parameter_is_refused():
     del opt.state[1]["master"]
     opt.step(grads)
     fastopt.Adam([p.copy() for p in params], lr=0.1).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("case", ["sgd momentum", "adam amsgrad", "int8 amsgrad", "another's"])
+def test_an_array_put_where_the_state_held_none_is_checked(case):
+    # The step's check remembered the arrays it passed, not the keys that held
+    # None: an array put on such a key afterwards (of any size) went unchecked,
+    # and the kernels wrote past its end (a crash; run in a subprocess).
+    code = textwrap.dedent(f"""
+        import numpy as np, fastopt
+        case = {case!r}
+        n = 8192 if case == "int8 amsgrad" else 8
+        a, b = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        g = [np.ones(n, np.float32), np.ones(n, np.float32)]
+        if case in ("sgd momentum", "another's"):
+            opt = fastopt.SGD([a, b], lr=0.1, momentum=0.9)
+            key = "momentum_buffer"
+        else:
+            opt = fastopt.Adam([a, b], lr=0.1, state_dtype="int8" if case == "int8 amsgrad" else None)
+            key = "max_exp_avg_sq"
+        opt.step(g)
+        opt.state[0][key] = None
+        if case == "int8 amsgrad":
+            opt.state[0][key + "_absmax"] = None
+        opt.step(g)  # checked, and replayed, with the key None
+        opt.step(g)
+        if case == "another's":
+            opt.state[0][key] = opt.state[1][key]
+        else:
+            opt.state[0][key] = np.zeros(1, np.uint8 if case == "int8 amsgrad" else np.float32)
+            if case == "int8 amsgrad":
+                opt.state[0][key + "_absmax"] = np.zeros(1, np.float32)
+        if case != "sgd momentum" and case != "another's":
+            opt.param_groups[0]["amsgrad"] = True
+        for kwargs in ({{}}, {{"check_finite": True}}):
+            try:
+                opt.step(g, **kwargs)
+                print("stepped")
+            except ValueError as e:
+                print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("refused:") == 2, out.stdout
