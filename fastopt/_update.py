@@ -283,11 +283,12 @@ MOMENTUM_ARGS = {
 def sgd(*, p, g, buf, inv_scale, lr, momentum, dampening, weight_decay, nesterov, maximize,
         first_step, target, codec="", absmax=None, master=None):
     T = SCALARS[_state_dtype.plain_dtype(p)]
-    use_momentum = momentum != 0
+    moment = sgd_momentum_args(momentum, T)
+    use_momentum = moment["use_momentum"]
     return _run("sgd", codec if use_momentum else "", target, p,
                 {"buf": buf if use_momentum else None}, absmax, master, g=_flat(g),
                 inv_scale=T(inv_scale), neg_lr=T(sgd_scalars(lr)(first_step)[0]),
-                weight_decay=T(weight_decay), **sgd_momentum_args(momentum, T),
+                weight_decay=T(weight_decay), **moment,
                 one_minus_dampening=T(1.0 - dampening), maximize=maximize,
                 use_weight_decay=weight_decay != 0, first_step=first_step, nesterov=nesterov)
 
