@@ -415,6 +415,7 @@ class _Optimizer(torch.optim.Optimizer):
     _KERNEL_ARG: dict[str, str] = {}
     _fresh = _numpy_optimizers._Stored._fresh
     _made: list | None = None  # (during a plan: see ``_plan``)
+    _seen: list | None = None
     _swept: tuple = ()  # (the state's change count, the entries stepped) at the last sweep
     _stored = _numpy_optimizers._Stored._stored
 
@@ -647,6 +648,7 @@ class _Optimizer(torch.optim.Optimizer):
         self._track_state()
         made: list = []  # parameters given a fresh state by this plan
         self._made = made
+        self._seen = []  # each parameter stepped alone: its memory, as ``_single`` saw it
         try:
             return self._planned(hypers)
         except BaseException:  # nothing changed: their state made is taken back
@@ -654,7 +656,7 @@ class _Optimizer(torch.optim.Optimizer):
                 self.state.pop(p, None)
             raise
         finally:
-            self._made = None
+            self._made = self._seen = None
 
     def _planned(self, hypers: list[dict]) -> list:
         work: list = []
@@ -686,7 +688,7 @@ class _Optimizer(torch.optim.Optimizer):
         if len(kinds) > 1:
             raise TypeError("fastopt.torch steps the parameters of one optimizer all on the CPU "
                             "or all on CUDA")
-        swept = (changes.n, tuple(name for *_, name in work))
+        swept = (changes.n, tuple(name for *_, name in work), tuple(self._seen or ()))
         if self._swept != swept:
             # The state changed since the last sweep (a state tensor set by
             # hand, a load), or other parameters are stepped: no array one
@@ -753,8 +755,14 @@ class _Optimizer(torch.optim.Optimizer):
 
         self._check_required(f"state of {name}", shadow, hyper)
         # (its state set by hand to the parameter's memory, or to its
-        # gradient's: checked again when the state or either memory changed)
-        seen = (self._changes.n, p.data_ptr(), grad.data_ptr())
+        # gradient's: checked again when the state, or the memory of any of
+        # them, changed: `.data = ...` or `set_()` on a state tensor counts
+        # no change of the dicts)
+        seen = (self._changes.n, p.data_ptr(), grad.data_ptr(),
+                *(v.data_ptr() for k, v in state.items()
+                  if k != "step" and isinstance(v, torch.Tensor)))
+        assert self._seen is not None
+        self._seen.append(seen)
         if self._apart.get(id(p)) != seen:
             C.check_no_overlap([(name, pv), (f"{name}.grad", gv)]
                                + [(f"state {key!r} of {name}", v) for key, v in shadow.items()

@@ -908,3 +908,28 @@ def test_a_numpy_optimizers_dequantized_state_dict_loads():
     assert isinstance(exp_avg, torch.Tensor)
     assert not np.shares_memory(exp_avg.numpy(), sd["state"][0]["exp_avg"])  # a copy
     np.testing.assert_array_equal(exp_avg.numpy(), sd["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("how", ["state .data onto another parameter", "state set_() onto itself",
+                                 "state set_() onto another's state", "parameter .data onto another"])
+def test_memory_moved_in_place_is_checked_again(how):
+    # The overlap checks were cached by the state dicts' change count: a
+    # tensor re-pointed in place (.data = ..., set_()) counts no change, so
+    # the parameter or another's memory was written through it, silently.
+    p, q = torch.nn.Parameter(torch.ones(8)), torch.nn.Parameter(torch.full((8,), 2.0))
+    opt = ft.Adam([p, q], lr=0.1)
+    for _ in range(2):
+        p.grad, q.grad = torch.ones(8), torch.ones(8)
+        opt.step()
+    if how == "state .data onto another parameter":
+        opt.state[p]["exp_avg_sq"].data = q.data
+    elif how == "state set_() onto itself":
+        opt.state[p]["exp_avg"].set_(p.data)
+    elif how == "state set_() onto another's state":
+        opt.state[p]["exp_avg"].set_(opt.state[q]["exp_avg_sq"])
+    else:
+        p.data = q.data
+    before = q.detach().clone()
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    assert torch.equal(before, q)
