@@ -107,7 +107,7 @@ class _Entry(_Launch):
     its stochastic rounding is given anew each step."""
 
     __slots__ = ("p", "index", "state", "owner", "owner_dtype", "last_g", "hyper", "bits",
-                 "seeded", "grad_at", "scalars_of", "check", "p_as_given", "facts")
+                 "seeded", "grad_at", "scalars_of", "check", "p_as_given")
 
     def __init__(self, opt, index, p, name, args, hyper):
         self.bits = bool(KERNELS[name].params)
@@ -137,8 +137,7 @@ class _Entry(_Launch):
         self.scalars_of = None  # the function of the step count giving its scalars (``Replay``)
         # What ``Replay.run`` checks, in one tuple (unpacked faster than read
         # attribute by attribute): the state's facts (``_state_facts``) among them.
-        self.facts = _state_facts(opt, self.state)
-        _, length, fetch, held, arrays, layouts = self.facts
+        _, length, fetch, held, arrays, layouts = _state_facts(opt, self.state)
         self.check = (index, p, self.shape, self.dtype, self.state, length, fetch, held,
                       counted, self.owner, self.bits, arrays, layouts)
         # The kernel takes the parameter itself (1-D, not bfloat16 bits): its
@@ -241,8 +240,8 @@ class Replay:
                      layouts) = e.check
                     g = grads[index]
                     if g is None:  # no gradient this time: skipped, still as checked
-                        if not (opt._plist.as_checked(index)
-                                and _state_holds(state.get(index), e.facts)):
+                        if not (opt._plist.as_checked(index) and _state_holds(
+                                state.get(index), (st, keys, fetch, held, arrays, layouts))):
                             return False
                         flats.append(None)
                         continue

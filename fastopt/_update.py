@@ -260,7 +260,8 @@ def check_range(rule, hyper, dtype, where):
 # The kernel arguments that follow a momentum hyperparameter (SGD's momentum,
 # Adam's betas), besides the step's scalars: made here for the checked step,
 # and again by a replay when a schedule (OneCycleLR) changes that
-# hyperparameter. ``MOMENTUM_ARGS[rule](hyper, T)`` gives them, cast by ``T``.
+# hyperparameter. ``MOMENTUM_ARGS[rule](hyper, T)`` gives them, cast by ``T``
+# (Adagrad has none: its ``MOMENTUM_KEYS`` are empty).
 def sgd_momentum_args(momentum, T):
     return {"momentum": T(momentum), "use_momentum": momentum != 0}
 
@@ -275,7 +276,6 @@ def adam_momentum_args(beta1, beta2, T):
 MOMENTUM_KEYS = {"sgd": ("momentum",), "adagrad": (), "adam": ("betas",)}
 MOMENTUM_ARGS = {
     "sgd": lambda h, T: sgd_momentum_args(h["momentum"], T),
-    "adagrad": lambda h, T: {},
     "adam": lambda h, T: adam_momentum_args(h["betas"][0], h["betas"][1], T),
 }
 
